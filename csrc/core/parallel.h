@@ -1,0 +1,40 @@
+// OpenMP helpers: one thread-count setting for the whole extension, and a static-chunk parallel_for.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+
+#include "core/hd.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace ck {
+int num_threads();  // cellkern's own setting (core/parallel.cpp); independent of torch.set_num_threads
+void set_num_threads(int n);
+}  // namespace ck
+
+CK_NS_BEGIN
+
+// Calls f(begin, end) on contiguous chunks of [0, n), one chunk per thread; serial when the work is small
+// (n <= grain) or when already inside a parallel region (no nested teams).
+template <class F>
+void parallel_for(int64_t n, int64_t grain, const F& f) {
+  if (n <= 0) return;
+#ifdef _OPENMP
+  int nt = num_threads();
+  if (nt > 1 && n > grain && !omp_in_parallel()) {
+    int64_t max_chunks = grain > 0 ? (n + grain - 1) / grain : n;
+    nt = int(std::min<int64_t>(nt, max_chunks));
+#pragma omp parallel num_threads(nt)
+    {
+      int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+      int64_t chunk = (n + T - 1) / T, b = t * chunk, e = std::min(n, b + chunk);
+      if (b < e) f(b, e);
+    }
+    return;
+  }
+#endif
+  f(int64_t(0), n);
+}
+
+CK_NS_END

@@ -1,0 +1,157 @@
+// The small SIMD vocabulary CPU kernels use: AVX2 vectors when the TU is built with -mavx2 -mfma, else one lane.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "core/hd.h"
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define CK_SIMD_AVX2 1
+#endif
+
+CK_NS_BEGIN
+namespace simd {
+
+// One lane with the vector interface: the portable path and every vector loop's tail.
+template <class T>
+struct Scalar {
+  static constexpr int N = 1;
+  T v;
+  static Scalar load(const T* p) { return {*p}; }
+  static Scalar set1(T x) { return {x}; }
+  static Scalar zero() { return {T(0)}; }
+  void store(T* p) const { *p = v; }
+  static Scalar load_even(const T* p) { return {p[0]}; }
+  static Scalar load_odd(const T* p) { return {p[1]}; }
+  static Scalar load_strided(const T* p, int64_t) { return {p[0]}; }
+  static Scalar load_u8(const uint8_t* p) { return {T(*p)}; }
+  void store_u8(uint8_t* p) const { *p = uint8_t(v); }
+  static void store_interleaved(T* p, Scalar a, Scalar b) {
+    p[0] = a.v;
+    p[1] = b.v;
+  }
+  static void take_max(Scalar& m, Scalar& idx, Scalar x, Scalar k) {
+    if (x.v > m.v || std::isnan(x.v)) {
+      m.v = x.v;
+      idx.v = k.v;
+    }
+  }
+  static void take_max(Scalar& m, Scalar x) {
+    if (x.v > m.v || std::isnan(x.v)) m.v = x.v;
+  }
+  static Scalar select_eq(Scalar a, Scalar b, Scalar g) { return {a.v == b.v ? g.v : T(0)}; }
+  static int count_eq(Scalar a, Scalar b) { return a.v == b.v; }
+  Scalar operator+(Scalar o) const { return {v + o.v}; }
+};
+
+#if CK_SIMD_AVX2
+template <class T>
+struct Avx2;
+
+template <>
+struct Avx2<float> {
+  static constexpr int N = 8;
+  __m256 v;
+  static Avx2 load(const float* p) { return {_mm256_loadu_ps(p)}; }
+  static Avx2 set1(float x) { return {_mm256_set1_ps(x)}; }
+  static Avx2 zero() { return {_mm256_setzero_ps()}; }
+  void store(float* p) const { _mm256_storeu_ps(p, v); }
+  // p[0], p[2], ..., p[14] and p[1], p[3], ..., p[15] (reads p[0..15]).
+  static Avx2 load_even(const float* p) { return {deinterleave(p, 0x88)}; }
+  static Avx2 load_odd(const float* p) { return {deinterleave(p, 0xDD)}; }
+  static Avx2 load_strided(const float* p, int64_t s) {
+    return {_mm256_set_ps(p[7 * s], p[6 * s], p[5 * s], p[4 * s], p[3 * s], p[2 * s], p[s], p[0])};
+  }
+  // Small non-negative integers stored as float lanes (exact below 2^24): window positions of the max.
+  static Avx2 load_u8(const uint8_t* p) {
+    return {_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))))};
+  }
+  void store_u8(uint8_t* p) const {
+    __m256i i = _mm256_cvttps_epi32(v);
+    __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packus_epi16(w, w));
+  }
+  // Writes a0 b0 a1 b1 ... a7 b7 to p[0..15].
+  static void store_interleaved(float* p, Avx2 a, Avx2 b) {
+    __m256 lo = _mm256_unpacklo_ps(a.v, b.v), hi = _mm256_unpackhi_ps(a.v, b.v);
+    _mm256_storeu_ps(p, _mm256_permute2f128_ps(lo, hi, 0x20));
+    _mm256_storeu_ps(p + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+  }
+  // torch's max-pool rule, lane-wise: take (x, k) where x > m or x is NaN.
+  static void take_max(Avx2& m, Avx2& idx, Avx2 x, Avx2 k) {
+    __m256 take = _mm256_or_ps(_mm256_cmp_ps(x.v, m.v, _CMP_GT_OQ), _mm256_cmp_ps(x.v, x.v, _CMP_UNORD_Q));
+    m.v = _mm256_blendv_ps(m.v, x.v, take);
+    idx.v = _mm256_blendv_ps(idx.v, k.v, take);
+  }
+  static void take_max(Avx2& m, Avx2 x) {
+    __m256 take = _mm256_or_ps(_mm256_cmp_ps(x.v, m.v, _CMP_GT_OQ), _mm256_cmp_ps(x.v, x.v, _CMP_UNORD_Q));
+    m.v = _mm256_blendv_ps(m.v, x.v, take);
+  }
+  // g where a == b, else 0.
+  static Avx2 select_eq(Avx2 a, Avx2 b, Avx2 g) { return {_mm256_and_ps(_mm256_cmp_ps(a.v, b.v, _CMP_EQ_OQ), g.v)}; }
+  static int count_eq(Avx2 a, Avx2 b) { return __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(a.v, b.v, _CMP_EQ_OQ))); }
+  Avx2 operator+(Avx2 o) const { return {_mm256_add_ps(v, o.v)}; }
+
+ private:
+  static __m256 deinterleave(const float* p, int imm) {
+    __m256 a = _mm256_loadu_ps(p), b = _mm256_loadu_ps(p + 8);
+    __m256 s = imm == 0x88 ? _mm256_shuffle_ps(a, b, 0x88) : _mm256_shuffle_ps(a, b, 0xDD);
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), 0xD8));
+  }
+};
+
+template <>
+struct Avx2<double> {
+  static constexpr int N = 4;
+  __m256d v;
+  static Avx2 load(const double* p) { return {_mm256_loadu_pd(p)}; }
+  static Avx2 set1(double x) { return {_mm256_set1_pd(x)}; }
+  static Avx2 zero() { return {_mm256_setzero_pd()}; }
+  void store(double* p) const { _mm256_storeu_pd(p, v); }
+  static Avx2 load_even(const double* p) {
+    return {_mm256_permute4x64_pd(_mm256_unpacklo_pd(_mm256_loadu_pd(p), _mm256_loadu_pd(p + 4)), 0xD8)};
+  }
+  static Avx2 load_odd(const double* p) {
+    return {_mm256_permute4x64_pd(_mm256_unpackhi_pd(_mm256_loadu_pd(p), _mm256_loadu_pd(p + 4)), 0xD8)};
+  }
+  static Avx2 load_strided(const double* p, int64_t s) { return {_mm256_set_pd(p[3 * s], p[2 * s], p[s], p[0])}; }
+  static Avx2 load_u8(const uint8_t* p) {
+    int32_t four;
+    std::memcpy(&four, p, 4);
+    return {_mm256_cvtepi32_pd(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(four)))};
+  }
+  void store_u8(uint8_t* p) const {
+    __m128i i = _mm256_cvttpd_epi32(v);
+    __m128i w = _mm_packus_epi32(i, i);
+    int32_t four = _mm_cvtsi128_si32(_mm_packus_epi16(w, w));
+    std::memcpy(p, &four, 4);
+  }
+  static void store_interleaved(double* p, Avx2 a, Avx2 b) {
+    __m256d lo = _mm256_unpacklo_pd(a.v, b.v), hi = _mm256_unpackhi_pd(a.v, b.v);
+    _mm256_storeu_pd(p, _mm256_permute2f128_pd(lo, hi, 0x20));
+    _mm256_storeu_pd(p + 4, _mm256_permute2f128_pd(lo, hi, 0x31));
+  }
+  static void take_max(Avx2& m, Avx2& idx, Avx2 x, Avx2 k) {
+    __m256d take = _mm256_or_pd(_mm256_cmp_pd(x.v, m.v, _CMP_GT_OQ), _mm256_cmp_pd(x.v, x.v, _CMP_UNORD_Q));
+    m.v = _mm256_blendv_pd(m.v, x.v, take);
+    idx.v = _mm256_blendv_pd(idx.v, k.v, take);
+  }
+  static void take_max(Avx2& m, Avx2 x) {
+    __m256d take = _mm256_or_pd(_mm256_cmp_pd(x.v, m.v, _CMP_GT_OQ), _mm256_cmp_pd(x.v, x.v, _CMP_UNORD_Q));
+    m.v = _mm256_blendv_pd(m.v, x.v, take);
+  }
+  static Avx2 select_eq(Avx2 a, Avx2 b, Avx2 g) { return {_mm256_and_pd(_mm256_cmp_pd(a.v, b.v, _CMP_EQ_OQ), g.v)}; }
+  static int count_eq(Avx2 a, Avx2 b) { return __builtin_popcount(_mm256_movemask_pd(_mm256_cmp_pd(a.v, b.v, _CMP_EQ_OQ))); }
+  Avx2 operator+(Avx2 o) const { return {_mm256_add_pd(v, o.v)}; }
+};
+
+template <class T>
+using Vec = Avx2<T>;
+#else
+template <class T>
+using Vec = Scalar<T>;
+#endif
+
+}  // namespace simd
+CK_NS_END

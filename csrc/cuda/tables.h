@@ -1,0 +1,23 @@
+// Every op's CUDA kernels, gathered into the tables a device module exports. Included by exactly one TU per
+// device module: cuda/kernels.cu (nvcc) and emu/kernels.cpp (g++ with the emulator).
+#pragma once
+#include "cuda/device_tables.h"
+#include "emu/selftest.cuh"
+#include "ops/pool/pool_cuda.cuh"
+
+namespace ck {
+
+template <class Table>
+KernelTable table_of(const Table& t) {
+  return KernelTable{kTableAbi, uint32_t(sizeof(Table)), &t};
+}
+
+const std::vector<NamedTable>& device_tables() {
+  static const PoolKernels pool{&pool_cuda::forward, &pool_cuda::backward};
+  static const std::vector<NamedTable> tables = {
+      {"pool", table_of(pool)},
+  };
+  return tables;
+}
+
+}  // namespace ck

@@ -1,0 +1,15 @@
+"""Slow, obviously-correct NumPy/SciPy oracles that the fast kernels are tested against (shipped)."""
+
+from .star import MatchingStats  # noqa: F401
+from .star import dist_to_coord_ref  # noqa: F401
+from .star import edt_prob_ref  # noqa: F401
+from .star import matching_dataset_ref  # noqa: F401
+from .star import matching_ref  # noqa: F401
+from .star import non_maximum_suppression_ref  # noqa: F401
+from .star import polygon_area  # noqa: F401
+from .star import polygons_to_label_ref  # noqa: F401
+from .star import ray_angles  # noqa: F401
+from .star import rays_golden_spiral  # noqa: F401
+from .star import star_dist3d_ref  # noqa: F401
+from .star import star_dist_ref  # noqa: F401
+from .star import star_polygon_intersection_area  # noqa: F401

@@ -1,0 +1,54 @@
+"""Shared fixtures: the backends every kernel test runs on (cpu, the portable cpu path, the CUDA kernels on the
+emulator in three thread orders, and real CUDA when a GPU exists)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+import cellkern
+from cellkern import _C, _ext
+
+
+def _cuda_reason():
+    s = cellkern.cuda_status()
+    return None if s["available"] else s["reason"]
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = _cuda_reason()
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=f"needs a CUDA GPU: {reason}")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@dataclass
+class Backend:
+    name: str      # cpu | cpu-base | emu-forward | emu-reverse | emu-random | cuda
+    device: str    # where test tensors live
+
+    @property
+    def is_emu(self):
+        return self.name.startswith("emu")
+
+
+BACKENDS = ["cpu", "cpu-base", "emu-forward", "emu-reverse", "emu-random", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    """Runs the test body with one backend active; tests create their tensors on backend.device."""
+    name = request.param
+    if name == "cpu-base":
+        previous = _C.cpu_isa()
+        assert _C.set_cpu_isa("base")
+        request.addfinalizer(lambda: _C.set_cpu_isa(previous))
+    if name.startswith("emu"):
+        order = name.split("-")[1]
+        monkeypatch.setenv("CELLKERN_EMU_ORDER", "random:1234" if order == "random" else order)
+        token = _ext._use_emu.set(True)
+        request.addfinalizer(lambda: _ext._use_emu.reset(token))
+    return Backend(name, "cuda" if name == "cuda" else "cpu")
