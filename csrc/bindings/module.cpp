@@ -1,48 +1,25 @@
-// cellkern._C: the CPU module, and the single entry point for every op (it dispatches to _cuda/_emu tables).
+// cellkern._C: the CPU module and the entry point of every op (ops dispatch to the _cuda/_emu tables); each op
+// binds its own functions in bindings/bind_<op>.cpp.
 #include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
 
-#include <cstdint>
 #include <string>
-#include <vector>
 
-#include "bindings/interop.h"
+#include "bindings/binders.h"
 #include "core/check.h"
 #include "core/cpu_isa.h"
 #include "core/parallel.h"
 #include "core/registry.h"
-#include "ops/pool/pool.h"
 
 namespace py = pybind11;
 using namespace ck;
 
 namespace {
 
-using Ints = std::vector<int64_t>;
-
 Backend backend_from(const std::string& s) {
   if (s == "cuda") return Backend::cuda;
   if (s == "emu") return Backend::emu;
   CK_CHECK_VALUE(s == "cpu", "unknown backend '", s, "' (cpu, cuda or emu)");
   return Backend::cpu;
-}
-
-void copy_dims(const Ints& v, int nd, int64_t* dst, const char* name) {
-  CK_CHECK_VALUE(int(v.size()) == nd, name, ": expected ", nd, " values, got ", v.size());
-  for (int i = 0; i < nd; ++i) dst[i] = v[i];
-}
-
-PoolParams pool_params(const Ints& kernel, const Ints& stride, const Ints& padding, const Ints& dilation,
-                       bool ceil_mode) {
-  PoolParams p;
-  p.nd = int(kernel.size());
-  CK_CHECK_VALUE(p.nd == 2 || p.nd == 3, "kernel_size: expected 2 or 3 values, got ", kernel.size());
-  copy_dims(kernel, p.nd, p.kernel, "kernel_size");
-  copy_dims(stride, p.nd, p.stride, "stride");
-  copy_dims(padding, p.nd, p.padding, "padding");
-  copy_dims(dilation, p.nd, p.dilation, "dilation");
-  p.ceil_mode = ceil_mode;
-  return p;
 }
 
 }  // namespace
@@ -57,43 +34,7 @@ PYBIND11_MODULE(_C, m) {
     }
   });
 
-  m.def(
-      "max_pool_forward",
-      [](py::handle x, py::handle out, py::handle idx, const Ints& kernel, const Ints& stride, const Ints& padding,
-         const Ints& dilation, bool ceil_mode, int mode, bool emu, uintptr_t stream) {
-        Keepalive keep;
-        TensorView xv = view(x, "x", keep), ov = view(out, "out", keep), iv = view(idx, "indices", keep);
-        PoolParams p = pool_params(kernel, stride, padding, dilation, ceil_mode);
-        ensure_backend(xv, emu);
-        py::gil_scoped_release nogil;
-        max_pool_forward(xv, ov, iv, p, PoolIndex(mode), emu, reinterpret_cast<void*>(stream));
-      },
-      py::arg("x"), py::arg("out"), py::arg("indices"), py::arg("kernel_size"), py::arg("stride"),
-      py::arg("padding"), py::arg("dilation"), py::arg("ceil_mode"), py::arg("index_mode"), py::arg("emu") = false,
-      py::arg("stream") = 0,
-      "Max-pool x into out (and indices: index_mode 0 none, 1 uint8 window position, 2 int64 flat index).");
-  m.def(
-      "max_pool_backward",
-      [](py::handle grad_out, py::handle idx, py::handle grad_in, const Ints& kernel, const Ints& stride,
-         const Ints& padding, const Ints& dilation, bool ceil_mode, int mode, bool emu, uintptr_t stream) {
-        Keepalive keep;
-        TensorView gv = view(grad_out, "grad_output", keep), iv = view(idx, "indices", keep),
-                   gi = view(grad_in, "grad_input", keep);
-        PoolParams p = pool_params(kernel, stride, padding, dilation, ceil_mode);
-        ensure_backend(gi, emu);
-        py::gil_scoped_release nogil;
-        max_pool_backward(gv, iv, gi, p, PoolIndex(mode), emu, reinterpret_cast<void*>(stream));
-      },
-      py::arg("grad_output"), py::arg("indices"), py::arg("grad_input"), py::arg("kernel_size"), py::arg("stride"),
-      py::arg("padding"), py::arg("dilation"), py::arg("ceil_mode"), py::arg("index_mode"), py::arg("emu") = false,
-      py::arg("stream") = 0, "Scatter grad_output through the indices into grad_input (overwritten).");
-
-  m.def(
-      "max_pool_output_shape",
-      [](const Ints& shape, const Ints& kernel, const Ints& stride, const Ints& padding, const Ints& dilation,
-         bool ceil_mode) { return max_pool_output_shape(shape, pool_params(kernel, stride, padding, dilation, ceil_mode)); },
-      py::arg("shape"), py::arg("kernel_size"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
-      py::arg("ceil_mode"), "Output shape of max-pooling an input of this shape (validates the parameters).");
+  bind_pool(m);
 
   m.def("set_num_threads", &ck::set_num_threads, py::arg("n"),
         "Threads for cellkern's OpenMP regions (0 = OpenMP's default).");
