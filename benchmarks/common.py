@@ -60,7 +60,7 @@ def run_case(case: Case, repeat: int, warmup: int, min_time: float = 0.0) -> dic
     out = {"name": case.name, "info": case.info, "results": {}}
     for k, xs in samples.items():
         q1, med, q3 = _quartiles(xs)
-        r = {"median_s": med, "iqr_s": q3 - q1, "n": len(xs)}
+        r = {"median_s": med, "iqr_s": q3 - q1, "q1_s": q1, "q3_s": q3, "n": len(xs)}
         if case.bytes:
             r["GB/s"] = case.bytes / med / 1e9
         if case.flops:
@@ -158,28 +158,49 @@ def print_table(title: str, results: list[dict], threads: int) -> None:
 
 
 def plot(payloads: list[dict], path: Path) -> None:
+    """Per allocator: median times with quartile whiskers (log scale), and the speed-up over each peer."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(payloads), 1, figsize=(10, 3 + 0.5 * len(payloads[0]["cases"])) ,squeeze=False)
-    for ax, pl in zip(axes[:, 0], payloads):
-        names = [c["name"] for c in pl["cases"]]
-        sides = sorted({k for c in pl["cases"] for k in c["results"]}, key=lambda k: (k != "ours", k))
+    n = len(payloads[0]["cases"])
+    every = sorted({k for pl in payloads for c in pl["cases"] for k in c["results"]}, key=lambda k: (k != "ours", k))
+    color = {k: f"C{i}" for i, k in enumerate(every)}
+    fig, axes = plt.subplots(len(payloads), 2, figsize=(13, 1.2 + 0.55 * n * len(payloads)), squeeze=False,
+                             gridspec_kw={"width_ratios": [3, 2]})
+    for row, pl in zip(axes, payloads):
+        cases = pl["cases"]
+        names = [c["name"] for c in cases]
+        sides = sorted({k for c in cases for k in c["results"]}, key=lambda k: (k != "ours", k))
         h = 0.8 / len(sides)
         for j, side in enumerate(sides):
-            ys = [i + j * h for i in range(len(names))]
-            ms = [c["results"].get(side, {}).get("median_s", 0) * 1e3 for c in pl["cases"]]
-            er = [c["results"].get(side, {}).get("iqr_s", 0) * 1e3 for c in pl["cases"]]
-            ax.barh(ys, ms, h, xerr=er, label=side)
-        ax.set_yticks([i + 0.4 - h / 2 for i in range(len(names))])
-        ax.set_yticklabels(names, fontsize=8)
-        ax.invert_yaxis()
-        ax.set_xlabel("median time (ms), lower is better")
-        ax.set_title(f"{pl['benchmark']} — {pl['meta']['threads']} threads, "
-                     f"THP_MEM_ALLOC_ENABLE={pl['meta']['THP_MEM_ALLOC_ENABLE'] or '0'}", fontsize=9)
-        ax.legend(fontsize=8)
+            idx = [i for i, c in enumerate(cases) if side in c["results"]]
+            r = [cases[i]["results"][side] for i in idx]
+            med = [x["median_s"] * 1e3 for x in r]
+            err = [[(x["median_s"] - x.get("q1_s", x["median_s"])) * 1e3 for x in r],
+                   [(x.get("q3_s", x["median_s"]) - x["median_s"]) * 1e3 for x in r]]
+            row[0].barh([i + j * h for i in idx], med, h, xerr=err, label=side, capsize=2, color=color[side])
+        row[0].set_xscale("log")
+        row[0].set_yticks([i + 0.4 - h / 2 for i in range(n)])
+        row[0].set_yticklabels(names, fontsize=8)
+        row[0].invert_yaxis()
+        row[0].set_xlabel("median time, ms (log; whiskers: quartiles)")
+        row[0].legend(fontsize=7)
+        alloc = "THP_MEM_ALLOC_ENABLE=1" if pl["meta"]["THP_MEM_ALLOC_ENABLE"] else "default allocator"
+        row[0].set_title(f"{pl['benchmark']}: {pl['meta']['threads']} threads, {alloc}", fontsize=9)
+        peers = sorted({p for c in cases for p in c.get("ratios", {})})
+        hp = 0.8 / max(1, len(peers))
+        for j, p in enumerate(peers):
+            idx = [i for i, c in enumerate(cases) if p in c.get("ratios", {})]
+            row[1].barh([i + j * hp for i in idx], [cases[i]["ratios"][p] for i in idx], hp, label=p, color=color[p])
+        row[1].axvline(1.0, color="k", lw=0.8)
+        row[1].set_xscale("log")
+        row[1].set_yticks([i + 0.4 - hp / 2 for i in range(n)])
+        row[1].set_yticklabels([""] * n)
+        row[1].invert_yaxis()
+        row[1].set_xlabel("speed-up: peer time / our time (log)")
+        row[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"plot: {path}")
