@@ -35,9 +35,8 @@ void bind_pool(py::module_& m) {
         py::gil_scoped_release nogil;
         max_pool_forward(xv, ov, iv, p, PoolIndex(mode), emu, reinterpret_cast<void*>(stream));
       },
-      py::arg("x"), py::arg("out"), py::arg("indices"), py::arg("kernel_size"), py::arg("stride"),
-      py::arg("padding"), py::arg("dilation"), py::arg("ceil_mode"), py::arg("index_mode"), py::arg("emu") = false,
-      py::arg("stream") = 0,
+      py::arg("x"), py::arg("out"), py::arg("indices"), py::arg("kernel_size"), py::arg("stride"), py::arg("padding"),
+      py::arg("dilation"), py::arg("ceil_mode"), py::arg("index_mode"), py::arg("emu") = false, py::arg("stream") = 0,
       "Max-pool x into out (and indices: index_mode 0 none, 1 uint8 window position, 2 int64 flat index).");
   m.def(
       "max_pool_backward",
@@ -58,10 +57,11 @@ void bind_pool(py::module_& m) {
   m.def(
       "max_pool_output_shape",
       [](const Ints& shape, const Ints& kernel, const Ints& stride, const Ints& padding, const Ints& dilation,
-         bool ceil_mode) { return max_pool_output_shape(shape, pool_params(kernel, stride, padding, dilation, ceil_mode)); },
+         bool ceil_mode) {
+        return max_pool_output_shape(shape, pool_params(kernel, stride, padding, dilation, ceil_mode));
+      },
       py::arg("shape"), py::arg("kernel_size"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
       py::arg("ceil_mode"), "Output shape of max-pooling an input of this shape (validates the parameters).");
-
 }
 
 }  // namespace ck

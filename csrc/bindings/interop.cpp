@@ -41,7 +41,8 @@ TensorView view(py::handle obj, const char* name, Keepalive& keep) {
     CK_CHECK_VALUE(mt, name, ": invalid DLPack capsule");
     dl = &mt->dl_tensor;
   } else {
-    throw ValueError(str(name, ": not a live DLPack capsule (name '", cname ? cname : "", "'; a used capsule cannot be read again)"));
+    throw ValueError(str(name, ": not a live DLPack capsule (name '", cname ? cname : "",
+                         "'; a used capsule cannot be read again)"));
   }
   CK_CHECK_VALUE(dl->ndim >= 0 && dl->ndim <= kMaxDims, name, ": ", dl->ndim, " dims; cellkern handles up to ",
                  kMaxDims);

@@ -25,15 +25,15 @@ std::string str(const A&... a) {
 
 }  // namespace ck
 
-#define CK_CHECK_TYPE(cond, ...) \
-  do {                           \
+#define CK_CHECK_TYPE(cond, ...)                                \
+  do {                                                          \
     if (!(cond)) throw ::ck::TypeError(::ck::str(__VA_ARGS__)); \
   } while (0)
-#define CK_CHECK_VALUE(cond, ...) \
-  do {                            \
+#define CK_CHECK_VALUE(cond, ...)                                \
+  do {                                                           \
     if (!(cond)) throw ::ck::ValueError(::ck::str(__VA_ARGS__)); \
   } while (0)
-#define CK_CHECK(cond, ...) \
-  do {                      \
+#define CK_CHECK(cond, ...)                                        \
+  do {                                                             \
     if (!(cond)) throw ::ck::RuntimeError(::ck::str(__VA_ARGS__)); \
   } while (0)

@@ -26,7 +26,8 @@ typedef struct {
 } DLDevice;
 
 typedef struct {
-  uint8_t code;  // kDLInt = 0, kDLUInt = 1, kDLFloat = 2, kDLOpaqueHandle = 3, kDLBfloat = 4, kDLComplex = 5, kDLBool = 6
+  uint8_t
+      code;  // kDLInt = 0, kDLUInt = 1, kDLFloat = 2, kDLOpaqueHandle = 3, kDLBfloat = 4, kDLComplex = 5, kDLBool = 6
   uint8_t bits;
   uint16_t lanes;
 } DLDataType;

@@ -44,12 +44,12 @@ inline unsigned blocks_for(int64_t n, int threads) {
 // CK_LAUNCH(kernel, grid, block, smem_bytes, stream, args...). `kernel` must be a single token or a
 // function-pointer variable: bind template kernels first (auto k = &my_kernel<T, 3>;).
 #if defined(__CUDACC__)
-#define CK_LAUNCH(kernel, grid, block, smem, stream, ...)                                            \
-  do {                                                                                               \
-    kernel<<<(grid), (block), (smem), static_cast<cudaStream_t>(stream)>>>(__VA_ARGS__);             \
-    ::ck::cuda::check(cudaGetLastError(), "launch of " #kernel, __FILE__, __LINE__);                \
+#define CK_LAUNCH(kernel, grid, block, smem, stream, ...)                                \
+  do {                                                                                   \
+    kernel<<<(grid), (block), (smem), static_cast<cudaStream_t>(stream)>>>(__VA_ARGS__); \
+    ::ck::cuda::check(cudaGetLastError(), "launch of " #kernel, __FILE__, __LINE__);     \
   } while (0)
-#define CK_DYNAMIC_SMEM(T, name)                          \
+#define CK_DYNAMIC_SMEM(T, name)                            \
   extern __shared__ __align__(16) unsigned char ck_smem_[]; \
   T* name = reinterpret_cast<T*>(ck_smem_)
 #else
@@ -59,6 +59,6 @@ inline unsigned blocks_for(int64_t n, int threads) {
 #endif
 
 // Grid-stride loop over [0, n) with 64-bit indices.
-#define CK_KERNEL_LOOP(i, n)                                                                  \
+#define CK_KERNEL_LOOP(i, n)                                                                                   \
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, ck_step_ = int64_t(blockDim.x) * gridDim.x; \
        i < (n); i += ck_step_)

@@ -157,9 +157,7 @@ void atomics(const int* in, int n, int* hist, int bins, float* total, int blocks
 void block_isolation(int* out, int blocks, int threads) {
   CK_LAUNCH(block_isolation_kernel, blocks, threads, 0, nullptr, out);
 }
-void order(int* ticket, int* counter, int threads) {
-  CK_LAUNCH(order_kernel, 1, threads, 0, nullptr, ticket, counter);
-}
+void order(int* ticket, int* counter, int threads) { CK_LAUNCH(order_kernel, 1, threads, 0, nullptr, ticket, counter); }
 void block_sum(const float* in, float* out, int* positives, int blocks, int threads) {
   CK_LAUNCH(block_sum_kernel, blocks, threads, threads * sizeof(float), nullptr, in, out, positives);
 }

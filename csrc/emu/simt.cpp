@@ -150,14 +150,22 @@ std::string where(const char* file, int line) {
 
 const char* op_name(Collective op) {
   switch (op) {
-    case Collective::shfl: return "__shfl_sync";
-    case Collective::shfl_up: return "__shfl_up_sync";
-    case Collective::shfl_down: return "__shfl_down_sync";
-    case Collective::shfl_xor: return "__shfl_xor_sync";
-    case Collective::ballot: return "__ballot_sync";
-    case Collective::any: return "__any_sync";
-    case Collective::all: return "__all_sync";
-    case Collective::syncwarp: return "__syncwarp";
+    case Collective::shfl:
+      return "__shfl_sync";
+    case Collective::shfl_up:
+      return "__shfl_up_sync";
+    case Collective::shfl_down:
+      return "__shfl_down_sync";
+    case Collective::shfl_xor:
+      return "__shfl_xor_sync";
+    case Collective::ballot:
+      return "__ballot_sync";
+    case Collective::any:
+      return "__any_sync";
+    case Collective::all:
+      return "__all_sync";
+    case Collective::syncwarp:
+      return "__syncwarp";
   }
   return "?";
 }
@@ -329,25 +337,40 @@ bool Worker::resolve_warps(unsigned n) {
         const unsigned width = unsigned(g.width), base = j & ~(width - 1);
         long src = long(j);
         switch (g.op) {
-          case Collective::shfl: src = long(base + (unsigned(g.arg) & (width - 1))); break;
-          case Collective::shfl_up: src = (j - base) < unsigned(g.arg) ? long(j) : long(j) - g.arg; break;
-          case Collective::shfl_down: src = (j - base) + unsigned(g.arg) >= width ? long(j) : long(j) + g.arg; break;
+          case Collective::shfl:
+            src = long(base + (unsigned(g.arg) & (width - 1)));
+            break;
+          case Collective::shfl_up:
+            src = (j - base) < unsigned(g.arg) ? long(j) : long(j) - g.arg;
+            break;
+          case Collective::shfl_down:
+            src = (j - base) + unsigned(g.arg) >= width ? long(j) : long(j) + g.arg;
+            break;
           case Collective::shfl_xor: {
             unsigned s = j ^ unsigned(g.arg);
             src = s >= base + width ? long(j) : long(s);
             break;
           }
-          default: break;
+          default:
+            break;
         }
         switch (g.op) {
-          case Collective::ballot: g.result = votes; break;
-          case Collective::any: g.result = votes != 0; break;
-          case Collective::all: g.result = votes == m; break;
-          case Collective::syncwarp: g.result = 0; break;
+          case Collective::ballot:
+            g.result = votes;
+            break;
+          case Collective::any:
+            g.result = votes != 0;
+            break;
+          case Collective::all:
+            g.result = votes == m;
+            break;
+          case Collective::syncwarp:
+            g.result = 0;
+            break;
           default:
             // Reading a lane outside the mask is undefined on a GPU: hand back poison (NaN / -1) so it shows.
-            g.result = (src >= 0 && src < long(lanes) && (m >> src & 1u)) ? fibers[w0 + unsigned(src)].value
-                                                                          : ~uint64_t(0);
+            g.result =
+                (src >= 0 && src < long(lanes) && (m >> src & 1u)) ? fibers[w0 + unsigned(src)].value : ~uint64_t(0);
         }
       }
       for (unsigned j = 0; j < lanes; ++j)
@@ -381,8 +404,8 @@ void Worker::resolve_barrier(unsigned n) {
     }
     if (!at) at = &f;
     if (f.file != at->file || f.line != at->line)
-      fail("threads of one block wait at different barriers: " + tid(*at) + " at " + where(at->file, at->line) +
-           ", " + tid(f) + " at " + where(f.file, f.line));
+      fail("threads of one block wait at different barriers: " + tid(*at) + " at " + where(at->file, at->line) + ", " +
+           tid(f) + " at " + where(f.file, f.line));
   }
   if (exited)
     fail(tid(*exited) + " returned before reaching __syncthreads() at " + where(at->file, at->line) +
@@ -421,12 +444,13 @@ void check_config(const char* kernel, const char* file, int line, dim3 grid, dim
     os << "block (" << block.x << "," << block.y << "," << block.z << ") is not a valid CUDA block (1..1024 threads, "
        << "z <= 64)";
   else if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535)
-    os << "grid (" << grid.x << "," << grid.y << "," << grid.z << ") is not a valid CUDA grid (x < 2^31, y and z <= 65535)";
+    os << "grid (" << grid.x << "," << grid.y << "," << grid.z
+       << ") is not a valid CUDA grid (x < 2^31, y and z <= 65535)";
   else if (smem > 48 * 1024)
     os << smem << " bytes of dynamic shared memory exceed the 48 KiB a launch gets without opting in";
   if (!os.str().empty())
-    throw std::runtime_error("emulator: invalid launch of " + std::string(kernel) + " at " + where(file, line) +
-                             ": " + os.str());
+    throw std::runtime_error("emulator: invalid launch of " + std::string(kernel) + " at " + where(file, line) + ": " +
+                             os.str());
 }
 
 // Worker threads live for the whole process so their fiber stacks are mapped once, not per launch.
@@ -482,13 +506,12 @@ ThreadPool& pool() {
 }  // namespace
 
 // Called by a fiber: park at a warp collective until its group is released by the scheduler.
-uint64_t warp_collective(Collective op, unsigned mask, uint64_t value, int arg, int width, const char* file,
-                         int line) {
+uint64_t warp_collective(Collective op, unsigned mask, uint64_t value, int arg, int width, const char* file, int line) {
   Worker* w = t_worker;
   Fiber* f = w->cur;
   if (width <= 0 || width > 32 || (width & (width - 1)))
-    w->fail(w->tid(*f) + " calls " + op_name(op) + " at " + where(file, line) + " with width " +
-            std::to_string(width) + " (must be a power of two up to 32)");
+    w->fail(w->tid(*f) + " calls " + op_name(op) + " at " + where(file, line) + " with width " + std::to_string(width) +
+            " (must be a power of two up to 32)");
   f->op = op;
   f->mask = mask;
   f->value = value;

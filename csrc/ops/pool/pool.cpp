@@ -15,11 +15,11 @@ void check_params(const PoolParams& p) {
   CK_CHECK_VALUE(p.nd == 2 || p.nd == 3, "pooling has 2 or 3 spatial dims, got ", p.nd);
   const char* dims = p.nd == 2 ? "hw" : "dhw";
   for (int i = 0; i < p.nd; ++i) {
-    CK_CHECK_VALUE(p.kernel[i] > 0 && p.kernel[i] < kMaxParam, "kernel_size must be positive, got ", p.kernel[i],
-                   " for dim ", dims[i]);
-    CK_CHECK_VALUE(p.stride[i] > 0 && p.stride[i] < kMaxParam, "stride must be positive, got ", p.stride[i],
-                   " for dim ", dims[i]);
-    CK_CHECK_VALUE(p.dilation[i] > 0 && p.dilation[i] < kMaxParam, "dilation must be positive, got ",
+    CK_CHECK_VALUE(p.kernel[i] > 0 && p.kernel[i] < kMaxParam, "kernel_size must be positive (and below 2^31), got ",
+                   p.kernel[i], " for dim ", dims[i]);
+    CK_CHECK_VALUE(p.stride[i] > 0 && p.stride[i] < kMaxParam, "stride must be positive (and below 2^31), got ",
+                   p.stride[i], " for dim ", dims[i]);
+    CK_CHECK_VALUE(p.dilation[i] > 0 && p.dilation[i] < kMaxParam, "dilation must be positive (and below 2^31), got ",
                    p.dilation[i], " for dim ", dims[i]);
     CK_CHECK_VALUE(p.padding[i] >= 0, "padding must be non-negative, got ", p.padding[i], " for dim ", dims[i]);
     CK_CHECK_VALUE(p.padding[i] <= p.kernel[i] / 2, "padding should be at most half of kernel_size, got padding ",
@@ -30,8 +30,8 @@ void check_params(const PoolParams& p) {
 // Geometry from the input's shape (N, C, *spatial) and the params; checks layout and the output size.
 PoolGeom make_geom(const TensorView& in, const char* name, const PoolParams& p) {
   check_params(p);
-  CK_CHECK_VALUE(in.ndim == p.nd + 2, name, ": expected a ", p.nd + 2, "D tensor (N, C, ", p.nd == 2 ? "H, W" : "D, H, W",
-                 "), got shape ", shape_str(in));
+  CK_CHECK_VALUE(in.ndim == p.nd + 2, name, ": expected a ", p.nd + 2, "D tensor (N, C, ",
+                 p.nd == 2 ? "H, W" : "D, H, W", "), got shape ", shape_str(in));
   PoolGeom g;
   g.N = in.shape[0];
   g.C = in.shape[1];

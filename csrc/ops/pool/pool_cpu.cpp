@@ -244,6 +244,26 @@ struct LocalTables {
   }
 };
 
+// Calls f(od, oh, code) for each output row whose window covers input row (id, ih), in output order; code is
+// kd * KH + kh, the input row's place inside that window. Returns how many there were.
+template <class F>
+int covering_rows(const PoolGeom& g, int64_t id, int64_t ih, const F& f) {
+  int64_t dlo, dhi, hlo, hhi;
+  pool::window_range(id, g.k[0], g.s[0], g.p[0], g.d[0], g.out[0], dlo, dhi);
+  pool::window_range(ih, g.k[1], g.s[1], g.p[1], g.d[1], g.out[1], hlo, hhi);
+  int n = 0;
+  for (int64_t od = dlo; od <= dhi; ++od) {
+    if ((id + g.p[0] - od * g.s[0]) % g.d[0]) continue;
+    const int64_t kd = (id + g.p[0] - od * g.s[0]) / g.d[0];
+    for (int64_t oh = hlo; oh <= hhi; ++oh) {
+      if ((ih + g.p[1] - oh * g.s[1]) % g.d[1]) continue;
+      f(od, oh, int(kd * g.k[1] + (ih + g.p[1] - oh * g.s[1]) / g.d[1]));
+      ++n;
+    }
+  }
+  return n;
+}
+
 // The U-Net case (2-wide windows at stride 2, no padding): output ow owns columns 2ow and 2ow + 1 of each row
 // its window covers. Writes outputs [0, n) (n <= IW / 2) and returns how many it did; `accumulate` when other
 // output rows reach this input row too (else it stores, and may recompute an overlapping last block).
@@ -299,40 +319,29 @@ void backward_nchw(const PoolBackwardArgs& a, std::atomic<int64_t>& matched) {
       const int64_t ih = r % g.in[1], id = (r / g.in[1]) % g.in[0], nc = r / (g.in[1] * g.in[0]);
       T* row = gin + r * IW;
       std::memset(row, 0, sizeof(T) * IW);
-      int64_t dlo, dhi, hlo, hhi;
-      pool::window_range(id, g.k[0], g.s[0], g.p[0], g.d[0], g.out[0], dlo, dhi);
-      pool::window_range(ih, g.k[1], g.s[1], g.p[1], g.d[1], g.out[1], hlo, hhi);
-      const int64_t ncand = std::max<int64_t>(0, dhi - dlo + 1) * std::max<int64_t>(0, hhi - hlo + 1);
-      for (int64_t od = dlo; od <= dhi; ++od) {
-        if ((id + g.p[0] - od * g.s[0]) % g.d[0]) continue;
-        const int64_t kd = (id + g.p[0] - od * g.s[0]) / g.d[0];
-        for (int64_t oh = hlo; oh <= hhi; ++oh) {
-          if ((ih + g.p[1] - oh * g.s[1]) % g.d[1]) continue;
-          const int64_t kh = (ih + g.p[1] - oh * g.s[1]) / g.d[1];
-          const int code = int(kd * g.k[1] + kh);
-          const int64_t o0 = ((nc * g.out[0] + od) * g.out[1] + oh) * OW;
-          const T* go = gout + o0;
-          int64_t ow = 0;
-          if (s2k2)
-            ow = s2k2_row(static_cast<const uint8_t*>(a.idx) + o0, go, row, std::min(OW, IW / 2), code,
-                          ncand > 1, hits);
-          for (; ow < OW; ++ow) {
-            int64_t iw;
-            if (Mode == PoolIndex::local) {
-              const int l = static_cast<const uint8_t*>(a.idx)[o0 + ow];
-              if (tab.code[l] != code) continue;
-              iw = ow * g.s[2] - g.p[2] + tab.col[l];
-            } else {
-              const int64_t f = static_cast<const int64_t*>(a.idx)[o0 + ow];
-              if (f < 0 || f / IW != id * g.in[1] + ih) continue;
-              iw = f % IW;
-            }
-            if (iw < 0 || iw >= IW) continue;
-            row[iw] += go[ow];
-            ++hits;
+      const bool shared_row = covering_rows(g, id, ih, [](int64_t, int64_t, int) {}) > 1;
+      covering_rows(g, id, ih, [&](int64_t od, int64_t oh, int code) {
+        const int64_t o0 = ((nc * g.out[0] + od) * g.out[1] + oh) * OW;
+        const T* go = gout + o0;
+        int64_t ow = 0;
+        if (s2k2)
+          ow = s2k2_row(static_cast<const uint8_t*>(a.idx) + o0, go, row, std::min(OW, IW / 2), code, shared_row, hits);
+        for (; ow < OW; ++ow) {
+          int64_t iw;
+          if (Mode == PoolIndex::local) {
+            const int l = static_cast<const uint8_t*>(a.idx)[o0 + ow];
+            if (tab.code[l] != code) continue;
+            iw = ow * g.s[2] - g.p[2] + tab.col[l];
+          } else {
+            const int64_t f = static_cast<const int64_t*>(a.idx)[o0 + ow];
+            if (f < 0 || f / IW != id * g.in[1] + ih) continue;
+            iw = f % IW;
           }
+          if (iw < 0 || iw >= IW) continue;
+          row[iw] += go[ow];
+          ++hits;
         }
-      }
+      });
     }
     matched += hits;
   });
@@ -353,35 +362,26 @@ void backward_nhwc(const PoolBackwardArgs& a, std::atomic<int64_t>& matched) {
       const int64_t ih = r % g.in[1], id = (r / g.in[1]) % g.in[0], n = r / (g.in[1] * g.in[0]);
       T* row = gin + r * IW * C;
       std::memset(row, 0, sizeof(T) * IW * C);
-      int64_t dlo, dhi, hlo, hhi;
-      pool::window_range(id, g.k[0], g.s[0], g.p[0], g.d[0], g.out[0], dlo, dhi);
-      pool::window_range(ih, g.k[1], g.s[1], g.p[1], g.d[1], g.out[1], hlo, hhi);
-      for (int64_t od = dlo; od <= dhi; ++od) {
-        if ((id + g.p[0] - od * g.s[0]) % g.d[0]) continue;
-        const int64_t kd = (id + g.p[0] - od * g.s[0]) / g.d[0];
-        for (int64_t oh = hlo; oh <= hhi; ++oh) {
-          if ((ih + g.p[1] - oh * g.s[1]) % g.d[1]) continue;
-          const int code = int(kd * g.k[1] + (ih + g.p[1] - oh * g.s[1]) / g.d[1]);
-          const int64_t o0 = ((n * g.out[0] + od) * g.out[1] + oh) * OW * C;
-          for (int64_t ow = 0; ow < OW; ++ow)
-            for (int64_t c = 0; c < C; ++c) {
-              const int64_t o = o0 + ow * C + c;
-              int64_t iw;
-              if (Mode == PoolIndex::local) {
-                const int l = static_cast<const uint8_t*>(a.idx)[o];
-                if (tab.code[l] != code) continue;
-                iw = ow * g.s[2] - g.p[2] + tab.col[l];
-              } else {
-                const int64_t f = static_cast<const int64_t*>(a.idx)[o];
-                if (f < 0 || f / IW != id * g.in[1] + ih) continue;
-                iw = f % IW;
-              }
-              if (iw < 0 || iw >= IW) continue;
-              row[iw * C + c] += gout[o];
-              ++hits;
+      covering_rows(g, id, ih, [&](int64_t od, int64_t oh, int code) {
+        const int64_t o0 = ((n * g.out[0] + od) * g.out[1] + oh) * OW * C;
+        for (int64_t ow = 0; ow < OW; ++ow)
+          for (int64_t c = 0; c < C; ++c) {
+            const int64_t o = o0 + ow * C + c;
+            int64_t iw;
+            if (Mode == PoolIndex::local) {
+              const int l = static_cast<const uint8_t*>(a.idx)[o];
+              if (tab.code[l] != code) continue;
+              iw = ow * g.s[2] - g.p[2] + tab.col[l];
+            } else {
+              const int64_t f = static_cast<const int64_t*>(a.idx)[o];
+              if (f < 0 || f / IW != id * g.in[1] + ih) continue;
+              iw = f % IW;
             }
-        }
-      }
+            if (iw < 0 || iw >= IW) continue;
+            row[iw * C + c] += gout[o];
+            ++hits;
+          }
+      });
     }
     matched += hits;
   });
@@ -415,7 +415,8 @@ void max_pool_backward_cpu(const PoolBackwardArgs& a) {
   std::atomic<int64_t> matched{0};
   CK_DISPATCH_FLOAT(a.dtype, backward_typed<scalar_t>(a, matched));
   const PoolGeom& g = a.g;
-  CK_CHECK_VALUE(matched.load() == g.N * g.C * g.out[0] * g.out[1] * g.out[2], "indices: found an index outside its pooling window (indices must come from the "
+  CK_CHECK_VALUE(matched.load() == g.N * g.C * g.out[0] * g.out[1] * g.out[2],
+                 "indices: found an index outside its pooling window (indices must come from the "
                  "forward pass with the same parameters)");
 }
 

@@ -24,8 +24,8 @@ __global__ void forward_kernel(const T* __restrict__ x, T* __restrict__ out, voi
 
 // One thread per input element gathers from the windows that contain it: no atomics, deterministic.
 template <class T, class I>
-__global__ void backward_kernel(const T* __restrict__ gout, const I* __restrict__ idx, T* __restrict__ gin,
-                                PoolGeom g, PoolIndex mode) {
+__global__ void backward_kernel(const T* __restrict__ gout, const I* __restrict__ idx, T* __restrict__ gin, PoolGeom g,
+                                PoolIndex mode) {
   const int64_t total = g.N * g.C * g.in[0] * g.in[1] * g.in[2];
   CK_KERNEL_LOOP(i, total) {
     const pool::Coord p = pool::unravel(i, g.C, g.in, g.channels_last);

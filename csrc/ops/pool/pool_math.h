@@ -95,16 +95,15 @@ CK_HD WindowMax<T> window_max(const T* plane, int64_t sd, int64_t sh, int64_t sw
         if (v > r.val || is_nan(v)) {
           r.val = v;
           r.flat = (id * g.in[1] + ih) * g.in[2] + iw;
-          r.local = int((((id - start[0]) / g.d[0]) * g.k[1] + (ih - start[1]) / g.d[1]) * g.k[2] +
-                        (iw - start[2]) / g.d[2]);
+          r.local =
+              int((((id - start[0]) / g.d[0]) * g.k[1] + (ih - start[1]) / g.d[1]) * g.k[2] + (iw - start[2]) / g.d[2]);
         }
       }
   return r;
 }
 
 // Outputs [lo, hi] along one dim whose window can contain input position i (hi < lo when none).
-CK_HD void window_range(int64_t i, int64_t k, int64_t s, int64_t p, int64_t d, int64_t out, int64_t& lo,
-                        int64_t& hi) {
+CK_HD void window_range(int64_t i, int64_t k, int64_t s, int64_t p, int64_t d, int64_t out, int64_t& lo, int64_t& hi) {
   int64_t a = i + p - (k - 1) * d;
   lo = a <= 0 ? 0 : (a + s - 1) / s;
   hi = (i + p) / s;
@@ -113,8 +112,8 @@ CK_HD void window_range(int64_t i, int64_t k, int64_t s, int64_t p, int64_t d, i
 
 // Does the index stored for output (od, oh, ow) point at input (id, ih, iw)?
 template <class I>
-CK_HD bool index_hits(I stored, PoolIndex mode, const PoolGeom& g, int64_t id, int64_t ih, int64_t iw,
-                      int64_t od, int64_t oh, int64_t ow) {
+CK_HD bool index_hits(I stored, PoolIndex mode, const PoolGeom& g, int64_t id, int64_t ih, int64_t iw, int64_t od,
+                      int64_t oh, int64_t ow) {
   if (mode == PoolIndex::flat) return int64_t(stored) == (id * g.in[1] + ih) * g.in[2] + iw;
   int64_t kd = (id + g.p[0] - od * g.s[0]) / g.d[0];
   int64_t kh = (ih + g.p[1] - oh * g.s[1]) / g.d[1];
@@ -125,8 +124,8 @@ CK_HD bool index_hits(I stored, PoolIndex mode, const PoolGeom& g, int64_t id, i
 // The gradient reaching input (id, ih, iw): the sum of grad_out over the windows whose max it was, in output
 // order (the order torch's scatter adds them). og/oi are the (n, c) slices of grad_out and the indices.
 template <class T, class I>
-CK_HD T input_grad(const T* og, const I* oi, int64_t osd, int64_t osh, int64_t osw, PoolIndex mode,
-                   const PoolGeom& g, int64_t id, int64_t ih, int64_t iw) {
+CK_HD T input_grad(const T* og, const I* oi, int64_t osd, int64_t osh, int64_t osw, PoolIndex mode, const PoolGeom& g,
+                   int64_t id, int64_t ih, int64_t iw) {
   const int64_t i[3] = {id, ih, iw};
   int64_t lo[3], hi[3];
   for (int a = 0; a < 3; ++a) window_range(i[a], g.k[a], g.s[a], g.p[a], g.d[a], g.out[a], lo[a], hi[a]);
