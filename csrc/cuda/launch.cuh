@@ -54,7 +54,7 @@ inline unsigned blocks_for(int64_t n, int threads) {
   T* name = reinterpret_cast<T*>(ck_smem_)
 #else
 #define CK_LAUNCH(kernel, grid, block, smem, stream, ...) \
-  ::ck_emu::launch(#kernel, __FILE__, __LINE__, (grid), (block), (smem), kernel, __VA_ARGS__)
+  ((void)(stream), ::ck_emu::launch(#kernel, __FILE__, __LINE__, (grid), (block), (smem), kernel, __VA_ARGS__))
 #define CK_DYNAMIC_SMEM(T, name) T* name = reinterpret_cast<T*>(::ck_emu::dynamic_smem())
 #endif
 
