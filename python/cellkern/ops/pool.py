@@ -146,7 +146,7 @@ if torch is not None:
         nd = len(kernel_size)
         ctx.mark_non_differentiable(idx)
         ctx.save_for_backward(idx)
-        ctx.args = (list(x.shape), is_channels_last(dense(x, nd), nd), kernel_size, stride, padding, dilation,
+        ctx.args = (list(x.shape), is_channels_last(x, nd), kernel_size, stride, padding, dilation,
                     ceil_mode, index_mode)
 
     def _backward(ctx, grad_out, _grad_idx):
