@@ -1,4 +1,6 @@
 // Python bindings of convolution: DLPack views in, GIL released around the kernels.
+#include <string>
+
 #include "bindings/binders.h"
 #include "bindings/interop.h"
 #include "ops/conv/conv.h"
@@ -94,6 +96,20 @@ void bind_conv(py::module_& m) {
       py::arg("grad_output"), py::arg("output"), py::arg("grad_preactivation"), py::arg("activation"),
       py::arg("negative_slope"), py::arg("emu") = false, py::arg("stream") = 0,
       "grad_preactivation = grad_output * activation'(output), read from the activation's output.");
+  m.def(
+      "conv_set_algorithm",
+      [](const std::string& name) {
+        ConvAlgo a = name == "auto" ? ConvAlgo::automatic : name == "direct" ? ConvAlgo::direct
+                     : name == "winograd"                 ? ConvAlgo::winograd
+                                                          : ConvAlgo(-1);
+        CK_CHECK_VALUE(int(a) >= 0, "algorithm must be 'auto', 'direct' or 'winograd', got '", name, "'");
+        const char* names[3] = {"auto", "direct", "winograd"};
+        return std::string(names[int(conv_set_algorithm(a))]);
+      },
+      py::arg("name"),
+      "CPU algorithm for the forward and input gradient: 'auto' (Winograd F(4x4,3x3) for float32 3x3 stride-1 "
+      "layers with >= 16 channels in and out, else direct), 'direct', or 'winograd' wherever it applies. Returns the "
+      "previous setting.");
   m.def(
       "conv_output_shape",
       [](const Ints& x_shape, const Ints& w_shape, const Ints& stride, const Ints& lo, const Ints& hi,

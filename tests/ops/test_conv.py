@@ -181,6 +181,54 @@ def test_first_layer_and_wide_rows_take_the_fast_paths():
     _close(conv2d(x, w, None, padding=1), F.conv2d(x, w, None, padding=1), torch.float32)
 
 
+@pytest.fixture(params=["direct", "winograd"])
+def cpu_algorithm(request):
+    previous = _C.conv_set_algorithm(request.param)
+    yield request.param
+    _C.conv_set_algorithm(previous)
+
+
+# Winograd F(4x4, 3x3) rounds differently from a direct sum: its float32 error is about 1e-5 of the output's
+# scale for 128 channels (measured; ~8x torch's direct convolution), so its documented tolerance is 5e-5 x scale.
+WINOGRAD_CASES = [
+    ((1, 20, 13, 19), 17, 1, 1, "zeros", None),      # sizes that are not multiples of the 4x4 tile, channel tail
+    ((2, 16, 30, 70), 16, (1, 1), (1, 1), "reflect", "relu"),  # several chunks of 24 tiles, batch
+    ((1, 3, 9, 11), 5, 1, 0, "zeros", "leaky_relu"),  # few channels ('winograd' forces it), no padding
+    ((1, 8, 12, 9), 4, 1, 3, "circular", None),        # padding beyond the kernel span
+    ((1, 128, 24, 40), 128, 1, 1, "zeros", None),
+]
+
+
+@pytest.mark.parametrize("case", WINOGRAD_CASES, ids=lambda c: f"{c[0][1]}-{c[1]}-{c[4]}")
+def test_winograd_and_direct_match_torch(cpu_algorithm, case):
+    shape, cout, s, p, mode, act = case
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(shape, generator=gen, requires_grad=True)
+    w = torch.randn(cout, shape[1], 3, 3, generator=gen, requires_grad=True)
+    b = torch.randn(cout, generator=gen, requires_grad=True)
+    xd, wd, bd = (t.detach().double().requires_grad_(True) for t in (x, w, b))
+    want = _reference(xd, wd, bd, s, p, 1, 1, mode, act)
+    got = conv2d(x, w, b, s, p, 1, 1, mode, act, SLOPE)
+    gy = torch.randn(want.shape, generator=gen)
+    gx, = torch.autograd.grad(got, x, gy)
+    gxd, = torch.autograd.grad(want, xd, gy.double())
+    for a, c in ((got, want), (gx, gxd)):
+        err = (a.double() - c).abs().max().item() / c.abs().max().item()
+        assert err < (5e-5 if cpu_algorithm == "winograd" else 1e-5), (cpu_algorithm, err)
+    # 3D 3x3x3: the depth taps become entries of a 2D Winograd per input plane.
+    x3 = torch.randn(1, 5, 6, 9, 13, generator=gen)
+    w3 = torch.randn(6, 5, 3, 3, 3, generator=gen)
+    want3 = F.conv3d(x3.double(), w3.double(), None, 1, 1)
+    err3 = (conv3d(x3, w3, None, 1, 1).double() - want3).abs().max() / want3.abs().max()
+    assert err3 < 5e-5
+
+
+def test_algorithm_switch_validates():
+    with pytest.raises(ValueError, match="algorithm must be"):
+        _C.conv_set_algorithm("fft")
+    assert _C.conv_set_algorithm(_C.conv_set_algorithm("direct")) == "direct"
+
+
 def test_layouts_and_unbatched_inputs():
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(2, 4, 10, 12, generator=gen)

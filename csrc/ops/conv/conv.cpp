@@ -2,6 +2,7 @@
 #include "ops/conv/conv.h"
 
 #include <algorithm>
+#include <atomic>
 
 #include "core/validate.h"
 #include "ops/conv/conv_math.h"
@@ -163,7 +164,15 @@ P offset(P p, int64_t elems, DType dt) {
   return p ? static_cast<P>(static_cast<C>(p) + elems * dtype_size(dt)) : p;
 }
 
+std::atomic<int> g_algo{int(ConvAlgo::automatic)};
+
 }  // namespace
+
+ConvAlgo conv_set_algorithm(ConvAlgo a) {
+  CK_CHECK_VALUE(int(a) >= 0 && int(a) <= 2, "algorithm must be 0 (auto), 1 (direct) or 2 (winograd)");
+  return ConvAlgo(g_algo.exchange(int(a)));
+}
+ConvAlgo conv_algorithm() { return ConvAlgo(g_algo.load()); }
 
 std::vector<int64_t> conv_output_shape(const std::vector<int64_t>& x_shape, const std::vector<int64_t>& w_shape,
                                        const ConvParams& p) {
@@ -210,6 +219,7 @@ void conv_forward(const TensorView& x, const TensorView& w, const TensorView& b,
                       offset(y.data, gi * g.Cout * plane_out(g), x.dtype),
                       p.act,
                       p.slope,
+                      conv_algorithm(),
                       x.device.index};
     if (be == Backend::cpu)
       CK_CPU_CALL(conv_forward_cpu, a);
@@ -273,6 +283,7 @@ void conv_grad_input(const TensorView& gy, const TensorView& w, const TensorView
                         offset(static_cast<const void*>(gy.data), gi * g.Cout * plane_out(g), gx.dtype),
                         offset(static_cast<const void*>(w.data), gi * wg, gx.dtype),
                         offset(target, gi * g.Cin * plane_in(g), gx.dtype),
+                        conv_algorithm(),
                         gx.device.index};
     if (be == Backend::cpu)
       CK_CPU_CALL(conv_grad_input_cpu, a);

@@ -14,6 +14,9 @@ namespace ck {
 enum class PadMode : int32_t { zeros = 0, reflect = 1, replicate = 2, circular = 3 };
 // Activation fused into the forward's store: none, ReLU, or leaky ReLU with ConvParams::slope.
 enum class Act : int32_t { none = 0, relu = 1, leaky_relu = 2 };
+// CPU algorithm for the forward and the gradient of the input: auto (Winograd F(4x4, 3x3) for float32 3x3
+// stride-1 layers with enough channels, else direct), direct, or Winograd wherever it applies.
+enum class ConvAlgo : int32_t { automatic = 0, direct = 1, winograd = 2 };
 
 struct ConvParams {
   int nd = 2;  // spatial dims: 2 or 3
@@ -47,6 +50,7 @@ struct ConvForwardArgs {
   void* y;
   Act act;
   double slope;
+  ConvAlgo algo;
   int device;
 };
 
@@ -58,6 +62,7 @@ struct ConvGradInputArgs {
   const void* gy;
   const void* w;
   void* gx;
+  ConvAlgo algo;
   int device;
 };
 
@@ -112,6 +117,10 @@ std::vector<int64_t> conv_output_shape(const std::vector<int64_t>& x_shape, cons
 // Shape of the workspace conv_grad_input needs (the padded input's shape), or {} for zero padding.
 std::vector<int64_t> conv_grad_input_workspace_shape(const std::vector<int64_t>& x_shape,
                                                      const std::vector<int64_t>& w_shape, const ConvParams& p);
+
+// The CPU algorithm choice (process-wide; tests force each path). Returns the previous one.
+ConvAlgo conv_set_algorithm(ConvAlgo a);
+ConvAlgo conv_algorithm();
 
 // Every call validates all arguments, then runs on the backend the device implies (cuda tensors -> cuda; cpu
 // tensors -> cpu, or emu when use_emu). Empty views (ndim 0) mean "absent" for b, gw, gb and the workspace.

@@ -13,6 +13,7 @@
 // while consecutive output rows reuse them, and runs the micro-kernels from there (50-80% of peak).
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "core/check.h"
@@ -164,7 +165,7 @@ class PanelRows {
   void queue_next(int64_t n, int64_t od, int64_t oh) {
     const ConvGeom& g = g_;
     pf_.clear();
-    pf_pos_ = 0;
+    pf_pos_ = pf_line_ = 0;
     const int64_t plane = g.in[0] * g.in[1] * g.in[2];
     const int64_t c0 = std::max<int64_t>(0, std::min(in0_, g.in[2])), c1 = std::max<int64_t>(0, std::min(in0_ + in_valid_, g.in[2]));
     if (c1 <= c0) return;
@@ -183,9 +184,12 @@ class PanelRows {
   }
   // Issues up to k queued line prefetches.
   void pump(int k) {
-    while (k-- > 0 && pf_pos_ < int64_t(pf_.size()) * pf_lines_) {
-      __builtin_prefetch(pf_[size_t(pf_pos_ / pf_lines_)] + (pf_pos_ % pf_lines_) * 64, 0, 2);
-      ++pf_pos_;
+    for (; k > 0 && pf_pos_ < int64_t(pf_.size()); --k) {
+      __builtin_prefetch(pf_[size_t(pf_pos_)] + pf_line_ * 64, 0, 2);
+      if (++pf_line_ == pf_lines_) {
+        pf_line_ = 0;
+        ++pf_pos_;
+      }
     }
   }
 
@@ -206,8 +210,44 @@ class PanelRows {
       for (; t < cwin_; ++t) dst[t] = at(src, t);
       return;
     }
-    for (int64_t t = 0; t < cwin_; ++t) dst[(t % S_) * phase_ + t / S_] = at(src, t);
+    int64_t t = 0;
+#if CK_SIMD_AVX2
+    if constexpr (std::is_same<T, float>::value) {
+      if (S_ == 4) {  // Winograd's tile columns: 32 columns -> 8 in each of the 4 phases, in registers
+        const int64_t W = g_.in[2];
+        const int64_t mid0 = round_up(std::min(cwin_, std::max<int64_t>(0, -in0_)), 4);
+        const int64_t mid1 = std::min({cwin_, in_valid_, std::max<int64_t>(0, W - in0_)});
+        for (; t < mid0; ++t) dst[(t % 4) * phase_ + t / 4] = at(src, t);
+        for (; t + 32 <= mid1; t += 32) deinterleave4(src + in0_ + t, dst + t / 4, phase_);
+      }
+    }
+#endif
+    // The rest one column at a time; counters instead of t % S, t / S (a runtime division per column).
+    for (int64_t ph = t % S_, q = t / S_; t < cwin_; ++t) {
+      dst[ph * phase_ + q] = at(src, t);
+      if (++ph == S_) {
+        ph = 0;
+        ++q;
+      }
+    }
   }
+#if CK_SIMD_AVX2
+  // p[k * stride + q] = s[4 q + k] for q < 8, k < 4.
+  static void deinterleave4(const float* s, float* p, int64_t stride) {
+    const __m256 v0 = _mm256_loadu_ps(s), v1 = _mm256_loadu_ps(s + 8), v2 = _mm256_loadu_ps(s + 16),
+                 v3 = _mm256_loadu_ps(s + 24);
+    // Lanes: u0 = s0..3 | s16..19, u1 = s4..7 | s20..23, u2 = s8..11 | s24..27, u3 = s12..15 | s28..31.
+    const __m256 u0 = _mm256_permute2f128_ps(v0, v2, 0x20), u1 = _mm256_permute2f128_ps(v0, v2, 0x31);
+    const __m256 u2 = _mm256_permute2f128_ps(v1, v3, 0x20), u3 = _mm256_permute2f128_ps(v1, v3, 0x31);
+    // 4x4 transpose within each 128-bit lane.
+    const __m256 a = _mm256_unpacklo_ps(u0, u1), b = _mm256_unpackhi_ps(u0, u1);
+    const __m256 c = _mm256_unpacklo_ps(u2, u3), d = _mm256_unpackhi_ps(u2, u3);
+    _mm256_storeu_ps(p, _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(a), _mm256_castps_pd(c))));
+    _mm256_storeu_ps(p + stride, _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(a), _mm256_castps_pd(c))));
+    _mm256_storeu_ps(p + 2 * stride, _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(b), _mm256_castps_pd(d))));
+    _mm256_storeu_ps(p + 3 * stride, _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(b), _mm256_castps_pd(d))));
+  }
+#endif
   T at(const T* src, int64_t t) const {
     if (t >= in_valid_) return T(0);
     const int64_t m = conv::map_index(in0_ + t, g_.in[2], g_.pad);
@@ -224,7 +264,7 @@ class PanelRows {
   std::vector<char> used_;
   std::vector<const T*> rows_;
   std::vector<const char*> pf_;
-  int64_t pf_pos_ = 0, pf_lines_ = 0;
+  int64_t pf_pos_ = 0, pf_line_ = 0, pf_lines_ = 0;
 };
 
 // The transposed reads of the gradient of the input for strided convolutions: output row (n, id, ih) of gx
@@ -443,6 +483,214 @@ void run_rows(const RowOut<T>& o, const T* wp, int64_t panel_rows, const MakeSrc
   });
 }
 
+// ---- Winograd F(4x4, 3x3), float32 on AVX2 --------------------------------------------------------------
+//
+// Y = A^T [ (G g G^T) .* (B^T d B) ] A turns a 3x3 correlation of a 6x6 input tile into 36 products per 4x4
+// outputs instead of 144 (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016; the
+// matrices below are that paper's for points 0, +-1, +-2, inf). Per tile row (4 output rows) and chunk of TC
+// tiles: the input transform (vectorised over 8 tiles) writes V[xi][entry][tile]; 36 GEMMs
+// M[oc][xi][tile] = sum over entries (c, kd) of U[xi][oc][entry] V[xi][entry][tile] run on the direct
+// convolution's micro-kernel; the output transform adds the bias, applies the activation and interleaves the
+// 4 columns of every tile back into NCHW rows. A 3D kernel's depth taps are entries: each is a 2D Winograd on
+// one input plane. The input panel is PanelRows with a 6-tap, stride-4 geometry, so its 4 phases hold the
+// tile columns and every tap of 8 consecutive tiles is one contiguous vector.
+#if CK_SIMD_AVX2
+namespace wino {
+
+constexpr int kTC = 24;  // tiles per chunk: one micro-kernel tile of 3 vectors
+
+// y = B^T x for one column of 6.
+inline void bt6(const __m256* x, __m256* y) {
+  const __m256 four = _mm256_set1_ps(4.f), five = _mm256_set1_ps(5.f), two = _mm256_set1_ps(2.f);
+  y[0] = _mm256_fnmadd_ps(five, x[2], _mm256_fmadd_ps(four, x[0], x[4]));
+  const __m256 a = _mm256_add_ps(x[3], x[4]), b = _mm256_add_ps(x[1], x[2]);
+  y[1] = _mm256_fnmadd_ps(four, b, a);
+  const __m256 c = _mm256_sub_ps(x[4], x[3]), d = _mm256_sub_ps(x[1], x[2]);
+  y[2] = _mm256_fmadd_ps(four, d, c);
+  const __m256 e = _mm256_sub_ps(x[4], x[2]), f = _mm256_sub_ps(x[3], x[1]);
+  y[3] = _mm256_fmadd_ps(two, f, e);
+  y[4] = _mm256_fnmadd_ps(two, f, e);
+  y[5] = _mm256_fnmadd_ps(five, x[3], _mm256_fmadd_ps(four, x[1], x[5]));
+}
+
+// y = A^T m for one column of 6 -> 4.
+inline void at6(const __m256* m, __m256* y) {
+  const __m256 a = _mm256_add_ps(m[1], m[2]), b = _mm256_sub_ps(m[1], m[2]);
+  const __m256 c = _mm256_add_ps(m[3], m[4]), d = _mm256_sub_ps(m[3], m[4]);
+  y[0] = _mm256_add_ps(_mm256_add_ps(m[0], a), c);
+  y[1] = _mm256_fmadd_ps(_mm256_set1_ps(2.f), d, b);
+  y[2] = _mm256_fmadd_ps(_mm256_set1_ps(4.f), c, a);
+  y[3] = _mm256_add_ps(_mm256_fmadd_ps(_mm256_set1_ps(8.f), d, b), m[5]);
+}
+
+// U[xi][ob][e][i] = (G g G^T)[xi] for output channel ob * MO + i and entry e = (c, kd), in double.
+inline std::vector<float> transform_weights(const float* w, int64_t cout, int64_t E, int64_t OB,
+                                            bool flip_transpose, int64_t cin, int64_t KD) {
+  static const double G[6][3] = {{1.0 / 4, 0, 0},          {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                 {-1.0 / 6, 1.0 / 6, -1.0 / 6}, {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                 {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
+  std::vector<float> U(size_t(36 * OB * E * MO), 0.f);
+  for (int64_t o = 0; o < cout; ++o)
+    for (int64_t e = 0; e < E; ++e) {
+      double g[3][3];
+      for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j) {
+          if (!flip_transpose) {
+            g[i][j] = w[(o * E + e) * 9 + i * 3 + j];
+          } else {  // grad input: o is an input channel of w, e = (output channel, kd'); all taps reversed
+            const int64_t oc = e / KD, kd = KD - 1 - e % KD;
+            g[i][j] = w[((oc * cin + o) * KD + kd) * 9 + (2 - i) * 3 + (2 - j)];
+          }
+        }
+      double t[6][3];
+      for (int a = 0; a < 6; ++a)
+        for (int j = 0; j < 3; ++j) t[a][j] = G[a][0] * g[0][j] + G[a][1] * g[1][j] + G[a][2] * g[2][j];
+      for (int a = 0; a < 6; ++a)
+        for (int b = 0; b < 6; ++b) {
+          const double u = t[a][0] * G[b][0] + t[a][1] * G[b][1] + t[a][2] * G[b][2];
+          U[size_t((((a * 6 + b) * OB + o / MO) * E + e) * MO + o % MO)] = float(u);
+        }
+    }
+  return U;
+}
+
+// Writes y[4t + j] = v[j][t] for t < 8, j < 4 (32 floats), or its first `n` values; streaming (cache-bypassing)
+// stores when asked and y is 32-byte aligned.
+inline void store_interleaved4(float* y, const __m256* v, int64_t n, bool stream) {
+  const __m256 ab_lo = _mm256_unpacklo_ps(v[0], v[1]), ab_hi = _mm256_unpackhi_ps(v[0], v[1]);
+  const __m256 cd_lo = _mm256_unpacklo_ps(v[2], v[3]), cd_hi = _mm256_unpackhi_ps(v[2], v[3]);
+  const __m256 s0 = _mm256_shuffle_ps(ab_lo, cd_lo, 0x44), s1 = _mm256_shuffle_ps(ab_lo, cd_lo, 0xEE);
+  const __m256 s2 = _mm256_shuffle_ps(ab_hi, cd_hi, 0x44), s3 = _mm256_shuffle_ps(ab_hi, cd_hi, 0xEE);
+  const __m256 r[4] = {_mm256_permute2f128_ps(s0, s1, 0x20), _mm256_permute2f128_ps(s2, s3, 0x20),
+                       _mm256_permute2f128_ps(s0, s1, 0x31), _mm256_permute2f128_ps(s2, s3, 0x31)};
+  if (n >= 32) {
+    if (stream && (reinterpret_cast<uintptr_t>(y) & 31) == 0)
+      for (int k = 0; k < 4; ++k) _mm256_stream_ps(y + 8 * k, r[k]);
+    else
+      for (int k = 0; k < 4; ++k) _mm256_storeu_ps(y + 8 * k, r[k]);
+    return;
+  }
+  alignas(32) float tmp[32];
+  for (int k = 0; k < 4; ++k) _mm256_store_ps(tmp + 8 * k, r[k]);
+  for (int64_t k = 0; k < n; ++k) y[k] = tmp[k];
+}
+
+}  // namespace wino
+
+// Whether the Winograd path applies: 3x3 in (h, w) at stride 1 and dilation 1, float32.
+bool winograd_eligible(const ConvGeom& g) {
+  return g.k[1] == 3 && g.k[2] == 3 && g.s[1] == 1 && g.s[2] == 1 && g.d[1] == 1 && g.d[2] == 1;
+}
+
+// Auto: enough channels that the GEMMs outweigh the transforms (measured below 16 in or out they do not).
+bool use_winograd(const ConvGeom& g, ConvAlgo algo) {
+  if (algo == ConvAlgo::direct || !winograd_eligible(g)) return false;
+  return algo == ConvAlgo::winograd || (g.Cin * g.k[0] >= 16 && g.Cout >= 16);
+}
+
+// The forward through Winograd: x with geometry g into o (RowOut over g.out); U from wino::transform_weights.
+void winograd_forward(const ConvGeom& g, const float* x, const std::vector<float>& U, const RowOut<float>& o) {
+  using V = Vec<float>;
+  const int64_t E = g.Cin * g.k[0], OB = ceil_div(g.Cout, MO);
+  const int64_t TH = ceil_div(g.out[1], 4), TWt = ceil_div(g.out[2], 4);
+  // The panel sees a 6x6-tap convolution at stride 4: output "pixels" are tiles.
+  ConvGeom pg = g;
+  pg.k[1] = pg.k[2] = 6;
+  pg.s[1] = pg.s[2] = 4;
+  pg.out[1] = TH;
+  pg.out[2] = TWt;
+  const int64_t TC = wino::kTC, TCp = TC;  // V/M row length (tiles)
+  const int64_t items = g.N * g.out[0] * TH;
+  // Outputs beyond the caches are written once, in whole lines: streaming stores skip reading them first
+  // (measured: 11% of the time sat on those stores' misses).
+  const bool stream = g.N * o.bs * int64_t(sizeof(float)) > (int64_t(16) << 20);
+  parallel_for(items, 1, [&](int64_t b, int64_t e) {
+    PanelRows<float> src(pg, x, TC, 1);
+    const int64_t* off = src.tap_offsets();
+    std::vector<float> Vb(size_t(36 * E * TCp)), Mb(size_t(OB * MO * 36 * TCp));
+    std::vector<const float*> vrows(size_t(36 * E));
+    for (int64_t xi = 0; xi < 36; ++xi)
+      for (int64_t en = 0; en < E; ++en) vrows[size_t(xi * E + en)] = Vb.data() + (xi * E + en) * TCp;
+    alignas(32) __m256 tr[6][6];
+    for (int64_t tc0 = 0; tc0 < TWt; tc0 += TC) {
+      const int64_t tvalid = std::min(TC, TWt - tc0);
+      src.set_chunk(tc0, tvalid);
+      for (int64_t it = b; it < e; ++it) {
+        const int64_t t_row = it % TH, od = (it / TH) % g.out[0], n = it / (TH * g.out[0]);
+        src.fill(&n, &od, &t_row, 1);
+        if (it + 1 < e)
+          src.queue_next((it + 1) / (TH * g.out[0]), ((it + 1) / TH) % g.out[0], (it + 1) % TH);
+        const float* const* rows = src.rows(0);
+        // Input transform: V[xi][entry][tile].
+        for (int64_t en = 0; en < E; ++en)
+          for (int64_t t0 = 0; t0 < tvalid; t0 += 8) {
+            for (int r = 0; r < 6; ++r) {
+              const float* p = rows[en * 6 + r] + t0;
+              __m256 d[6];
+              for (int j = 0; j < 6; ++j) d[j] = _mm256_loadu_ps(p + off[j]);
+              wino::bt6(d, tr[r]);
+            }
+            for (int k = 0; k < 6; ++k) {
+              __m256 col[6], y[6];
+              for (int r = 0; r < 6; ++r) col[r] = tr[r][k];
+              wino::bt6(col, y);
+              for (int a = 0; a < 6; ++a) _mm256_storeu_ps(Vb.data() + ((a * 6 + k) * E + en) * TCp + t0, y[a]);
+            }
+          }
+        // 36 GEMMs on the micro-kernel: M[oc][xi][tile].
+        for (int64_t xi = 0; xi < 36; ++xi)
+          for (int64_t ob = 0; ob < OB; ++ob)
+            for (int64_t j0 = 0; j0 < tvalid; j0 += MV * V::N) {
+              const int nv = int(std::min<int64_t>(MV, ceil_div(tvalid - j0, V::N)));
+              V acc[MO][MV];
+              for (int i = 0; i < MO; ++i)
+                for (int jj = 0; jj < MV; ++jj) acc[i][jj] = V::zero();
+              static const int64_t zero_off[1] = {0};
+              pick_micro_fwd<float>(nv, 1)(vrows.data() + xi * E, E, j0, 1, zero_off,
+                                           U.data() + (xi * OB + ob) * E * MO, acc);
+              src.pump(4);
+              for (int i = 0; i < MO; ++i)
+                for (int jj = 0; jj < nv; ++jj)
+                  acc[i][jj].store(Mb.data() + ((ob * MO + i) * 36 + xi) * TCp + j0 + jj * V::N);
+            }
+        // Output transform, bias, activation, interleave into the output rows.
+        const int64_t oh0 = t_row * 4, nrow = std::min<int64_t>(4, g.out[1] - oh0);
+        const __m256 zero = _mm256_setzero_ps(), slope = _mm256_set1_ps(o.slope);
+        for (int64_t oc = 0; oc < g.Cout; ++oc) {
+          const __m256 bias = _mm256_set1_ps(o.bias ? o.bias[oc] : 0.f);
+          float* yplane = o.y + n * o.bs + oc * o.plane + (od * g.out[1] + oh0) * g.out[2];
+          const float* m = Mb.data() + oc * 36 * TCp;
+          for (int64_t t0 = 0; t0 < tvalid; t0 += 8) {
+            __m256 tm[6][4];
+            for (int a = 0; a < 6; ++a) {
+              __m256 row[6];
+              for (int k = 0; k < 6; ++k) row[k] = _mm256_loadu_ps(m + (a * 6 + k) * TCp + t0);
+              wino::at6(row, tm[a]);
+            }
+            __m256 Y[4][4];
+            for (int j = 0; j < 4; ++j) {
+              __m256 col[6], y[4];
+              for (int a = 0; a < 6; ++a) col[a] = tm[a][j];
+              wino::at6(col, y);
+              for (int i = 0; i < 4; ++i) {
+                __m256 v = _mm256_add_ps(y[i], bias);
+                if (o.act == Act::relu) v = V::blend_negative(V{v}, V{zero}).v;
+                else if (o.act == Act::leaky_relu) v = V::blend_negative(V{v}, V{_mm256_mul_ps(v, slope)}).v;
+                Y[i][j] = v;
+              }
+            }
+            const int64_t c0 = (tc0 + t0) * 4, ncols = std::min<int64_t>(32, g.out[2] - c0);
+            for (int64_t i = 0; i < nrow; ++i)
+              wino::store_interleaved4(yplane + i * g.out[2] + c0, Y[i], ncols, stream);
+          }
+        }
+      }
+    }
+    if (stream) _mm_sfence();
+  });
+}
+#endif  // CK_SIMD_AVX2
+
 // Rows of the panel per output column: (channels x kd x kh) rows, each as wide as the chunk.
 int64_t panel_rows_of(const ConvGeom& g, int64_t rb) { return g.Cin * g.k[0] * (rb - 1 + g.k[1]); }
 
@@ -458,6 +706,16 @@ void forward_typed(const ConvForwardArgs& a) {
   // A few taps per output (first layers) make the output write the bound: bypass the caches for it.
   o.stream = E <= 32 && g.N * g.y_bs * int64_t(sizeof(T)) > (int64_t(32) << 20);
   const T* x = static_cast<const T*>(a.x);
+#if CK_SIMD_AVX2
+  if constexpr (std::is_same<T, float>::value) {
+    if (use_winograd(g, a.algo)) {
+      const std::vector<float> U = wino::transform_weights(w, g.Cout, g.Cin * g.k[0], ceil_div(g.Cout, MO), false,
+                                                           g.Cin, g.k[0]);
+      winograd_forward(g, x, U, o);
+      return;
+    }
+  }
+#endif
   run_rows<T, PanelRows<T>>(o, wp.data(), panel_rows_of(g, 1) * g.s[2],
                             [&](int64_t cw) { return PanelRows<T>(g, x, cw, 1); });
 }
@@ -485,6 +743,16 @@ void grad_input_typed(const ConvGradInputArgs& a) {
     t.x_bs = g.y_bs;
     t.y_bs = g.x_bs;
     t.pad = PadMode::zeros;
+#if CK_SIMD_AVX2
+    if constexpr (std::is_same<T, float>::value) {
+      if (use_winograd(t, a.algo)) {
+        const std::vector<float> U = wino::transform_weights(w, g.Cin, g.Cout * g.k[0], ceil_div(g.Cin, MO), true,
+                                                             g.Cin, g.k[0]);
+        winograd_forward(t, gy, U, o);
+        return;
+      }
+    }
+#endif
     // wt[c][o][k'] = w[o][c][K - 1 - k'] (all three kernel dims reversed at once).
     const std::vector<T> wp = pack_weights<T>(g.Cin, g.Cout * K, [&](int64_t c, int64_t e) {
       const int64_t oc = e / K, k = e % K;
