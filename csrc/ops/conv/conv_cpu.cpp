@@ -162,10 +162,9 @@ class PanelRows {
   // copies are bursts of short rows from planes far apart, which the hardware prefetchers pick up too late
   // (measured: ~9% of the time in memmove); spreading the prefetches over the micro-kernel calls of the
   // current row hides that latency.
-  void queue_next(int64_t n, int64_t od, int64_t oh) {
+  void queue_next(int64_t n, int64_t od, int64_t oh, bool append = false) {
     const ConvGeom& g = g_;
-    pf_.clear();
-    pf_pos_ = pf_line_ = 0;
+    if (!append) clear_queue();
     const int64_t plane = g.in[0] * g.in[1] * g.in[2];
     const int64_t c0 = std::max<int64_t>(0, std::min(in0_, g.in[2])), c1 = std::max<int64_t>(0, std::min(in0_ + in_valid_, g.in[2]));
     if (c1 <= c0) return;
@@ -177,16 +176,22 @@ class PanelRows {
         const int64_t key = (n * g.in[0] + id) * g.in[1] + ih;
         if (std::find(keys_.begin(), keys_.end(), key) != keys_.end()) continue;
         const char* base = reinterpret_cast<const char*>(x_ + n * g.x_bs + (id * g.in[1] + ih) * g.in[2] + c0);
-        for (int64_t c = 0; c < g.Cin; ++c) pf_.push_back(base + c * plane * int64_t(sizeof(T)));
+        for (int64_t c = 0; c < g.Cin; ++c) queue(base + c * plane * int64_t(sizeof(T)), (c1 - c0) * int64_t(sizeof(T)));
       }
     }
-    pf_lines_ = ((c1 - c0) * int64_t(sizeof(T)) + 63) / 64;
+  }
+  void clear_queue() {
+    pf_.clear();
+    pf_pos_ = pf_line_ = 0;
+  }
+  void queue(const void* p, int64_t bytes) {
+    pf_.push_back({static_cast<const char*>(p), (bytes + 63) / 64});
   }
   // Issues up to k queued line prefetches.
   void pump(int k) {
     for (; k > 0 && pf_pos_ < int64_t(pf_.size()); --k) {
-      __builtin_prefetch(pf_[size_t(pf_pos_)] + pf_line_ * 64, 0, 2);
-      if (++pf_line_ == pf_lines_) {
+      __builtin_prefetch(pf_[size_t(pf_pos_)].first + pf_line_ * 64, 0, 2);
+      if (++pf_line_ == pf_[size_t(pf_pos_)].second) {
         pf_line_ = 0;
         ++pf_pos_;
       }
@@ -263,8 +268,8 @@ class PanelRows {
   std::vector<int64_t> keys_, need_, slot_of_;
   std::vector<char> used_;
   std::vector<const T*> rows_;
-  std::vector<const char*> pf_;
-  int64_t pf_pos_ = 0, pf_line_ = 0, pf_lines_ = 0;
+  std::vector<std::pair<const char*, int64_t>> pf_;  // (address, lines) of rows to prefetch
+  int64_t pf_pos_ = 0, pf_line_ = 0;
 };
 
 // The transposed reads of the gradient of the input for strided convolutions: output row (n, id, ih) of gx
@@ -361,6 +366,59 @@ void micro_fwd(const T* const* rows, int64_t E, int64_t col, int64_t kw_rt, cons
     for (int j = 0; j < NV; ++j) out[i][j] = acc[i][j];
 }
 
+// A full tile (MV vectors, all MO channels real) with the epilogue fused: accumulators start at the bias,
+// get the activation and go straight to the output rows. For first layers (9 taps per output) the separate
+// epilogue's round trip of 12 accumulators through memory was ~30% of the work.
+template <class T, int KW, int ACT>
+void tile_fwd(const T* const* rows, int64_t E, int64_t col, int64_t kw_rt, const int64_t* offs, const T* wp,
+              const T* bias, T slope_s, T* dst, int64_t plane) {
+  using V = Vec<T>;
+  V acc[MO][MV];
+  for (int i = 0; i < MO; ++i) {
+    const V b = V::set1(bias ? bias[i] : T(0));
+    for (int j = 0; j < MV; ++j) acc[i][j] = b;
+  }
+  const int64_t taps = KW ? KW : kw_rt;
+  int64_t off[KW ? KW : 1];
+  if (KW)
+    for (int t = 0; t < KW; ++t) off[t] = offs[t] + col;
+  for (int64_t e = 0; e < E; ++e) {
+    const T* p = rows[e];
+#pragma GCC unroll 1
+    for (int64_t t = 0; t < taps; ++t) {
+      const T* q = p + (KW ? off[t] : offs[t] + col);
+      V x[MV];
+      for (int j = 0; j < MV; ++j) x[j] = V::load(q + j * V::N);
+      for (int i = 0; i < MO; ++i) {
+        const V w = V::set1(wp[i]);
+        for (int j = 0; j < MV; ++j) acc[i][j] = V::fmadd(w, x[j], acc[i][j]);
+      }
+      wp += MO;
+    }
+  }
+  const V zero = V::zero(), slope = V::set1(slope_s);
+  for (int i = 0; i < MO; ++i)
+    for (int j = 0; j < MV; ++j) {
+      V v = acc[i][j];
+      if (ACT == int(Act::relu)) v = V::blend_negative(v, zero);
+      if (ACT == int(Act::leaky_relu)) v = V::blend_negative(v, v * slope);
+      v.store(dst + i * plane + j * V::N);
+    }
+}
+
+template <class T>
+using TileFwd = void (*)(const T* const*, int64_t, int64_t, int64_t, const int64_t*, const T*, const T*, T, T*, int64_t);
+
+template <class T, int KW>
+TileFwd<T> tile_fwd_for(Act act) {
+  return act == Act::relu ? &tile_fwd<T, KW, 1> : act == Act::leaky_relu ? &tile_fwd<T, KW, 2> : &tile_fwd<T, KW, 0>;
+}
+
+template <class T>
+TileFwd<T> pick_tile_fwd(int64_t taps, Act act) {
+  return taps == 1 ? tile_fwd_for<T, 1>(act) : taps == 3 ? tile_fwd_for<T, 3>(act) : tile_fwd_for<T, 0>(act);
+}
+
 template <class T>
 using MicroFwd = void (*)(const T* const*, int64_t, int64_t, int64_t, const int64_t*, const T*, Vec<T> (&)[MO][MV]);
 
@@ -388,11 +446,13 @@ struct RowOut {
   bool stream;  // non-temporal stores: outputs far larger than the caches, written once
 };
 
-// Output columns per panel chunk: as wide as the row when the panel stays within ~160 KiB.
+// Output columns per panel chunk: as wide as the row when the panel stays within ~160 KiB, else the row split
+// into equal chunks (a narrow last chunk wastes the kernels' reduction on few columns).
 int64_t chunk_cols(int64_t cols, int64_t rows_per_chunk_col, int64_t tile, int64_t elem) {
   const int64_t budget = (int64_t(160) << 10) / (elem * std::max<int64_t>(1, rows_per_chunk_col));
   const int64_t cw = std::max<int64_t>(tile, budget / tile * tile);
-  return std::min(cw, round_up(cols, tile));
+  const int64_t n_chunks = ceil_div(round_up(cols, tile), cw);
+  return std::min(cw, round_up(ceil_div(cols, n_chunks), tile));
 }
 
 // The row driver shared by forward and grad-input: per thread, runs of consecutive output rows; per panel
@@ -415,6 +475,7 @@ void run_rows(const RowOut<T>& o, const T* wp, int64_t panel_rows, const MakeSrc
     const int64_t E = src.entries(), taps = src.taps();
     const int64_t* offs = src.tap_offsets();
     const MicroFwd<T> micro_full = pick_micro_fwd<T>(MV, taps);
+    const TileFwd<T> tile_full = pick_tile_fwd<T>(taps, o.act);
     alignas(32) T tmp[N];
     // Items are part-major: a thread's range is a few runs of consecutive rows, each with one channel part.
     for (int64_t run0 = b; run0 < e;) {
@@ -441,6 +502,12 @@ void run_rows(const RowOut<T>& o, const T* wp, int64_t panel_rows, const MakeSrc
           for (int64_t ob = ob0; ob < ob1; ++ob) {
             for (int64_t j0 = 0; j0 < cvalid; j0 += TW) {
               const int64_t valid = std::min(TW, cvalid - j0);
+              if (valid == TW && (ob + 1) * MO <= o.cout && !o.stream) {
+                tile_full(ptrs, E, j0, taps, offs, wp + ob * E * taps * MO, o.bias ? o.bias + ob * MO : nullptr,
+                          o.slope, yrow + ob * MO * o.plane + j0, o.plane);
+                src.pump(8);
+                continue;
+              }
               const int nv = int(ceil_div(valid, N));
               const MicroFwd<T> micro = nv == MV ? micro_full : pick_micro_fwd<T>(nv, taps);
               V acc[MO][MV];
@@ -704,7 +771,7 @@ void forward_typed(const ConvForwardArgs& a) {
   RowOut<T> o{static_cast<T*>(a.y), g.Cout, {g.N, g.out[0], g.out[1]}, g.out[2],
               g.out[0] * g.out[1] * g.out[2], g.y_bs, static_cast<const T*>(a.b), a.act, T(a.slope), false};
   // A few taps per output (first layers) make the output write the bound: bypass the caches for it.
-  o.stream = E <= 32 && g.N * g.y_bs * int64_t(sizeof(T)) > (int64_t(32) << 20);
+  o.stream = false;  // measured slower here (see run_rows); kept for experiments
   const T* x = static_cast<const T*>(a.x);
 #if CK_SIMD_AVX2
   if constexpr (std::is_same<T, float>::value) {
@@ -798,6 +865,25 @@ void micro_gw(int64_t nrows, const T* gt, int64_t row_len, int64_t oc_stride, co
     for (int t = 0; t < 3; ++t) acc[i][t] = a[i][t];
 }
 
+// out[i] += the lane sum of v[i], i < 4 (the accumulators of MO = 4 channels for one entry-tap).
+template <class V, class T>
+inline void reduce4_add(const V* v, T* out) {
+  for (int i = 0; i < 4; ++i) out[i] += v[i].hsum();
+}
+#if CK_SIMD_AVX2
+inline void reduce4_add(const Vec<float>* v, float* out) {
+  const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(v[0].v, v[1].v), _mm256_hadd_ps(v[2].v, v[3].v));
+  const __m128 r = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  _mm_storeu_ps(out, _mm_add_ps(_mm_loadu_ps(out), r));
+}
+inline void reduce4_add(const Vec<double>* v, double* out) {
+  const __m256d h1 = _mm256_hadd_pd(v[0].v, v[1].v), h2 = _mm256_hadd_pd(v[2].v, v[3].v);
+  const __m256d r = _mm256_add_pd(_mm256_permute2f128_pd(h1, h2, 0x20), _mm256_permute2f128_pd(h1, h2, 0x31));
+  _mm256_storeu_pd(out, _mm256_add_pd(_mm256_loadu_pd(out), r));
+}
+#endif
+static_assert(MO == 4, "reduce4_add reduces MO = 4 accumulators");
+
 template <class T>
 void grad_weight_typed(const ConvGradWeightArgs& a) {
   using V = Vec<T>;
@@ -812,7 +898,7 @@ void grad_weight_typed(const ConvGradWeightArgs& a) {
   const int64_t out_plane = g.out[0] * g.out[1] * g.out[2];
   // Blocks of RB output rows x L columns: long enough (~512 pixels) to amortise the reduction of the
   // accumulators, small enough that the panel stays in the caches across output-channel blocks.
-  const int64_t RB = std::max<int64_t>(1, std::min<int64_t>({n_rows, int64_t(64), 512 / round_up(OW, N)}));
+  const int64_t RB = std::max<int64_t>(1, std::min<int64_t>({n_rows, int64_t(64), 1024 / round_up(OW, N)}));
   const int64_t L = chunk_cols(OW, panel_rows_of(g, RB) * g.s[2], N, sizeof(T));
   const int64_t n_cc = ceil_div(OW, L);
   const int64_t EP = round_up(E, 3);  // entry-taps padded to whole groups of three (padding reads zeros)
@@ -844,6 +930,15 @@ void grad_weight_typed(const ConvGradWeightArgs& a) {
             nn[j] = row / (g.out[1] * g.out[0]);
           }
           src.fill(nn, od, oh, nr);
+          // Prefetch the next block's new input rows and its gy rows while this block computes.
+          src.clear_queue();
+          for (int64_t j = 0; j < RB && rb + 1 < rb_end && r0 + RB + j < n_rows; ++j) {
+            const int64_t row = r0 + RB + j, ph = row % g.out[1], pd = (row / g.out[1]) % g.out[0];
+            const int64_t pn = row / (g.out[1] * g.out[0]);
+            src.queue_next(pn, pd, ph, true);
+            for (int64_t oc = 0; oc < g.Cout; ++oc)
+              src.queue(gy + pn * g.y_bs + oc * out_plane + (pd * g.out[1] + ph) * OW + ow0, valid * int64_t(sizeof(T)));
+          }
           // The block of gy, zero-padded to whole vectors and to MO-channel blocks: [oc][row][col].
           for (int64_t oc = 0; oc < CP; ++oc)
             for (int64_t j = 0; j < nr; ++j) {
@@ -872,8 +967,11 @@ void grad_weight_typed(const ConvGradWeightArgs& a) {
             for (int64_t c = 0; c < EP; c += 3) {
               V acc[MO][3];
               micro_gw<T>(nr, gtile, Lv, RB * Lv, cols.data() + c, EP, acc);
-              for (int t = 0; t < 3; ++t)
-                for (int i = 0; i < MO; ++i) pb[(c + t) * MO + i] += acc[i][t].hsum();
+              for (int t = 0; t < 3; ++t) {
+                const V col[MO] = {acc[0][t], acc[1][t], acc[2][t], acc[3][t]};
+                reduce4_add(col, pb + (c + t) * MO);
+              }
+              src.pump(3);
             }
           }
         }
