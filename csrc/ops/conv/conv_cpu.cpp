@@ -667,43 +667,86 @@ void winograd_forward(const ConvGeom& g, const float* x, const std::vector<float
   pg.out[1] = TH;
   pg.out[2] = TWt;
   const int64_t TC = wino::kTC, TCp = TC;  // V/M row length (tiles)
-  const int64_t items = g.N * g.out[0] * TH;
+  const int64_t KD = g.k[0], Cin = g.Cin, OD = g.out[0];
+  // Items are (n, tile row, od) with od fastest: consecutive output depths share KD - 1 input planes, whose
+  // transforms stay cached (3x fewer input transforms for 3x3x3 kernels).
+  const int64_t items = g.N * TH * OD;
   // Outputs beyond the caches are written once, in whole lines: streaming stores skip reading them first
   // (measured: 11% of the time sat on those stores' misses).
   const bool stream = g.N * o.bs * int64_t(sizeof(float)) > (int64_t(16) << 20);
   parallel_for(items, 1, [&](int64_t b, int64_t e) {
     PanelRows<float> src(pg, x, TC, 1);
     const int64_t* off = src.tap_offsets();
-    std::vector<float> Vb(size_t(36 * E * TCp)), Mb(size_t(OB * MO * 36 * TCp));
+    const int64_t S = KD + 1;  // cached transformed planes: the KD an output depth needs, plus one to fill
+    std::vector<float> Vb(size_t(36 * S * Cin * TCp)), Mb(size_t(OB * MO * 36 * TCp)), Vzero(size_t(TCp), 0.f);
     std::vector<const float*> vrows(size_t(36 * E));
-    for (int64_t xi = 0; xi < 36; ++xi)
-      for (int64_t en = 0; en < E; ++en) vrows[size_t(xi * E + en)] = Vb.data() + (xi * E + en) * TCp;
+    std::vector<int64_t> slot_key(static_cast<size_t>(S), -1), slot_of(static_cast<size_t>(KD));
+    std::vector<char> slot_used(static_cast<size_t>(S));
     alignas(32) __m256 tr[6][6];
     for (int64_t tc0 = 0; tc0 < TWt; tc0 += TC) {
       const int64_t tvalid = std::min(TC, TWt - tc0);
       src.set_chunk(tc0, tvalid);
+      int64_t cached_for = -1;  // (n, tile row) the cached planes belong to
       for (int64_t it = b; it < e; ++it) {
-        const int64_t t_row = it % TH, od = (it / TH) % g.out[0], n = it / (TH * g.out[0]);
+        const int64_t od = it % OD, t_row = (it / OD) % TH, n = it / (OD * TH);
+        if (n * TH + t_row != cached_for) {
+          std::fill(slot_key.begin(), slot_key.end(), -1);
+          cached_for = n * TH + t_row;
+        }
         src.fill(&n, &od, &t_row, 1);
         if (it + 1 < e)
-          src.queue_next((it + 1) / (TH * g.out[0]), ((it + 1) / TH) % g.out[0], (it + 1) % TH);
+          src.queue_next((it + 1) / (OD * TH), (it + 1) % OD, ((it + 1) / OD) % TH);
         const float* const* rows = src.rows(0);
-        // Input transform: V[xi][entry][tile].
-        for (int64_t en = 0; en < E; ++en)
-          for (int64_t t0 = 0; t0 < tvalid; t0 += 8) {
-            for (int r = 0; r < 6; ++r) {
-              const float* p = rows[en * 6 + r] + t0;
-              __m256 d[6];
-              for (int j = 0; j < 6; ++j) d[j] = _mm256_loadu_ps(p + off[j]);
-              wino::bt6(d, tr[r]);
+        // Which cached plane each depth tap reads; transform the missing ones into free slots.
+        std::fill(slot_used.begin(), slot_used.end(), char(0));
+        for (int64_t kd = 0; kd < KD; ++kd) {
+          const int64_t id = conv::map_index(conv::tap_input(od, kd, g.s[0], g.d[0], g.lo[0]), g.in[0], g.pad);
+          slot_of[size_t(kd)] = -1;
+          if (id < 0) continue;
+          for (int64_t sl = 0; sl < S; ++sl)
+            if (slot_key[size_t(sl)] == id) {
+              slot_of[size_t(kd)] = sl;
+              slot_used[size_t(sl)] = 1;
             }
-            for (int k = 0; k < 6; ++k) {
-              __m256 col[6], y[6];
-              for (int r = 0; r < 6; ++r) col[r] = tr[r][k];
-              wino::bt6(col, y);
-              for (int a = 0; a < 6; ++a) _mm256_storeu_ps(Vb.data() + ((a * 6 + k) * E + en) * TCp + t0, y[a]);
-            }
+        }
+        for (int64_t kd = 0; kd < KD; ++kd) {
+          const int64_t id = conv::map_index(conv::tap_input(od, kd, g.s[0], g.d[0], g.lo[0]), g.in[0], g.pad);
+          if (id < 0 || slot_of[size_t(kd)] >= 0) continue;
+          int64_t sl = 0;
+          for (int64_t k2 = 0; k2 < kd; ++k2)  // the same plane twice (padding maps): transform once
+            if (slot_of[size_t(k2)] >= 0 && slot_key[size_t(slot_of[size_t(k2)])] == id) sl = -1 - slot_of[size_t(k2)];
+          if (sl < 0) {
+            slot_of[size_t(kd)] = -1 - sl;
+            continue;
           }
+          while (slot_used[size_t(sl)]) ++sl;
+          slot_used[size_t(sl)] = 1;
+          slot_key[size_t(sl)] = id;
+          slot_of[size_t(kd)] = sl;
+          // Input transform of plane id (read through tap kd's rows): V[xi][slot][c][tile].
+          for (int64_t c = 0; c < Cin; ++c)
+            for (int64_t t0 = 0; t0 < tvalid; t0 += 8) {
+              for (int r = 0; r < 6; ++r) {
+                const float* p = rows[(c * KD + kd) * 6 + r] + t0;
+                __m256 d[6];
+                for (int j = 0; j < 6; ++j) d[j] = _mm256_loadu_ps(p + off[j]);
+                wino::bt6(d, tr[r]);
+              }
+              for (int k = 0; k < 6; ++k) {
+                __m256 col[6], y[6];
+                for (int r = 0; r < 6; ++r) col[r] = tr[r][k];
+                wino::bt6(col, y);
+                for (int a = 0; a < 6; ++a)
+                  _mm256_storeu_ps(Vb.data() + (((a * 6 + k) * S + sl) * Cin + c) * TCp + t0, y[a]);
+              }
+            }
+        }
+        for (int64_t xi = 0; xi < 36; ++xi)
+          for (int64_t c = 0; c < Cin; ++c)
+            for (int64_t kd = 0; kd < KD; ++kd) {
+              const int64_t sl = slot_of[size_t(kd)];
+              vrows[size_t(xi * E + c * KD + kd)] = sl < 0 ? Vzero.data() : Vb.data() + ((xi * S + sl) * Cin + c) * TCp;
+            }
         // 36 GEMMs on the micro-kernel: M[oc][xi][tile].
         for (int64_t xi = 0; xi < 36; ++xi)
           for (int64_t ob = 0; ob < OB; ++ob)
