@@ -47,8 +47,6 @@ struct Scalar {
   static Scalar fmadd(Scalar a, Scalar b, Scalar c) { return {a.v * b.v + c.v}; }
   // a where v < 0, else v (NaN keeps v): the fused activations' select.
   static Scalar blend_negative(Scalar v, Scalar a) { return {v.v < T(0) ? a.v : v.v}; }
-  // A store that bypasses the caches where the ISA has one (p aligned to the vector size).
-  void store_stream(T* p) const { *p = v; }
   T hsum() const { return v; }
 };
 
@@ -104,7 +102,6 @@ struct Avx2<float> {
   static Avx2 blend_negative(Avx2 v, Avx2 a) {
     return {_mm256_blendv_ps(v.v, a.v, _mm256_cmp_ps(v.v, _mm256_setzero_ps(), _CMP_LT_OQ))};
   }
-  void store_stream(float* p) const { _mm256_stream_ps(p, v); }
   float hsum() const {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -167,7 +164,6 @@ struct Avx2<double> {
   static Avx2 blend_negative(Avx2 v, Avx2 a) {
     return {_mm256_blendv_pd(v.v, a.v, _mm256_cmp_pd(v.v, _mm256_setzero_pd(), _CMP_LT_OQ))};
   }
-  void store_stream(double* p) const { _mm256_stream_pd(p, v); }
   double hsum() const {
     __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));

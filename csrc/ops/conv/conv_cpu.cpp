@@ -443,7 +443,6 @@ struct RowOut {
   const T* bias;                 // per output channel, or null
   Act act;
   T slope;
-  bool stream;  // non-temporal stores: outputs far larger than the caches, written once
 };
 
 // Output columns per panel chunk: as wide as the row when the panel stays within ~160 KiB, else the row split
@@ -502,7 +501,7 @@ void run_rows(const RowOut<T>& o, const T* wp, int64_t panel_rows, const MakeSrc
           for (int64_t ob = ob0; ob < ob1; ++ob) {
             for (int64_t j0 = 0; j0 < cvalid; j0 += TW) {
               const int64_t valid = std::min(TW, cvalid - j0);
-              if (valid == TW && (ob + 1) * MO <= o.cout && !o.stream) {
+              if (valid == TW && (ob + 1) * MO <= o.cout) {
                 tile_full(ptrs, E, j0, taps, offs, wp + ob * E * taps * MO, o.bias ? o.bias + ob * MO : nullptr,
                           o.slope, yrow + ob * MO * o.plane + j0, o.plane);
                 src.pump(8);
@@ -528,10 +527,7 @@ void run_rows(const RowOut<T>& o, const T* wp, int64_t panel_rows, const MakeSrc
                   if (o.act == Act::relu) v = V::blend_negative(v, zero);
                   else if (o.act == Act::leaky_relu) v = V::blend_negative(v, v * slope);
                   if ((jj + 1) * N <= valid) {
-                    if (o.stream && (reinterpret_cast<uintptr_t>(dst + jj * N) % sizeof(V)) == 0)
-                      v.store_stream(dst + jj * N);
-                    else
-                      v.store(dst + jj * N);
+                    v.store(dst + jj * N);
                   } else {
                     v.store(tmp);
                     for (int64_t l = 0; l < valid - jj * N; ++l) dst[jj * N + l] = tmp[l];
@@ -544,9 +540,6 @@ void run_rows(const RowOut<T>& o, const T* wp, int64_t panel_rows, const MakeSrc
       }
       run0 = run1;
     }
-#if CK_SIMD_AVX2
-    if (o.stream) _mm_sfence();  // streaming stores must be visible before the region ends
-#endif
   });
 }
 
@@ -811,10 +804,12 @@ void forward_typed(const ConvForwardArgs& a) {
   const int64_t K = g.k[0] * g.k[1] * g.k[2], E = g.Cin * K;
   CK_CHECK(g.k[2] <= kMaxTaps, "kernel width above ", kMaxTaps, " is not supported on the CPU");
   const std::vector<T> wp = pack_weights<T>(g.Cout, E, [&](int64_t o, int64_t e) { return w[o * E + e]; });
+  // First layers (a few taps per output) are bound by writing the output. Streaming stores were measured slower
+  // than ordinary ones on this path in every variant tried (96-byte tiles, 64-byte line tiles, rows staged in L1
+  // and streamed in whole lines: 26-49 ms vs 14-29 ms for 1->32 @1024^2, 1 thread, fresh or reused outputs),
+  // although a plain streaming loop reaches 22 GB/s here; so the direct path stores normally.
   RowOut<T> o{static_cast<T*>(a.y), g.Cout, {g.N, g.out[0], g.out[1]}, g.out[2],
-              g.out[0] * g.out[1] * g.out[2], g.y_bs, static_cast<const T*>(a.b), a.act, T(a.slope), false};
-  // A few taps per output (first layers) make the output write the bound: bypass the caches for it.
-  o.stream = false;  // measured slower here (see run_rows); kept for experiments
+              g.out[0] * g.out[1] * g.out[2], g.y_bs, static_cast<const T*>(a.b), a.act, T(a.slope)};
   const T* x = static_cast<const T*>(a.x);
 #if CK_SIMD_AVX2
   if constexpr (std::is_same<T, float>::value) {
@@ -839,7 +834,7 @@ void grad_input_typed(const ConvGradInputArgs& a) {
   const T* gy = static_cast<const T*>(a.gy);
   const int64_t K = g.k[0] * g.k[1] * g.k[2];
   RowOut<T> o{static_cast<T*>(a.gx), g.Cin, {g.N, g.in[0], g.in[1]}, g.in[2], g.in[0] * g.in[1] * g.in[2],
-              g.x_bs, nullptr, Act::none, T(0), false};
+              g.x_bs, nullptr, Act::none, T(0)};
   if (g.s[0] == 1 && g.s[1] == 1 && g.s[2] == 1) {
     CK_CHECK(g.k[2] <= kMaxTaps, "kernel width above ", kMaxTaps, " is not supported on the CPU");
     ConvGeom t = g;
