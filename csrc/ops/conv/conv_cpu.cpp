@@ -33,7 +33,6 @@ using simd::Vec;
 
 constexpr int MO = 4;        // output channels per register tile (weights broadcast)
 constexpr int MV = 3;        // vectors of output columns per register tile (inputs loaded)
-constexpr int kMaxTaps = 64; // taps along w handled with per-tap offsets (wider kernels fall back to entries)
 
 int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -74,7 +73,8 @@ class PanelRows {
     phase_ = round_up(ceil_div(cwin_, S_) + V::N, V::N);
     row_len_ = phase_ * S_;
     if ((row_len_ * int64_t(sizeof(T))) % 4096 == 0) row_len_ += 16;  // rows a page apart alias in the caches
-    for (int64_t kw = 0; kw < KW_; ++kw) off_[kw] = ((kw * g.d[2]) % S_) * phase_ + (kw * g.d[2]) / S_;
+    off_.resize(size_t(KW_));
+    for (int64_t kw = 0; kw < KW_; ++kw) off_[size_t(kw)] = ((kw * g.d[2]) % S_) * phase_ + (kw * g.d[2]) / S_;
     // Distinct input rows a block of rb output rows can need, per channel: the block spans at most
     // ceil(rb / OH) + 1 (n, od) planes, each needing KD depths x the rows its output rows reach.
     const int64_t rows_in_plane = std::min(rb_, g.out[1]);
@@ -91,7 +91,7 @@ class PanelRows {
   }
   int64_t entries() const { return g_.Cin * KD_ * KH_; }
   int64_t taps() const { return KW_; }
-  const int64_t* tap_offsets() const { return off_; }
+  const int64_t* tap_offsets() const { return off_.data(); }
   const T* zero() const { return zero_.data(); }
 
   // Output columns [ow0, ow0 + valid) form the chunk; input columns only invalid outputs would read are zero.
@@ -263,7 +263,7 @@ class PanelRows {
   const T* x_;
   int64_t cw_, rb_, KD_, KH_, KW_, S_;
   int64_t cwin_ = 0, phase_ = 0, row_len_ = 0, cap_ = 0, in0_ = 0, in_valid_ = 0;
-  int64_t off_[kMaxTaps] = {};
+  std::vector<int64_t> off_;  // panel offset of each tap kw
   std::vector<T> data_, zero_;
   std::vector<int64_t> keys_, need_, slot_of_;
   std::vector<char> used_;
@@ -802,7 +802,6 @@ void forward_typed(const ConvForwardArgs& a) {
   const ConvGeom& g = a.g;
   const T* w = static_cast<const T*>(a.w);
   const int64_t K = g.k[0] * g.k[1] * g.k[2], E = g.Cin * K;
-  CK_CHECK(g.k[2] <= kMaxTaps, "kernel width above ", kMaxTaps, " is not supported on the CPU");
   const std::vector<T> wp = pack_weights<T>(g.Cout, E, [&](int64_t o, int64_t e) { return w[o * E + e]; });
   // First layers (a few taps per output) are bound by writing the output. Streaming stores were measured slower
   // than ordinary ones on this path in every variant tried (96-byte tiles, 64-byte line tiles, rows staged in L1
@@ -836,7 +835,6 @@ void grad_input_typed(const ConvGradInputArgs& a) {
   RowOut<T> o{static_cast<T*>(a.gx), g.Cin, {g.N, g.in[0], g.in[1]}, g.in[2], g.in[0] * g.in[1] * g.in[2],
               g.x_bs, nullptr, Act::none, T(0)};
   if (g.s[0] == 1 && g.s[1] == 1 && g.s[2] == 1) {
-    CK_CHECK(g.k[2] <= kMaxTaps, "kernel width above ", kMaxTaps, " is not supported on the CPU");
     ConvGeom t = g;
     t.Cin = g.Cout;
     t.Cout = g.Cin;
@@ -927,7 +925,6 @@ void grad_weight_typed(const ConvGradWeightArgs& a) {
   using V = Vec<T>;
   constexpr int N = V::N;
   const ConvGeom& g = a.g;
-  CK_CHECK(g.k[2] <= kMaxTaps, "kernel width above ", kMaxTaps, " is not supported on the CPU");
   const T* gy = static_cast<const T*>(a.gy);
   const T* x = static_cast<const T*>(a.x);
   const int64_t K = g.k[0] * g.k[1] * g.k[2], E = g.Cin * K;
