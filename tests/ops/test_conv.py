@@ -23,6 +23,7 @@ CASES_2D = [
     ((1, 3, 9, 10), 4, 1, 1, 0, 1, 1, "zeros", None),              # 1x1
     ((1, 3, 10, 11), 2, 3, 3, 4, 1, 1, "zeros", None),             # padding beyond the kernel span, stride 3
     ((1, 2, 12, 14), 3, 4, 2, 2, 1, 1, "reflect", "leaky_relu"),   # even kernel, strided reflect
+    ((1, 2, 13, 14), 3, 2, 3, 0, 1, 1, "zeros", None),             # stride > kernel: inputs no output reads
     ((1, 3, 9, 12), 5, 3, 1, "same", 1, 1, "zeros", None),
     ((1, 3, 9, 12), 5, (2, 4), 1, "same", (1, 2), 1, "reflect", None),  # asymmetric 'same' padding
     ((1, 40, 19, 35), 33, 3, 1, 1, 1, 1, "zeros", "relu"),         # many channels, channel tail
@@ -130,6 +131,7 @@ GRADCHECK = [
     ((1, 2, 6, 7), 3, (2, 3), (1, 2), (1, 1), 1, 1, "replicate", None),
     ((1, 4, 6, 6), 4, 3, 1, 1, 1, 2, "circular", None),
     ((1, 1, 6, 7), 2, 3, 3, 2, 1, 1, "zeros", None),
+    ((1, 2, 8, 9), 2, 2, 3, 1, 1, 1, "zeros", None),
     ((1, 2, 4, 5, 6), 2, 3, 1, 1, 1, 1, "reflect", "relu"),
     ((1, 1, 5, 5, 6), 2, 2, 2, 1, 1, 1, "zeros", None),
 ]
@@ -406,6 +408,40 @@ def test_low_level_api_validates_outputs():
         _C.conv_grad_weight(gy, x, np.zeros_like(w), np.zeros(2, np.float32), *p)
     with pytest.raises(ValueError, match="activation must be 1"):
         _C.conv_act_grad(gy, gy.copy(), gy.copy(), 0, 0.0)
+
+
+def _fake_cuda_capsule(shape, keep):
+    """A legacy DLPack capsule claiming float32 CUDA memory (a real one needs CUDA)."""
+    import ctypes
+
+    class DLTensor(ctypes.Structure):
+        _fields_ = [("data", ctypes.c_void_p), ("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32),
+                    ("ndim", ctypes.c_int32), ("code", ctypes.c_uint8), ("bits", ctypes.c_uint8),
+                    ("lanes", ctypes.c_uint16), ("shape", ctypes.POINTER(ctypes.c_int64)),
+                    ("strides", ctypes.c_void_p), ("byte_offset", ctypes.c_uint64)]
+
+    class DLManagedTensor(ctypes.Structure):
+        _fields_ = [("dl_tensor", DLTensor), ("manager_ctx", ctypes.c_void_p), ("deleter", ctypes.c_void_p)]
+
+    dims = (ctypes.c_int64 * len(shape))(*shape)
+    buf = ctypes.create_string_buffer(4 * int(np.prod(shape)))
+    mt = DLManagedTensor(DLTensor(ctypes.cast(buf, ctypes.c_void_p), 2, 0, len(shape), 2, 32, 1, dims, None, 0),
+                         None, None)
+    keep += [dims, buf, mt]
+    new = ctypes.pythonapi.PyCapsule_New
+    new.restype, new.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+    return new(ctypes.addressof(mt), b"dltensor", None)
+
+
+def test_cuda_tensors_without_cuda_raise_the_reason():
+    status = cellkern.cuda_status()
+    if status["available"]:
+        pytest.skip("a CUDA GPU is available here")
+    keep = []
+    x, w, y = (_fake_cuda_capsule(s, keep) for s in ((1, 2, 6, 6), (3, 2, 3, 3), (1, 3, 6, 6)))
+    with pytest.raises(RuntimeError, match="cuda backend is unavailable") as e:
+        _C.conv_forward(x, w, None, y, [1, 1], [1, 1], [1, 1], [1, 1], 1, 0, 0, 0.0)
+    assert status["reason"] in str(e.value)
 
 
 @pytest.mark.gpu
