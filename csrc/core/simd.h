@@ -43,6 +43,11 @@ struct Scalar {
   static Scalar select_eq(Scalar a, Scalar b, Scalar g) { return {a.v == b.v ? g.v : T(0)}; }
   static int count_eq(Scalar a, Scalar b) { return a.v == b.v; }
   Scalar operator+(Scalar o) const { return {v + o.v}; }
+  Scalar operator*(Scalar o) const { return {v * o.v}; }
+  static Scalar fmadd(Scalar a, Scalar b, Scalar c) { return {a.v * b.v + c.v}; }
+  // a where v < 0, else v (NaN keeps v): the fused activations' select.
+  static Scalar blend_negative(Scalar v, Scalar a) { return {v.v < T(0) ? a.v : v.v}; }
+  T hsum() const { return v; }
 };
 
 #if CK_SIMD_AVX2
@@ -92,6 +97,16 @@ struct Avx2<float> {
   static Avx2 select_eq(Avx2 a, Avx2 b, Avx2 g) { return {_mm256_and_ps(_mm256_cmp_ps(a.v, b.v, _CMP_EQ_OQ), g.v)}; }
   static int count_eq(Avx2 a, Avx2 b) { return __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(a.v, b.v, _CMP_EQ_OQ))); }
   Avx2 operator+(Avx2 o) const { return {_mm256_add_ps(v, o.v)}; }
+  Avx2 operator*(Avx2 o) const { return {_mm256_mul_ps(v, o.v)}; }
+  static Avx2 fmadd(Avx2 a, Avx2 b, Avx2 c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
+  static Avx2 blend_negative(Avx2 v, Avx2 a) {
+    return {_mm256_blendv_ps(v.v, a.v, _mm256_cmp_ps(v.v, _mm256_setzero_ps(), _CMP_LT_OQ))};
+  }
+  float hsum() const {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+  }
 
  private:
   static __m256 deinterleave(const float* p, int imm) {
@@ -144,6 +159,15 @@ struct Avx2<double> {
   static Avx2 select_eq(Avx2 a, Avx2 b, Avx2 g) { return {_mm256_and_pd(_mm256_cmp_pd(a.v, b.v, _CMP_EQ_OQ), g.v)}; }
   static int count_eq(Avx2 a, Avx2 b) { return __builtin_popcount(_mm256_movemask_pd(_mm256_cmp_pd(a.v, b.v, _CMP_EQ_OQ))); }
   Avx2 operator+(Avx2 o) const { return {_mm256_add_pd(v, o.v)}; }
+  Avx2 operator*(Avx2 o) const { return {_mm256_mul_pd(v, o.v)}; }
+  static Avx2 fmadd(Avx2 a, Avx2 b, Avx2 c) { return {_mm256_fmadd_pd(a.v, b.v, c.v)}; }
+  static Avx2 blend_negative(Avx2 v, Avx2 a) {
+    return {_mm256_blendv_pd(v.v, a.v, _mm256_cmp_pd(v.v, _mm256_setzero_pd(), _CMP_LT_OQ))};
+  }
+  double hsum() const {
+    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+  }
 };
 
 template <class T>

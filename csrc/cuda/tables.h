@@ -3,6 +3,7 @@
 #pragma once
 #include "cuda/device_tables.h"
 #include "emu/selftest.cuh"
+#include "ops/conv/conv_cuda.cuh"
 #include "ops/pool/pool_cuda.cuh"
 
 namespace ck {
@@ -14,8 +15,11 @@ KernelTable table_of(const Table& t) {
 
 const std::vector<NamedTable>& device_tables() {
   static const PoolKernels pool{&pool_cuda::forward, &pool_cuda::backward};
+  static const ConvKernels conv{&conv_cuda::forward, &conv_cuda::grad_input, &conv_cuda::grad_weight,
+                                &conv_cuda::act_grad, &conv_cuda::fold};
   static const std::vector<NamedTable> tables = {
       {"pool", table_of(pool)},
+      {"conv", table_of(conv)},
   };
   return tables;
 }

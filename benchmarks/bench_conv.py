@@ -1,0 +1,101 @@
+"""Convolution: cellkern vs torch (NCHW and channels_last; the better one is the headline peer) on the U-Net shape
+suite, forward and forward+backward (grad input, weight and bias), GFLOP/s and fraction of the fp32 peak."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import common
+import torch
+import torch.nn.functional as F
+
+import cellkern.ops as ck
+
+# (N, C_in, C_out, spatial): 3x3 (3x3x3) convolutions, padding 1, with bias.
+SUITE_2D = [(1, 1, 32, (1024, 1024)), (1, 32, 32, (1024, 1024)), (1, 32, 64, (512, 512)), (1, 64, 64, (512, 512)),
+            (1, 128, 128, (256, 256)), (8, 32, 32, (256, 256))]
+SUITE_3D = [(1, 16, 16, (64, 256, 256))]
+QUICK_2D = [(1, 1, 8, (128, 128)), (1, 16, 16, (96, 96))]
+QUICK_3D = [(1, 4, 4, (8, 32, 32))]
+
+
+def _tag(n, ci, co, sp):
+    return f"{n},{ci}->{co},{'x'.join(map(str, sp))}"
+
+
+def _cases(args):
+    cases = []
+    suite = (QUICK_2D + QUICK_3D) if args.quick else (SUITE_2D + SUITE_3D)
+    gen = torch.Generator().manual_seed(0)
+    for n, ci, co, sp in suite:
+        nd = len(sp)
+        torch_conv = F.conv2d if nd == 2 else F.conv3d
+        ours_conv = ck.conv2d if nd == 2 else ck.conv3d
+        cl = torch.channels_last if nd == 2 else torch.channels_last_3d
+        x = torch.randn((n, ci) + sp, generator=gen)
+        w = torch.randn((co, ci) + (3,) * nd, generator=gen) / math.sqrt(ci * 3 ** nd)
+        b = torch.randn(co, generator=gen)
+        xcl = x.contiguous(memory_format=cl)
+        flops = 2.0 * n * co * ci * 3 ** nd * math.prod(sp)
+        tag = _tag(n, ci, co, sp)
+        # Forward (inference): each side allocates its output through torch. Ours reads NCHW as given; the
+        # channels_last input for torch is prepared outside the timed region (its best case).
+        cases.append(common.Case(
+            f"forward {tag}",
+            ours=lambda x=x, w=w, b=b, f=ours_conv: f(x, w, b, 1, 1),
+            peers={"torch NCHW": lambda x=x, w=w, b=b, f=torch_conv: f(x, w, b, 1, 1),
+                   "torch CL": lambda x=xcl, w=w, b=b, f=torch_conv: f(x, w, b, 1, 1)},
+            flops=flops, info={"kind": "forward", "shape": [n, ci, co, list(sp)]}))
+        # Training step: forward, then backward to the input, the weight and the bias.
+        g = torch.randn((n, co) + sp, generator=gen)
+        gcl = g.contiguous(memory_format=cl)
+
+        def step(f, x, g, w=w, b=b):
+            x = x.detach().requires_grad_(True)
+            w = w.detach().requires_grad_(True)
+            b = b.detach().requires_grad_(True)
+            f(x, w, b, 1, 1).backward(g)
+            return x.grad, w.grad, b.grad
+
+        cases.append(common.Case(
+            f"fwd+bwd {tag}",
+            ours=lambda x=x, g=g, f=ours_conv, s=step: s(f, x, g),
+            peers={"torch NCHW": lambda x=x, g=g, f=torch_conv, s=step: s(f, x, g),
+                   "torch CL": lambda x=xcl, g=gcl, f=torch_conv, s=step: s(f, x, g)},
+            flops=3 * flops, info={"kind": "fwd+bwd", "shape": [n, ci, co, list(sp)]}))
+    return cases
+
+
+def _summary(path):
+    """Geometric means of the ratios (peer time / ours) per allocator setting, as the issue's targets read."""
+    payloads = json.loads(path.read_text())
+    for pl in payloads:
+        thp = pl["meta"]["THP_MEM_ALLOC_ENABLE"] or "0"
+        threads = pl["meta"]["threads"]
+        print(f"\n== summary, THP_MEM_ALLOC_ENABLE={thp}, {threads} threads "
+              f"(peak {common.PEAK_FLOPS_PER_CORE * threads / 1e9:.0f} GFLOP/s)")
+        print(f"{'case':34s} {'ours ms':>9s} {'GFLOP/s':>8s} {'%peak':>6s} {'vs NCHW':>8s} {'vs CL':>7s} {'vs best':>8s}")
+        by_kind = {}
+        for c in pl["cases"]:
+            r = c["results"]["ours"]
+            peak = common.PEAK_FLOPS_PER_CORE * threads
+            print(f"{c['name']:34s} {r['median_s'] * 1e3:9.1f} {r['GFLOP/s']:8.1f} {r['GFLOP/s'] * 1e9 / peak:6.0%} "
+                  f"{c['ratios']['torch NCHW']:8.2f} {c['ratios']['torch CL']:7.2f} {c['ratio']:8.2f}")
+            by_kind.setdefault((c["info"]["kind"], len(c["info"]["shape"][3])), []).append(c["ratio"])
+        for (kind, nd), ratios in sorted(by_kind.items()):
+            gm = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+            print(f"geometric mean of {kind} {nd}D ratios vs torch's best layout: {gm:.2f}x over {len(ratios)} shapes")
+
+
+if __name__ == "__main__":
+    common.main("conv", _cases)
+    if "--child" not in sys.argv:
+        out = None
+        for i, a in enumerate(sys.argv):
+            if a == "--out":
+                out = sys.argv[i + 1]
+            elif a.startswith("--out="):
+                out = a.split("=", 1)[1]
+        from pathlib import Path
+        _summary(Path(out) if out else common.RESULTS / "conv.json")

@@ -1,0 +1,353 @@
+// Convolution's single dispatch point: validate every argument, split groups, then run CPU, CUDA or emulator.
+#include "ops/conv/conv.h"
+
+#include <algorithm>
+#include <atomic>
+
+#include "core/validate.h"
+#include "ops/conv/conv_math.h"
+
+namespace ck {
+namespace {
+
+constexpr int64_t kMaxParam = int64_t(1) << 31;
+const char* const kDims[2] = {"hw", "dhw"};
+
+void check_params(const ConvParams& p) {
+  CK_CHECK_VALUE(p.nd == 2 || p.nd == 3, "convolution has 2 or 3 spatial dims, got ", p.nd);
+  const char* dims = kDims[p.nd - 2];
+  for (int i = 0; i < p.nd; ++i) {
+    CK_CHECK_VALUE(p.stride[i] > 0 && p.stride[i] < kMaxParam, "stride must be positive, got ", p.stride[i],
+                   " for dim ", dims[i]);
+    CK_CHECK_VALUE(p.dilation[i] > 0 && p.dilation[i] < kMaxParam, "dilation must be positive, got ",
+                   p.dilation[i], " for dim ", dims[i]);
+    CK_CHECK_VALUE(p.pad_lo[i] >= 0 && p.pad_hi[i] >= 0 && p.pad_lo[i] < kMaxParam && p.pad_hi[i] < kMaxParam,
+                   "padding must be non-negative, got ", p.pad_lo[i], " and ", p.pad_hi[i], " for dim ", dims[i]);
+  }
+  CK_CHECK_VALUE(p.groups > 0, "groups must be positive, got ", p.groups);
+  CK_CHECK_VALUE(int(p.pad_mode) >= 0 && int(p.pad_mode) <= 3,
+                 "padding_mode must be 0 (zeros), 1 (reflect), 2 (replicate) or 3 (circular)");
+  CK_CHECK_VALUE(int(p.act) >= 0 && int(p.act) <= 2, "activation must be 0 (none), 1 (relu) or 2 (leaky_relu)");
+  CK_CHECK_VALUE(p.act != Act::leaky_relu || p.slope >= 0.0, "negative_slope must be >= 0 for a fused leaky ReLU "
+                 "(its gradient is read from the output), got ", p.slope);
+}
+
+struct Shape {
+  int ndim = 0;
+  int64_t s[kMaxDims] = {};
+};
+
+Shape shape_of(const std::vector<int64_t>& v, const char* name) {
+  CK_CHECK_VALUE(v.size() <= size_t(kMaxDims), name, ": too many dimensions");
+  Shape r;
+  r.ndim = int(v.size());
+  for (int i = 0; i < r.ndim; ++i) r.s[i] = v[i];
+  return r;
+}
+
+Shape shape_of(const TensorView& t) {
+  Shape r;
+  r.ndim = t.ndim;
+  for (int i = 0; i < t.ndim; ++i) r.s[i] = t.shape[i];
+  return r;
+}
+
+std::string str_shape(const Shape& s) {
+  TensorView v;
+  v.ndim = s.ndim;
+  for (int i = 0; i < s.ndim; ++i) v.shape[i] = s.s[i];
+  return shape_str(v);
+}
+
+// The whole convolution (all groups) from the input-side shape (N, Cin, *in) and the weight's shape.
+struct Problem {
+  ConvGeom g;           // one group; x_bs / y_bs cover all channels
+  int64_t groups = 1;
+  int64_t cin_total = 0, cout_total = 0;
+  int64_t k_elems = 1;  // kd * kh * kw
+  int64_t out_shape[5] = {};
+  int64_t hi[3] = {0, 0, 0};
+  int nd = 2;
+};
+
+Problem make_problem(const Shape& xs, const char* xname, const Shape& ws, const ConvParams& p) {
+  check_params(p);
+  const int nd = p.nd;
+  const char* dims = nd == 2 ? "(N, C, H, W)" : "(N, C, D, H, W)";
+  CK_CHECK_VALUE(xs.ndim == nd + 2, xname, ": expected a ", nd + 2, "D tensor ", dims, ", got shape ", str_shape(xs));
+  CK_CHECK_VALUE(ws.ndim == nd + 2, "weight: expected a ", nd + 2, "D tensor (C_out, C_in / groups, ",
+                 nd == 2 ? "kH, kW" : "kD, kH, kW", "), got shape ", str_shape(ws));
+  Problem r;
+  r.nd = nd;
+  r.groups = p.groups;
+  r.cin_total = xs.s[1];
+  r.cout_total = ws.s[0];
+  CK_CHECK_VALUE(r.cin_total > 0, xname, ": the channel dimension is empty, shape ", str_shape(xs));
+  CK_CHECK_VALUE(r.cout_total > 0, "weight: the output-channel dimension is empty, shape ", str_shape(ws));
+  CK_CHECK_VALUE(r.cin_total % p.groups == 0, xname, ": ", r.cin_total, " input channels are not divisible by groups=",
+                 p.groups);
+  CK_CHECK_VALUE(r.cout_total % p.groups == 0, "weight: ", r.cout_total,
+                 " output channels are not divisible by groups=", p.groups);
+  CK_CHECK_VALUE(ws.s[1] * p.groups == r.cin_total, "weight: expected ", r.cin_total / p.groups,
+                 " input channels per group (", xname, " has ", r.cin_total, " channels, groups=", p.groups,
+                 "), got weight of shape ", str_shape(ws));
+  ConvGeom& g = r.g;
+  g.N = xs.s[0];
+  g.Cin = r.cin_total / p.groups;
+  g.Cout = r.cout_total / p.groups;
+  g.pad = p.pad_mode;
+  const int off = 3 - nd;
+  int64_t n_in = 1, n_out = 1;
+  r.out_shape[0] = g.N;
+  r.out_shape[1] = r.cout_total;
+  for (int i = 0; i < nd; ++i) {
+    const int a = off + i;
+    const char dim = kDims[nd - 2][i];
+    g.in[a] = xs.s[2 + i];
+    g.k[a] = ws.s[2 + i];
+    CK_CHECK_VALUE(g.in[a] > 0, xname, ": spatial dimensions must be non-empty, got shape ", str_shape(xs));
+    CK_CHECK_VALUE(g.k[a] > 0 && g.k[a] < kMaxParam, "weight: kernel dimensions must be positive, got shape ",
+                   str_shape(ws));
+    g.s[a] = p.stride[i];
+    g.d[a] = p.dilation[i];
+    g.lo[a] = p.pad_lo[i];
+    r.hi[a] = p.pad_hi[i];
+    if (p.pad_mode == PadMode::reflect)
+      CK_CHECK_VALUE(p.pad_lo[i] < g.in[a] && p.pad_hi[i] < g.in[a], "padding: reflect padding must be smaller "
+                     "than the input size, got padding ", std::max(p.pad_lo[i], p.pad_hi[i]), " for dim ", dim,
+                     " of size ", g.in[a]);
+    if (p.pad_mode == PadMode::circular)
+      CK_CHECK_VALUE(p.pad_lo[i] <= g.in[a] && p.pad_hi[i] <= g.in[a], "padding: circular padding must be at most "
+                     "the input size, got padding ", std::max(p.pad_lo[i], p.pad_hi[i]), " for dim ", dim,
+                     " of size ", g.in[a]);
+    const int64_t span = checked_mul(g.d[a], g.k[a] - 1, "dilation * (kernel_size - 1)");
+    CK_CHECK_VALUE(g.in[a] + g.lo[a] + r.hi[a] > span, "the kernel (size ", g.k[a], ", dilation ", g.d[a],
+                   ") is larger than the padded input (", g.in[a], " + padding ", g.lo[a] + r.hi[a], ") along dim ",
+                   dim, " of ", xname, " ", str_shape(xs));
+    g.out[a] = conv::out_size(g.in[a], g.k[a], g.s[a], g.d[a], g.lo[a], r.hi[a]);
+    r.out_shape[2 + i] = g.out[a];
+    r.k_elems = checked_mul(r.k_elems, g.k[a], "the kernel size");
+    n_in = checked_mul(n_in, g.in[a], "the input size");
+    n_out = checked_mul(n_out, g.out[a], "the output size");
+  }
+  g.x_bs = checked_mul(r.cin_total, n_in, "the input size");
+  g.y_bs = checked_mul(r.cout_total, n_out, "the output size");
+  checked_mul(g.N, std::max(g.x_bs, g.y_bs), "the tensor size");
+  checked_mul(r.cout_total, checked_mul(g.Cin, r.k_elems, "the weight size"), "the weight size");
+  return r;
+}
+
+void check_dense(const TensorView& t, const char* name) {
+  CK_CHECK_VALUE(t.is_contiguous(), name, ": expected a contiguous tensor (the Python API converts other layouts)");
+}
+
+void check_tensor(const TensorView& t, const char* name, const int64_t* shape, int ndim, const TensorView& ref,
+                  const char* ref_name) {
+  check_same_dtype(t, name, ref, ref_name);
+  check_shape(t, name, shape, ndim);
+  check_same_device(t, name, ref, ref_name);
+  check_dense(t, name);
+}
+
+void check_output(const TensorView& t, const char* name, std::initializer_list<std::pair<const TensorView*, const char*>> inputs) {
+  check_writable(t, name);
+  for (auto& in : inputs)
+    if (in.first->ndim) check_no_overlap(t, name, *in.first, in.second);
+}
+
+int64_t plane_in(const ConvGeom& g) { return g.in[0] * g.in[1] * g.in[2]; }
+int64_t plane_out(const ConvGeom& g) { return g.out[0] * g.out[1] * g.out[2]; }
+
+template <class P>
+P offset(P p, int64_t elems, DType dt) {
+  using C = std::conditional_t<std::is_const<std::remove_pointer_t<P>>::value, const char*, char*>;
+  return p ? static_cast<P>(static_cast<C>(p) + elems * dtype_size(dt)) : p;
+}
+
+std::atomic<int> g_algo{int(ConvAlgo::automatic)};
+
+}  // namespace
+
+ConvAlgo conv_set_algorithm(ConvAlgo a) {
+  CK_CHECK_VALUE(int(a) >= 0 && int(a) <= 2, "algorithm must be 0 (auto), 1 (direct) or 2 (winograd)");
+  return ConvAlgo(g_algo.exchange(int(a)));
+}
+ConvAlgo conv_algorithm() { return ConvAlgo(g_algo.load()); }
+
+std::vector<int64_t> conv_output_shape(const std::vector<int64_t>& x_shape, const std::vector<int64_t>& w_shape,
+                                       const ConvParams& p) {
+  Problem r = make_problem(shape_of(x_shape, "x"), "x", shape_of(w_shape, "weight"), p);
+  return std::vector<int64_t>(r.out_shape, r.out_shape + p.nd + 2);
+}
+
+std::vector<int64_t> conv_grad_input_workspace_shape(const std::vector<int64_t>& x_shape,
+                                                     const std::vector<int64_t>& w_shape, const ConvParams& p) {
+  Problem r = make_problem(shape_of(x_shape, "x"), "x", shape_of(w_shape, "weight"), p);
+  if (p.pad_mode == PadMode::zeros) return {};
+  std::vector<int64_t> s = {r.g.N, r.cin_total};
+  for (int i = 0; i < p.nd; ++i) {
+    const int a = 3 - p.nd + i;
+    s.push_back(r.g.in[a] + r.g.lo[a] + r.hi[a]);
+  }
+  return s;
+}
+
+void conv_forward(const TensorView& x, const TensorView& w, const TensorView& b, const TensorView& y,
+                  const ConvParams& p, bool use_emu, void* stream) {
+  check_dtype(x, "x", {DType::f32, DType::f64});
+  Problem r = make_problem(shape_of(x), "x", shape_of(w), p);
+  check_dense(x, "x");
+  check_same_dtype(w, "weight", x, "x");
+  check_same_device(w, "weight", x, "x");
+  check_dense(w, "weight");
+  if (b.ndim) {
+    const int64_t bs[1] = {r.cout_total};
+    check_tensor(b, "bias", bs, 1, x, "x");
+  }
+  check_tensor(y, "out", r.out_shape, p.nd + 2, x, "x");
+  check_output(y, "out", {{&x, "x"}, {&w, "weight"}, {&b, "bias"}});
+  Backend be = pick_backend(x, use_emu);
+  const ConvGeom& g = r.g;
+  if (g.N == 0) return;
+  const int64_t wg = g.Cout * g.Cin * r.k_elems;
+  for (int64_t gi = 0; gi < r.groups; ++gi) {
+    ConvForwardArgs a{g,
+                      x.dtype,
+                      offset(static_cast<const void*>(x.data), gi * g.Cin * plane_in(g), x.dtype),
+                      offset(static_cast<const void*>(w.data), gi * wg, x.dtype),
+                      b.ndim ? offset(static_cast<const void*>(b.data), gi * g.Cout, x.dtype) : nullptr,
+                      offset(y.data, gi * g.Cout * plane_out(g), x.dtype),
+                      p.act,
+                      p.slope,
+                      conv_algorithm(),
+                      x.device.index};
+    if (be == Backend::cpu)
+      CK_CPU_CALL(conv_forward_cpu, a);
+    else
+      kernels<ConvKernels>(be, "conv").forward(a, stream);
+  }
+}
+
+void conv_grad_input(const TensorView& gy, const TensorView& w, const TensorView& gx, const TensorView& workspace,
+                     const ConvParams& p, bool use_emu, void* stream) {
+  check_dtype(gx, "grad_input", {DType::f32, DType::f64});
+  Problem r = make_problem(shape_of(gx), "grad_input", shape_of(w), p);
+  check_dense(gx, "grad_input");
+  check_tensor(gy, "grad_output", r.out_shape, p.nd + 2, gx, "grad_input");
+  check_same_dtype(w, "weight", gx, "grad_input");
+  check_same_device(w, "weight", gx, "grad_input");
+  check_dense(w, "weight");
+  check_output(gx, "grad_input", {{&gy, "grad_output"}, {&w, "weight"}});
+  ConvGeom g = r.g;
+  const bool padded = p.pad_mode != PadMode::zeros;
+  int64_t ws_shape[5] = {g.N, r.cin_total, 1, 1, 1};
+  if (padded) {
+    for (int i = 0; i < p.nd; ++i) {
+      const int a = 3 - p.nd + i;
+      ws_shape[2 + i] = g.in[a] + g.lo[a] + r.hi[a];
+    }
+    CK_CHECK_VALUE(workspace.ndim, "workspace: padding_mode ", int(p.pad_mode),
+                   " needs a workspace of the padded input's shape for the gradient of the input");
+    check_tensor(workspace, "workspace", ws_shape, p.nd + 2, gx, "grad_input");
+    check_output(workspace, "workspace", {{&gy, "grad_output"}, {&w, "weight"}, {&gx, "grad_input"}});
+  } else {
+    CK_CHECK_VALUE(workspace.ndim == 0, "workspace: given, but zero padding needs none");
+  }
+  Backend be = pick_backend(gx, use_emu);
+  if (g.N == 0) return;
+  ConvFoldArgs fold{};
+  void* target = gx.data;
+  if (padded) {
+    // The gradient of the padded input: a zero-padded problem on the padded size, folded back afterwards.
+    fold.planes = g.N * r.cin_total;
+    fold.pad = p.pad_mode;
+    fold.dtype = gx.dtype;
+    fold.gp = workspace.data;
+    fold.gx = gx.data;
+    fold.device = gx.device.index;
+    for (int a = 0; a < 3; ++a) {
+      fold.in[a] = g.in[a];
+      fold.lo[a] = g.lo[a];
+      fold.hi[a] = r.hi[a];
+      g.in[a] += g.lo[a] + r.hi[a];
+      g.lo[a] = 0;
+    }
+    g.pad = PadMode::zeros;
+    g.x_bs = r.cin_total * plane_in(g);
+    target = workspace.data;
+  }
+  const int64_t wg = g.Cout * g.Cin * r.k_elems;
+  for (int64_t gi = 0; gi < r.groups; ++gi) {
+    ConvGradInputArgs a{g,
+                        gx.dtype,
+                        offset(static_cast<const void*>(gy.data), gi * g.Cout * plane_out(g), gx.dtype),
+                        offset(static_cast<const void*>(w.data), gi * wg, gx.dtype),
+                        offset(target, gi * g.Cin * plane_in(g), gx.dtype),
+                        conv_algorithm(),
+                        gx.device.index};
+    if (be == Backend::cpu)
+      CK_CPU_CALL(conv_grad_input_cpu, a);
+    else
+      kernels<ConvKernels>(be, "conv").grad_input(a, stream);
+  }
+  if (padded) {
+    if (be == Backend::cpu)
+      CK_CPU_CALL(conv_fold_cpu, fold);
+    else
+      kernels<ConvKernels>(be, "conv").fold(fold, stream);
+  }
+}
+
+void conv_grad_weight(const TensorView& gy, const TensorView& x, const TensorView& gw, const TensorView& gb,
+                      const ConvParams& p, bool use_emu, void* stream) {
+  check_dtype(x, "x", {DType::f32, DType::f64});
+  Problem r = make_problem(shape_of(x), "x", shape_of(gw), p);
+  check_dense(x, "x");
+  check_tensor(gy, "grad_output", r.out_shape, p.nd + 2, x, "x");
+  check_same_dtype(gw, "grad_weight", x, "x");
+  check_same_device(gw, "grad_weight", x, "x");
+  check_dense(gw, "grad_weight");
+  check_output(gw, "grad_weight", {{&gy, "grad_output"}, {&x, "x"}});
+  if (gb.ndim) {
+    const int64_t bs[1] = {r.cout_total};
+    check_tensor(gb, "grad_bias", bs, 1, x, "x");
+    check_output(gb, "grad_bias", {{&gy, "grad_output"}, {&x, "x"}, {&gw, "grad_weight"}});
+  }
+  Backend be = pick_backend(x, use_emu);
+  const ConvGeom& g = r.g;
+  const int64_t wg = g.Cout * g.Cin * r.k_elems;
+  for (int64_t gi = 0; gi < r.groups; ++gi) {
+    ConvGradWeightArgs a{g,
+                         x.dtype,
+                         offset(static_cast<const void*>(gy.data), gi * g.Cout * plane_out(g), x.dtype),
+                         offset(static_cast<const void*>(x.data), gi * g.Cin * plane_in(g), x.dtype),
+                         offset(gw.data, gi * wg, x.dtype),
+                         gb.ndim ? offset(gb.data, gi * g.Cout, x.dtype) : nullptr,
+                         x.device.index};
+    if (be == Backend::cpu)
+      CK_CPU_CALL(conv_grad_weight_cpu, a);
+    else
+      kernels<ConvKernels>(be, "conv").grad_weight(a, stream);
+  }
+}
+
+void conv_act_grad(const TensorView& gy, const TensorView& y, const TensorView& gz, const ConvParams& p,
+                   bool use_emu, void* stream) {
+  check_dtype(gy, "grad_output", {DType::f32, DType::f64});
+  CK_CHECK_VALUE(int(p.act) >= 1 && int(p.act) <= 2, "activation must be 1 (relu) or 2 (leaky_relu)");
+  CK_CHECK_VALUE(p.act != Act::leaky_relu || p.slope >= 0.0, "negative_slope must be >= 0, got ", p.slope);
+  check_dense(gy, "grad_output");
+  check_tensor(y, "output", gy.shape, gy.ndim, gy, "grad_output");
+  check_tensor(gz, "grad_preactivation", gy.shape, gy.ndim, gy, "grad_output");
+  check_writable(gz, "grad_preactivation");
+  check_no_overlap(gz, "grad_preactivation", y, "output");
+  Backend be = pick_backend(gy, use_emu);
+  ConvActGradArgs a{gy.numel(), gy.dtype, gy.data, y.data, gz.data, p.act, p.slope, gy.device.index};
+  if (a.n == 0) return;
+  if (be == Backend::cpu)
+    CK_CPU_CALL(conv_act_grad_cpu, a);
+  else
+    kernels<ConvKernels>(be, "conv").act_grad(a, stream);
+}
+
+}  // namespace ck

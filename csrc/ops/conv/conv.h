@@ -1,0 +1,143 @@
+// Convolution 2D/3D: parameters, the argument blocks every backend receives, and the C++ API.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "core/cpu_isa.h"
+#include "core/dtypes.h"
+#include "core/registry.h"
+#include "core/tensor_view.h"
+
+namespace ck {
+
+// How an input position outside [0, n) reads: as torch.nn.Conv*d's padding_mode.
+enum class PadMode : int32_t { zeros = 0, reflect = 1, replicate = 2, circular = 3 };
+// Activation fused into the forward's store: none, ReLU, or leaky ReLU with ConvParams::slope.
+enum class Act : int32_t { none = 0, relu = 1, leaky_relu = 2 };
+// CPU algorithm for the forward and the gradient of the input: auto (Winograd F(4x4, 3x3) for float32 3x3
+// stride-1 layers with enough channels, else direct), direct, or Winograd wherever it applies.
+enum class ConvAlgo : int32_t { automatic = 0, direct = 1, winograd = 2 };
+
+struct ConvParams {
+  int nd = 2;  // spatial dims: 2 or 3
+  int64_t stride[3] = {1, 1, 1}, dilation[3] = {1, 1, 1};
+  int64_t pad_lo[3] = {0, 0, 0}, pad_hi[3] = {0, 0, 0};  // before / after each spatial dim ('same' may differ)
+  int64_t groups = 1;
+  PadMode pad_mode = PadMode::zeros;
+  Act act = Act::none;
+  double slope = 0.01;  // leaky ReLU's negative slope (>= 0, so the derivative can be read from the output)
+};
+
+// One group of a convolution, normalised to three spatial dims ordered d, h, w (2D: depth 1, kernel depth 1).
+// Tensors are dense NC(D)HW; the channel stride is the spatial plane, the batch stride is explicit so that a
+// group is a channel slice of the full tensors.
+struct ConvGeom {
+  int64_t N = 0, Cin = 0, Cout = 0;  // per group
+  int64_t in[3] = {1, 1, 1}, out[3] = {1, 1, 1};
+  int64_t k[3] = {1, 1, 1}, s[3] = {1, 1, 1}, d[3] = {1, 1, 1};
+  int64_t lo[3] = {0, 0, 0};  // input position of output 0, tap 0 is -lo (lo may exceed the kernel span)
+  int64_t x_bs = 0, y_bs = 0;  // batch strides (elements) of the input-side and output-side tensors
+  PadMode pad = PadMode::zeros;
+};
+
+// y = act(conv(x, w) + b). x: (N, Cin, in), w: (Cout, Cin, k), b: (Cout) or null, y: (N, Cout, out).
+struct ConvForwardArgs {
+  ConvGeom g;
+  DType dtype;
+  const void* x;
+  const void* w;
+  const void* b;
+  void* y;
+  Act act;
+  double slope;
+  ConvAlgo algo;
+  int device;
+};
+
+// gx = d(sum(gy * conv(x, w))) / dx with zero padding: gy (N, Cout, out), gx (N, Cin, in). For the other
+// padding modes the dispatch asks for the gradient of the padded input (in + lo + hi, lo = 0) and folds it.
+struct ConvGradInputArgs {
+  ConvGeom g;
+  DType dtype;
+  const void* gy;
+  const void* w;
+  void* gx;
+  ConvAlgo algo;
+  int device;
+};
+
+// gw = sum over batch and space of gy * x-patches; gb = sum of gy. gw (Cout, Cin, k), gb (Cout) or null.
+// Both are overwritten.
+struct ConvGradWeightArgs {
+  ConvGeom g;
+  DType dtype;
+  const void* gy;
+  const void* x;
+  void* gw;
+  void* gb;
+  int device;
+};
+
+// gz = gy * act'(y), elementwise over n values (the activation's derivative read from its output).
+struct ConvActGradArgs {
+  int64_t n;
+  DType dtype;
+  const void* gy;
+  const void* y;
+  void* gz;
+  Act act;
+  double slope;
+  int device;
+};
+
+// gx[i] = sum of gp[q] over the padded positions q that read input i (the adjoint of padding). gp: (NC,
+// padded), gx: (NC, in); geometry from g.in, g.lo, hi and g.pad.
+struct ConvFoldArgs {
+  int64_t planes;  // N * C
+  int64_t in[3], lo[3], hi[3];
+  PadMode pad;
+  DType dtype;
+  const void* gp;
+  void* gx;
+  int device;
+};
+
+// The launchers a device backend (cuda, emu) registers under the name "conv".
+struct ConvKernels {
+  void (*forward)(const ConvForwardArgs&, void* stream);
+  void (*grad_input)(const ConvGradInputArgs&, void* stream);
+  void (*grad_weight)(const ConvGradWeightArgs&, void* stream);
+  void (*act_grad)(const ConvActGradArgs&, void* stream);
+  void (*fold)(const ConvFoldArgs&, void* stream);
+};
+
+// Output shape for input/weight shapes; validates shapes and parameters (ValueError naming the argument).
+std::vector<int64_t> conv_output_shape(const std::vector<int64_t>& x_shape, const std::vector<int64_t>& w_shape,
+                                       const ConvParams& p);
+// Shape of the workspace conv_grad_input needs (the padded input's shape), or {} for zero padding.
+std::vector<int64_t> conv_grad_input_workspace_shape(const std::vector<int64_t>& x_shape,
+                                                     const std::vector<int64_t>& w_shape, const ConvParams& p);
+
+// The CPU algorithm choice (process-wide; tests force each path). Returns the previous one.
+ConvAlgo conv_set_algorithm(ConvAlgo a);
+ConvAlgo conv_algorithm();
+
+// Every call validates all arguments, then runs on the backend the device implies (cuda tensors -> cuda; cpu
+// tensors -> cpu, or emu when use_emu). Empty views (ndim 0) mean "absent" for b, gw, gb and the workspace.
+void conv_forward(const TensorView& x, const TensorView& w, const TensorView& b, const TensorView& y,
+                  const ConvParams& p, bool use_emu, void* stream);
+void conv_grad_input(const TensorView& gy, const TensorView& w, const TensorView& gx, const TensorView& workspace,
+                     const ConvParams& p, bool use_emu, void* stream);
+void conv_grad_weight(const TensorView& gy, const TensorView& x, const TensorView& gw, const TensorView& gb,
+                      const ConvParams& p, bool use_emu, void* stream);
+// gz = gy * act'(y) for the fused activation of p (the first step of the backward when an activation is fused).
+void conv_act_grad(const TensorView& gy, const TensorView& y, const TensorView& gz, const ConvParams& p,
+                   bool use_emu, void* stream);
+
+}  // namespace ck
+
+CK_CPU_DECLARE(void conv_forward_cpu(const ConvForwardArgs& a))
+CK_CPU_DECLARE(void conv_grad_input_cpu(const ConvGradInputArgs& a))
+CK_CPU_DECLARE(void conv_grad_weight_cpu(const ConvGradWeightArgs& a))
+CK_CPU_DECLARE(void conv_act_grad_cpu(const ConvActGradArgs& a))
+CK_CPU_DECLARE(void conv_fold_cpu(const ConvFoldArgs& a))

@@ -1,0 +1,1139 @@
+// Convolution CPU kernels: register-blocked direct convolution on NC(D)HW rows (OpenMP over output rows, AVX2
+// over output columns, output channels broadcast from packed weights); compiled once per ISA.
+//
+// The one idea behind forward, grad-input and grad-weight: an output row (n, od, oh) is a sum over "entries"
+// (input channel, kd, kh) of a 1D correlation of one input row with kw taps. A register tile holds MO output
+// channels x MV vectors of output columns; for every entry and tap it loads MV input vectors and broadcasts MO
+// weights (7 loads for 12 FMAs).
+//
+// Input rows are not read in place: rows of one plane are 4 KiB apart and planes 4 MiB apart at 1024^2, so the
+// rows a tile needs alias to the same cache sets, and a tile jumping between ~100 rows defeats the prefetchers
+// (measured: ~30% of peak in place). Each thread copies the input rows it needs, once, into a small panel
+// (padding applied, strided columns de-interleaved into phases so every tap is a contiguous run), keeps them
+// while consecutive output rows reuse them, and runs the micro-kernels from there (50-80% of peak).
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "core/check.h"
+#include "core/parallel.h"
+#include "core/simd.h"
+#include "ops/conv/conv.h"
+#include "ops/conv/conv_math.h"
+
+#if CK_SIMD_AVX2
+#include <immintrin.h>
+#endif
+
+CK_NS_BEGIN
+namespace {
+
+using simd::Vec;
+
+constexpr int MO = 4;        // output channels per register tile (weights broadcast)
+constexpr int MV = 3;        // vectors of output columns per register tile (inputs loaded)
+
+int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// ---- weights ------------------------------------------------------------------------------------------------
+
+// wp[ob][e][i] = wf(ob * MO + i, e) for output channels below cout, zero above: the order the micro-kernels
+// broadcast them in (MO consecutive values per entry-tap).
+template <class T, class F>
+std::vector<T> pack_weights(int64_t cout, int64_t E, const F& wf) {
+  const int64_t OB = ceil_div(cout, MO);
+  std::vector<T> wp(size_t(OB * E * MO), T(0));
+  for (int64_t ob = 0; ob < OB; ++ob)
+    for (int64_t e = 0; e < E; ++e)
+      for (int i = 0; i < MO; ++i) {
+        const int64_t o = ob * MO + i;
+        if (o < cout) wp[size_t((ob * E + e) * MO + i)] = wf(o, e);
+      }
+  return wp;
+}
+
+// ---- where output rows read their inputs --------------------------------------------------------------------
+
+// The panel of input rows a thread works from, for a convolution with geometry g over a chunk of `cw` output
+// columns and blocks of up to `rb` consecutive output rows. A panel row holds the chunk's input columns with
+// padding applied, split into s phases (column t goes to phase t % s at t / s) so that tap kw of outputs
+// j, j+1, ... is the contiguous run at offset tap_offset(kw) + j. Rows are cached by input position: moving
+// to the next output row copies only the rows not already held.
+template <class T>
+class PanelRows {
+ public:
+  using V = Vec<T>;
+  PanelRows(const ConvGeom& g, const T* x, int64_t cw, int64_t rb)
+      : g_(g), x_(x), cw_(cw), rb_(rb), KD_(g.k[0]), KH_(g.k[1]), KW_(g.k[2]), S_(g.s[2]) {
+    const int64_t span = (KW_ - 1) * g.d[2];
+    cwin_ = (cw_ - 1) * S_ + span + 1;
+    // Every tap of every (vector-rounded) output of the chunk stays inside its phase.
+    phase_ = round_up(ceil_div(cwin_, S_) + V::N, V::N);
+    row_len_ = phase_ * S_;
+    if ((row_len_ * int64_t(sizeof(T))) % 4096 == 0) row_len_ += 16;  // rows a page apart alias in the caches
+    off_.resize(size_t(KW_));
+    for (int64_t kw = 0; kw < KW_; ++kw) off_[size_t(kw)] = ((kw * g.d[2]) % S_) * phase_ + (kw * g.d[2]) / S_;
+    // Distinct input rows a block of rb output rows can need, per channel: the block spans at most
+    // ceil(rb / OH) + 1 (n, od) planes, each needing KD depths x the rows its output rows reach.
+    const int64_t rows_in_plane = std::min(rb_, g.out[1]);
+    const int64_t hspan = std::min(rows_in_plane * KH_, (rows_in_plane - 1) * g.s[1] + (KH_ - 1) * g.d[1] + 1);
+    const int64_t planes = rb_ <= 1 ? 1 : ceil_div(rb_, g.out[1]) + 1;
+    cap_ = std::min(rb_ * KD_ * KH_, planes * KD_ * hspan);
+    data_.assign(size_t(g.Cin * cap_ * row_len_), T(0));
+    zero_.assign(size_t(row_len_), T(0));
+    keys_.assign(size_t(cap_), -2);
+    rows_.resize(size_t(rb_ * g.Cin * KD_ * KH_));
+    need_.resize(size_t(rb_ * KD_ * KH_));
+    slot_of_.resize(size_t(rb_ * KD_ * KH_));
+    used_.resize(size_t(cap_));
+  }
+  int64_t entries() const { return g_.Cin * KD_ * KH_; }
+  int64_t taps() const { return KW_; }
+  const int64_t* tap_offsets() const { return off_.data(); }
+  const T* zero() const { return zero_.data(); }
+
+  // Output columns [ow0, ow0 + valid) form the chunk; input columns only invalid outputs would read are zero.
+  void set_chunk(int64_t ow0, int64_t valid) {
+    const int64_t span = (KW_ - 1) * g_.d[2];
+    in0_ = ow0 * S_ - g_.lo[2];
+    in_valid_ = (valid - 1) * S_ + span + 1;
+    std::fill(keys_.begin(), keys_.end(), -2);
+  }
+
+  // Makes the rows of output rows (n[j], od[j], oh[j]), j < nr, available through rows(j).
+  void fill(const int64_t* n, const int64_t* od, const int64_t* oh, int64_t nr) {
+    const ConvGeom& g = g_;
+    const int64_t per_row = KD_ * KH_;
+    for (int64_t j = 0; j < nr; ++j)
+      for (int64_t kd = 0; kd < KD_; ++kd) {
+        const int64_t id = conv::map_index(conv::tap_input(od[j], kd, g.s[0], g.d[0], g.lo[0]), g.in[0], g.pad);
+        for (int64_t kh = 0; kh < KH_; ++kh) {
+          const int64_t ih = conv::map_index(conv::tap_input(oh[j], kh, g.s[1], g.d[1], g.lo[1]), g.in[1], g.pad);
+          need_[size_t(j * per_row + kd * KH_ + kh)] = id < 0 || ih < 0 ? -1 : (n[j] * g.in[0] + id) * g.in[1] + ih;
+        }
+      }
+    // Slots are assigned identically in every channel, so decide once: keep held rows, fill the others into
+    // slots this block does not use.
+    std::fill(used_.begin(), used_.end(), char(0));
+    const int64_t total = nr * per_row;
+    for (int64_t u = 0; u < total; ++u) {
+      slot_of_[size_t(u)] = -1;
+      if (need_[size_t(u)] < 0) continue;
+      for (int64_t sl = 0; sl < cap_; ++sl)
+        if (keys_[size_t(sl)] == need_[size_t(u)]) {
+          slot_of_[size_t(u)] = sl;
+          used_[size_t(sl)] = 1;
+          break;
+        }
+    }
+    int64_t free_slot = 0;
+    for (int64_t u = 0; u < total; ++u) {
+      if (need_[size_t(u)] < 0 || slot_of_[size_t(u)] >= 0) continue;
+      for (int64_t v = 0; v < u; ++v)  // the same row needed twice in this block (padding maps, or kh overlap)
+        if (need_[size_t(v)] == need_[size_t(u)]) {
+          slot_of_[size_t(u)] = slot_of_[size_t(v)];
+          break;
+        }
+      if (slot_of_[size_t(u)] >= 0) continue;
+      while (free_slot < cap_ && used_[size_t(free_slot)]) ++free_slot;
+      CK_CHECK(free_slot < cap_, "conv panel: row cache overflow (internal error)");
+      used_[size_t(free_slot)] = 1;
+      slot_of_[size_t(u)] = free_slot;
+      keys_[size_t(free_slot)] = need_[size_t(u)];
+      const int64_t key = need_[size_t(u)], ih = key % g.in[1], id = (key / g.in[1]) % g.in[0];
+      const int64_t nn = key / (g.in[1] * g.in[0]);
+      const int64_t plane = g.in[0] * g.in[1] * g.in[2];
+      const T* src = x_ + nn * g.x_bs + (id * g.in[1] + ih) * g.in[2];
+      for (int64_t c = 0; c < g.Cin; ++c) copy_row(src + c * plane, slot_ptr(c, free_slot));
+    }
+    for (int64_t j = 0; j < nr; ++j)
+      for (int64_t c = 0; c < g.Cin; ++c)
+        for (int64_t k = 0; k < per_row; ++k) {
+          const int64_t sl = slot_of_[size_t(j * per_row + k)];
+          rows_[size_t((j * g.Cin + c) * per_row + k)] = sl < 0 ? zero_.data() : slot_ptr(c, sl);
+        }
+  }
+  // Entry pointers (entry e = (c, kd, kh)) of block row j.
+  const T* const* rows(int64_t j) const { return rows_.data() + j * g_.Cin * KD_ * KH_; }
+
+  // Queues prefetches of the input rows output row (n, od, oh) will copy that the panel does not hold. The
+  // copies are bursts of short rows from planes far apart, which the hardware prefetchers pick up too late
+  // (measured: ~9% of the time in memmove); spreading the prefetches over the micro-kernel calls of the
+  // current row hides that latency.
+  void queue_next(int64_t n, int64_t od, int64_t oh, bool append = false) {
+    const ConvGeom& g = g_;
+    if (!append) clear_queue();
+    const int64_t plane = g.in[0] * g.in[1] * g.in[2];
+    const int64_t c0 = std::max<int64_t>(0, std::min(in0_, g.in[2])), c1 = std::max<int64_t>(0, std::min(in0_ + in_valid_, g.in[2]));
+    if (c1 <= c0) return;
+    for (int64_t kd = 0; kd < KD_; ++kd) {
+      const int64_t id = conv::map_index(conv::tap_input(od, kd, g.s[0], g.d[0], g.lo[0]), g.in[0], g.pad);
+      for (int64_t kh = 0; kh < KH_; ++kh) {
+        const int64_t ih = conv::map_index(conv::tap_input(oh, kh, g.s[1], g.d[1], g.lo[1]), g.in[1], g.pad);
+        if (id < 0 || ih < 0) continue;
+        const int64_t key = (n * g.in[0] + id) * g.in[1] + ih;
+        if (std::find(keys_.begin(), keys_.end(), key) != keys_.end()) continue;
+        const char* base = reinterpret_cast<const char*>(x_ + n * g.x_bs + (id * g.in[1] + ih) * g.in[2] + c0);
+        for (int64_t c = 0; c < g.Cin; ++c) queue(base + c * plane * int64_t(sizeof(T)), (c1 - c0) * int64_t(sizeof(T)));
+      }
+    }
+  }
+  void clear_queue() {
+    pf_.clear();
+    pf_pos_ = pf_line_ = 0;
+  }
+  void queue(const void* p, int64_t bytes) {
+    pf_.push_back({static_cast<const char*>(p), (bytes + 63) / 64});
+  }
+  // Issues up to k queued line prefetches.
+  void pump(int k) {
+    for (; k > 0 && pf_pos_ < int64_t(pf_.size()); --k) {
+      __builtin_prefetch(pf_[size_t(pf_pos_)].first + pf_line_ * 64, 0, 2);
+      if (++pf_line_ == pf_[size_t(pf_pos_)].second) {
+        pf_line_ = 0;
+        ++pf_pos_;
+      }
+    }
+  }
+
+ private:
+  T* slot_ptr(int64_t c, int64_t sl) { return data_.data() + (c * cap_ + sl) * row_len_; }
+
+  void copy_row(const T* src, T* dst) const {
+    const int64_t W = g_.in[2];
+    if (S_ == 1) {
+      int64_t t = 0;
+      const int64_t mid0 = std::min(cwin_, std::max<int64_t>(0, -in0_));
+      const int64_t mid1 = std::min({cwin_, in_valid_, std::max<int64_t>(0, W - in0_)});
+      for (; t < mid0; ++t) dst[t] = at(src, t);
+      if (mid1 > t) {
+        std::memcpy(dst + t, src + in0_ + t, sizeof(T) * size_t(mid1 - t));
+        t = mid1;
+      }
+      for (; t < cwin_; ++t) dst[t] = at(src, t);
+      return;
+    }
+    int64_t t = 0;
+#if CK_SIMD_AVX2
+    if constexpr (std::is_same<T, float>::value) {
+      if (S_ == 4) {  // Winograd's tile columns: 32 columns -> 8 in each of the 4 phases, in registers
+        const int64_t W = g_.in[2];
+        const int64_t mid0 = round_up(std::min(cwin_, std::max<int64_t>(0, -in0_)), 4);
+        const int64_t mid1 = std::min({cwin_, in_valid_, std::max<int64_t>(0, W - in0_)});
+        for (; t < mid0; ++t) dst[(t % 4) * phase_ + t / 4] = at(src, t);
+        for (; t + 32 <= mid1; t += 32) deinterleave4(src + in0_ + t, dst + t / 4, phase_);
+      }
+    }
+#endif
+    if (S_ == 2) {  // stride 2: even and odd columns through the vector deinterleave (the scalar loop cost 3x)
+      const int64_t W = g_.in[2];
+      const int64_t mid0 = round_up(std::min(cwin_, std::max<int64_t>(0, -in0_)), 2);
+      const int64_t mid1 = std::min({cwin_, in_valid_, std::max<int64_t>(0, W - in0_)});
+      for (; t < mid0; ++t) dst[(t % 2) * phase_ + t / 2] = at(src, t);
+      for (; t + 2 * V::N <= mid1; t += 2 * V::N) {
+        V::load_even(src + in0_ + t).store(dst + t / 2);
+        V::load_odd(src + in0_ + t).store(dst + phase_ + t / 2);
+      }
+    }
+    // The rest one column at a time; counters instead of t % S, t / S (a runtime division per column).
+    for (int64_t ph = t % S_, q = t / S_; t < cwin_; ++t) {
+      dst[ph * phase_ + q] = at(src, t);
+      if (++ph == S_) {
+        ph = 0;
+        ++q;
+      }
+    }
+  }
+#if CK_SIMD_AVX2
+  // p[k * stride + q] = s[4 q + k] for q < 8, k < 4.
+  static void deinterleave4(const float* s, float* p, int64_t stride) {
+    const __m256 v0 = _mm256_loadu_ps(s), v1 = _mm256_loadu_ps(s + 8), v2 = _mm256_loadu_ps(s + 16),
+                 v3 = _mm256_loadu_ps(s + 24);
+    // Lanes: u0 = s0..3 | s16..19, u1 = s4..7 | s20..23, u2 = s8..11 | s24..27, u3 = s12..15 | s28..31.
+    const __m256 u0 = _mm256_permute2f128_ps(v0, v2, 0x20), u1 = _mm256_permute2f128_ps(v0, v2, 0x31);
+    const __m256 u2 = _mm256_permute2f128_ps(v1, v3, 0x20), u3 = _mm256_permute2f128_ps(v1, v3, 0x31);
+    // 4x4 transpose within each 128-bit lane.
+    const __m256 a = _mm256_unpacklo_ps(u0, u1), b = _mm256_unpackhi_ps(u0, u1);
+    const __m256 c = _mm256_unpacklo_ps(u2, u3), d = _mm256_unpackhi_ps(u2, u3);
+    _mm256_storeu_ps(p, _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(a), _mm256_castps_pd(c))));
+    _mm256_storeu_ps(p + stride, _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(a), _mm256_castps_pd(c))));
+    _mm256_storeu_ps(p + 2 * stride, _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(b), _mm256_castps_pd(d))));
+    _mm256_storeu_ps(p + 3 * stride, _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(b), _mm256_castps_pd(d))));
+  }
+#endif
+  T at(const T* src, int64_t t) const {
+    if (t >= in_valid_) return T(0);
+    const int64_t m = conv::map_index(in0_ + t, g_.in[2], g_.pad);
+    return m < 0 ? T(0) : src[m];
+  }
+
+  const ConvGeom& g_;
+  const T* x_;
+  int64_t cw_, rb_, KD_, KH_, KW_, S_;
+  int64_t cwin_ = 0, phase_ = 0, row_len_ = 0, cap_ = 0, in0_ = 0, in_valid_ = 0;
+  std::vector<int64_t> off_;  // panel offset of each tap kw
+  std::vector<T> data_, zero_;
+  std::vector<int64_t> keys_, need_, slot_of_;
+  std::vector<char> used_;
+  std::vector<const T*> rows_;
+  std::vector<std::pair<const char*, int64_t>> pf_;  // (address, lines) of rows to prefetch
+  int64_t pf_pos_ = 0, pf_line_ = 0;
+};
+
+// ---- the forward micro-kernel: MO output channels x NV column vectors ---------------------------------------
+
+template <class T, int NV, int KW>
+void micro_fwd(const T* const* rows, int64_t E, int64_t col, int64_t kw_rt, const int64_t* offs, const T* wp,
+               Vec<T> (&out)[MO][MV]) {
+  using V = Vec<T>;
+  V acc[MO][NV];
+  for (int i = 0; i < MO; ++i)
+    for (int j = 0; j < NV; ++j) acc[i][j] = out[i][j];
+  const int64_t taps = KW ? KW : kw_rt;
+  int64_t off[KW ? KW : 1];
+  if (KW)
+    for (int t = 0; t < KW; ++t) off[t] = offs[t] + col;
+  for (int64_t e = 0; e < E; ++e) {
+    const T* p = rows[e];
+    // One tap at a time: 12 accumulators + NV inputs + 1 broadcast weight fill the 16 ymm registers exactly;
+    // unrolling the taps makes GCC spill an accumulator (measured: 80% -> 9x% of peak in this loop).
+#pragma GCC unroll 1
+    for (int64_t t = 0; t < taps; ++t) {
+      const T* q = p + (KW ? off[t] : offs[t] + col);
+      V x[NV];
+      for (int j = 0; j < NV; ++j) x[j] = V::load(q + j * V::N);
+      for (int i = 0; i < MO; ++i) {
+        const V w = V::set1(wp[i]);
+        for (int j = 0; j < NV; ++j) acc[i][j] = V::fmadd(w, x[j], acc[i][j]);
+      }
+      wp += MO;
+    }
+  }
+  for (int i = 0; i < MO; ++i)
+    for (int j = 0; j < NV; ++j) out[i][j] = acc[i][j];
+}
+
+// A full tile (MV vectors, all MO channels real) with the epilogue fused: accumulators start at the bias,
+// get the activation and go straight to the output rows. For first layers (9 taps per output) the separate
+// epilogue's round trip of 12 accumulators through memory was ~30% of the work.
+template <class T, int KW, int ACT>
+void tile_fwd(const T* const* rows, int64_t E, int64_t col, int64_t kw_rt, const int64_t* offs, const T* wp,
+              const T* bias, T slope_s, T* dst, int64_t plane) {
+  using V = Vec<T>;
+  V acc[MO][MV];
+  for (int i = 0; i < MO; ++i) {
+    const V b = V::set1(bias ? bias[i] : T(0));
+    for (int j = 0; j < MV; ++j) acc[i][j] = b;
+  }
+  const int64_t taps = KW ? KW : kw_rt;
+  int64_t off[KW ? KW : 1];
+  if (KW)
+    for (int t = 0; t < KW; ++t) off[t] = offs[t] + col;
+  for (int64_t e = 0; e < E; ++e) {
+    const T* p = rows[e];
+#pragma GCC unroll 1
+    for (int64_t t = 0; t < taps; ++t) {
+      const T* q = p + (KW ? off[t] : offs[t] + col);
+      V x[MV];
+      for (int j = 0; j < MV; ++j) x[j] = V::load(q + j * V::N);
+      for (int i = 0; i < MO; ++i) {
+        const V w = V::set1(wp[i]);
+        for (int j = 0; j < MV; ++j) acc[i][j] = V::fmadd(w, x[j], acc[i][j]);
+      }
+      wp += MO;
+    }
+  }
+  const V zero = V::zero(), slope = V::set1(slope_s);
+  for (int i = 0; i < MO; ++i)
+    for (int j = 0; j < MV; ++j) {
+      V v = acc[i][j];
+      if (ACT == int(Act::relu)) v = V::blend_negative(v, zero);
+      if (ACT == int(Act::leaky_relu)) v = V::blend_negative(v, v * slope);
+      v.store(dst + i * plane + j * V::N);
+    }
+}
+
+template <class T>
+using TileFwd = void (*)(const T* const*, int64_t, int64_t, int64_t, const int64_t*, const T*, const T*, T, T*, int64_t);
+
+template <class T, int KW>
+TileFwd<T> tile_fwd_for(Act act) {
+  return act == Act::relu ? &tile_fwd<T, KW, 1> : act == Act::leaky_relu ? &tile_fwd<T, KW, 2> : &tile_fwd<T, KW, 0>;
+}
+
+template <class T>
+TileFwd<T> pick_tile_fwd(int64_t taps, Act act) {
+  return taps == 1   ? tile_fwd_for<T, 1>(act)
+         : taps == 2 ? tile_fwd_for<T, 2>(act)
+         : taps == 3 ? tile_fwd_for<T, 3>(act)
+                     : tile_fwd_for<T, 0>(act);
+}
+
+template <class T>
+using MicroFwd = void (*)(const T* const*, int64_t, int64_t, int64_t, const int64_t*, const T*, Vec<T> (&)[MO][MV]);
+
+template <class T, int KW>
+MicroFwd<T> micro_fwd_for(int nv) {
+  return nv == 1 ? &micro_fwd<T, 1, KW> : nv == 2 ? &micro_fwd<T, 2, KW> : &micro_fwd<T, 3, KW>;
+}
+
+template <class T>
+MicroFwd<T> pick_micro_fwd(int nv, int64_t taps) {
+  if (taps == 1) return micro_fwd_for<T, 1>(nv);
+  if (taps == 2) return micro_fwd_for<T, 2>(nv);
+  if (taps == 3) return micro_fwd_for<T, 3>(nv);
+  return micro_fwd_for<T, 0>(nv);
+}
+
+// What the row driver writes: Cout channels of rows (n, od, oh) with `cols` columns; plane and batch strides.
+// Output (od, oh, ow) lands at position (od * step[0] + off[0], oh * step[1] + off[1], ow * step[2] + off[2]) of
+// a (D, mem_h, mem_w) plane: the identity, or one phase of a strided convolution's input gradient.
+template <class T>
+struct RowOut {
+  T* y;
+  int64_t cout, rows[3], cols;  // rows: N, D, H of the output side
+  int64_t plane, bs;
+  const T* bias;                 // per output channel, or null
+  Act act;
+  T slope;
+  int64_t mem_h = 0, mem_w = 0;  // 0: the iteration sizes rows[2], cols
+  int64_t step[3] = {1, 1, 1}, off[3] = {0, 0, 0};
+};
+
+// Output columns per panel chunk: as wide as the row when the panel stays within ~160 KiB, else the row split
+// into equal chunks (a narrow last chunk wastes the kernels' reduction on few columns).
+int64_t chunk_cols(int64_t cols, int64_t rows_per_chunk_col, int64_t tile, int64_t elem) {
+  const int64_t budget = (int64_t(160) << 10) / (elem * std::max<int64_t>(1, rows_per_chunk_col));
+  const int64_t cw = std::max<int64_t>(tile, budget / tile * tile);
+  const int64_t n_chunks = ceil_div(round_up(cols, tile), cw);
+  return std::min(cw, round_up(ceil_div(cols, n_chunks), tile));
+}
+
+// The row driver shared by forward and grad-input: per thread, runs of consecutive output rows; per panel
+// chunk of columns, per row, per tile of MV vectors, per block of MO output channels: the micro-kernel over
+// all entries, then the store (bias and activation fused).
+template <class T, class Src, class MakeSrc>
+void run_rows(const RowOut<T>& o, const T* wp, int64_t panel_rows, const MakeSrc& make_src) {
+  using V = Vec<T>;
+  constexpr int N = V::N;
+  const int64_t TW = MV * N;
+  const int64_t n_rows = o.rows[0] * o.rows[1] * o.rows[2];
+  const int64_t OB = ceil_div(o.cout, MO);
+  // Few rows and many channels: split the channel blocks too, so every thread has work.
+  const int64_t nt = num_threads();
+  const int64_t oc_split = n_rows >= 4 * nt ? 1 : std::min<int64_t>(OB, ceil_div(4 * nt, std::max<int64_t>(n_rows, 1)));
+  const int64_t ob_chunk = ceil_div(OB, oc_split);
+  const int64_t CW = chunk_cols(o.cols, panel_rows, TW, sizeof(T));
+  parallel_for(n_rows * oc_split, 1, [&](int64_t b, int64_t e) {
+    Src src = make_src(CW);
+    const int64_t E = src.entries(), taps = src.taps();
+    const int64_t* offs = src.tap_offsets();
+    const MicroFwd<T> micro_full = pick_micro_fwd<T>(MV, taps);
+    const TileFwd<T> tile_full = pick_tile_fwd<T>(taps, o.act);
+    alignas(32) T tmp[N];
+    // Items are part-major: a thread's range is a few runs of consecutive rows, each with one channel part.
+    for (int64_t run0 = b; run0 < e;) {
+      const int64_t part = run0 / n_rows;
+      const int64_t run1 = std::min(e, (part + 1) * n_rows);
+      const int64_t ob0 = part * ob_chunk, ob1 = std::min(OB, ob0 + ob_chunk);
+      for (int64_t cw0 = 0; cw0 < o.cols && ob0 < ob1; cw0 += CW) {
+        const int64_t cvalid = std::min(CW, o.cols - cw0);
+        src.set_chunk(cw0, cvalid);
+        for (int64_t it = run0; it < run1; ++it) {
+          const int64_t row = it % n_rows;
+          const int64_t oh = row % o.rows[2], od = (row / o.rows[2]) % o.rows[1];
+          const int64_t n = row / (o.rows[2] * o.rows[1]);
+          src.fill(&n, &od, &oh, 1);
+          if (it + 1 < run1) {
+            const int64_t nrow = (it + 1) % n_rows;
+            src.queue_next(nrow / (o.rows[2] * o.rows[1]), (nrow / o.rows[2]) % o.rows[1], nrow % o.rows[2]);
+          }
+          const T* const* ptrs = src.rows(0);
+          const int64_t mh = o.mem_h ? o.mem_h : o.rows[2], mw = o.mem_w ? o.mem_w : o.cols;
+          const int64_t cs = o.step[2];
+          T* yrow = o.y + n * o.bs + ((od * o.step[0] + o.off[0]) * mh + oh * o.step[1] + o.off[1]) * mw + o.off[2] +
+                    cw0 * cs;
+          // Channel blocks outside, column tiles inside: each pass writes MO output rows front to back (the
+          // other order scatters 96-byte pieces over all output planes, which alias in the caches) and keeps the
+          // block's weights in L1; the panel is re-read from L2.
+          for (int64_t ob = ob0; ob < ob1; ++ob) {
+            for (int64_t j0 = 0, tw = TW; j0 < cvalid; j0 += tw) {
+              // A last tile of one vector is load-bound (5 loads per 4 FMAs): split the last full tile and it
+              // into two of two vectors instead.
+              const int64_t rem = cvalid - j0;
+              tw = rem > TW && rem <= TW + N ? round_up(ceil_div(rem, 2), N) : TW;
+              const int64_t valid = std::min(tw, rem);
+              if (valid == TW && (ob + 1) * MO <= o.cout && cs == 1) {
+                tile_full(ptrs, E, j0, taps, offs, wp + ob * E * taps * MO, o.bias ? o.bias + ob * MO : nullptr,
+                          o.slope, yrow + ob * MO * o.plane + j0, o.plane);
+                src.pump(8);
+                continue;
+              }
+              const int nv = int(ceil_div(valid, N));
+              const MicroFwd<T> micro = nv == MV ? micro_full : pick_micro_fwd<T>(nv, taps);
+              V acc[MO][MV];
+              for (int i = 0; i < MO; ++i) {
+                const int64_t oc = ob * MO + i;
+                const V init = V::set1(o.bias && oc < o.cout ? o.bias[oc] : T(0));
+                for (int jj = 0; jj < MV; ++jj) acc[i][jj] = init;
+              }
+              micro(ptrs, E, j0, taps, offs, wp + ob * E * taps * MO, acc);
+              src.pump(8);
+              const V zero = V::zero(), slope = V::set1(o.slope);
+              for (int i = 0; i < MO; ++i) {
+                const int64_t oc = ob * MO + i;
+                if (oc >= o.cout) break;
+                T* dst = yrow + oc * o.plane + j0 * cs;
+                for (int jj = 0; jj < nv; ++jj) {
+                  V v = acc[i][jj];
+                  if (o.act == Act::relu) v = V::blend_negative(v, zero);
+                  else if (o.act == Act::leaky_relu) v = V::blend_negative(v, v * slope);
+                  if (cs != 1) {
+                    v.store(tmp);
+                    for (int64_t l = 0; l < std::min<int64_t>(N, valid - jj * N); ++l) dst[(jj * N + l) * cs] = tmp[l];
+                  } else if ((jj + 1) * N <= valid) {
+                    v.store(dst + jj * N);
+                  } else {
+                    v.store(tmp);
+                    for (int64_t l = 0; l < valid - jj * N; ++l) dst[jj * N + l] = tmp[l];
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+      run0 = run1;
+    }
+  });
+}
+
+// ---- Winograd F(4x4, 3x3), float32 on AVX2 --------------------------------------------------------------
+//
+// Y = A^T [ (G g G^T) .* (B^T d B) ] A turns a 3x3 correlation of a 6x6 input tile into 36 products per 4x4
+// outputs instead of 144 (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016; the
+// matrices below are that paper's for points 0, +-1, +-2, inf). Per tile row (4 output rows) and chunk of TC
+// tiles: the input transform (vectorised over 8 tiles) writes V[xi][entry][tile]; 36 GEMMs
+// M[oc][xi][tile] = sum over entries (c, kd) of U[xi][oc][entry] V[xi][entry][tile] run on the direct
+// convolution's micro-kernel; the output transform adds the bias, applies the activation and interleaves the
+// 4 columns of every tile back into NCHW rows. A 3D kernel's depth taps are entries: each is a 2D Winograd on
+// one input plane. The input panel is PanelRows with a 6-tap, stride-4 geometry, so its 4 phases hold the
+// tile columns and every tap of 8 consecutive tiles is one contiguous vector.
+#if CK_SIMD_AVX2
+namespace wino {
+
+constexpr int kTC = 24;  // tiles per chunk: one micro-kernel tile of 3 vectors
+
+// y = B^T x for one column of 6.
+inline void bt6(const __m256* x, __m256* y) {
+  const __m256 four = _mm256_set1_ps(4.f), five = _mm256_set1_ps(5.f), two = _mm256_set1_ps(2.f);
+  y[0] = _mm256_fnmadd_ps(five, x[2], _mm256_fmadd_ps(four, x[0], x[4]));
+  const __m256 a = _mm256_add_ps(x[3], x[4]), b = _mm256_add_ps(x[1], x[2]);
+  y[1] = _mm256_fnmadd_ps(four, b, a);
+  const __m256 c = _mm256_sub_ps(x[4], x[3]), d = _mm256_sub_ps(x[1], x[2]);
+  y[2] = _mm256_fmadd_ps(four, d, c);
+  const __m256 e = _mm256_sub_ps(x[4], x[2]), f = _mm256_sub_ps(x[3], x[1]);
+  y[3] = _mm256_fmadd_ps(two, f, e);
+  y[4] = _mm256_fnmadd_ps(two, f, e);
+  y[5] = _mm256_fnmadd_ps(five, x[3], _mm256_fmadd_ps(four, x[1], x[5]));
+}
+
+// y = A^T m for one column of 6 -> 4.
+inline void at6(const __m256* m, __m256* y) {
+  const __m256 a = _mm256_add_ps(m[1], m[2]), b = _mm256_sub_ps(m[1], m[2]);
+  const __m256 c = _mm256_add_ps(m[3], m[4]), d = _mm256_sub_ps(m[3], m[4]);
+  y[0] = _mm256_add_ps(_mm256_add_ps(m[0], a), c);
+  y[1] = _mm256_fmadd_ps(_mm256_set1_ps(2.f), d, b);
+  y[2] = _mm256_fmadd_ps(_mm256_set1_ps(4.f), c, a);
+  y[3] = _mm256_add_ps(_mm256_fmadd_ps(_mm256_set1_ps(8.f), d, b), m[5]);
+}
+
+// U[xi][ob][e][i] = (G g G^T)[xi] for output channel ob * MO + i and entry e = (c, kd), in double.
+inline std::vector<float> transform_weights(const float* w, int64_t cout, int64_t E, int64_t OB,
+                                            bool flip_transpose, int64_t cin, int64_t KD) {
+  static const double G[6][3] = {{1.0 / 4, 0, 0},          {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                 {-1.0 / 6, 1.0 / 6, -1.0 / 6}, {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                 {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
+  std::vector<float> U(size_t(36 * OB * E * MO), 0.f);
+  for (int64_t o = 0; o < cout; ++o)
+    for (int64_t e = 0; e < E; ++e) {
+      double g[3][3];
+      for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j) {
+          if (!flip_transpose) {
+            g[i][j] = w[(o * E + e) * 9 + i * 3 + j];
+          } else {  // grad input: o is an input channel of w, e = (output channel, kd'); all taps reversed
+            const int64_t oc = e / KD, kd = KD - 1 - e % KD;
+            g[i][j] = w[((oc * cin + o) * KD + kd) * 9 + (2 - i) * 3 + (2 - j)];
+          }
+        }
+      double t[6][3];
+      for (int a = 0; a < 6; ++a)
+        for (int j = 0; j < 3; ++j) t[a][j] = G[a][0] * g[0][j] + G[a][1] * g[1][j] + G[a][2] * g[2][j];
+      for (int a = 0; a < 6; ++a)
+        for (int b = 0; b < 6; ++b) {
+          const double u = t[a][0] * G[b][0] + t[a][1] * G[b][1] + t[a][2] * G[b][2];
+          U[size_t((((a * 6 + b) * OB + o / MO) * E + e) * MO + o % MO)] = float(u);
+        }
+    }
+  return U;
+}
+
+// Writes y[4t + j] = v[j][t] for t < 8, j < 4 (32 floats), or its first `n` values; streaming (cache-bypassing)
+// stores when asked and y is 32-byte aligned.
+inline void store_interleaved4(float* y, const __m256* v, int64_t n, bool stream) {
+  const __m256 ab_lo = _mm256_unpacklo_ps(v[0], v[1]), ab_hi = _mm256_unpackhi_ps(v[0], v[1]);
+  const __m256 cd_lo = _mm256_unpacklo_ps(v[2], v[3]), cd_hi = _mm256_unpackhi_ps(v[2], v[3]);
+  const __m256 s0 = _mm256_shuffle_ps(ab_lo, cd_lo, 0x44), s1 = _mm256_shuffle_ps(ab_lo, cd_lo, 0xEE);
+  const __m256 s2 = _mm256_shuffle_ps(ab_hi, cd_hi, 0x44), s3 = _mm256_shuffle_ps(ab_hi, cd_hi, 0xEE);
+  const __m256 r[4] = {_mm256_permute2f128_ps(s0, s1, 0x20), _mm256_permute2f128_ps(s2, s3, 0x20),
+                       _mm256_permute2f128_ps(s0, s1, 0x31), _mm256_permute2f128_ps(s2, s3, 0x31)};
+  if (n >= 32) {
+    if (stream && (reinterpret_cast<uintptr_t>(y) & 31) == 0)
+      for (int k = 0; k < 4; ++k) _mm256_stream_ps(y + 8 * k, r[k]);
+    else
+      for (int k = 0; k < 4; ++k) _mm256_storeu_ps(y + 8 * k, r[k]);
+    return;
+  }
+  alignas(32) float tmp[32];
+  for (int k = 0; k < 4; ++k) _mm256_store_ps(tmp + 8 * k, r[k]);
+  for (int64_t k = 0; k < n; ++k) y[k] = tmp[k];
+}
+
+}  // namespace wino
+
+// Whether the Winograd path applies: 3x3 in (h, w) at stride 1 and dilation 1, float32.
+bool winograd_eligible(const ConvGeom& g) {
+  return g.k[1] == 3 && g.k[2] == 3 && g.s[1] == 1 && g.s[2] == 1 && g.d[1] == 1 && g.d[2] == 1;
+}
+
+// Auto: enough channels that the GEMMs outweigh the transforms (measured below 16 in or out they do not).
+bool use_winograd(const ConvGeom& g, ConvAlgo algo) {
+  if (algo == ConvAlgo::direct || !winograd_eligible(g)) return false;
+  return algo == ConvAlgo::winograd || (g.Cin * g.k[0] >= 16 && g.Cout >= 16);
+}
+
+// The forward through Winograd: x with geometry g into o (RowOut over g.out); U from wino::transform_weights.
+void winograd_forward(const ConvGeom& g, const float* x, const std::vector<float>& U, const RowOut<float>& o) {
+  using V = Vec<float>;
+  const int64_t E = g.Cin * g.k[0], OB = ceil_div(g.Cout, MO);
+  const int64_t TH = ceil_div(g.out[1], 4), TWt = ceil_div(g.out[2], 4);
+  // The panel sees a 6x6-tap convolution at stride 4: output "pixels" are tiles.
+  ConvGeom pg = g;
+  pg.k[1] = pg.k[2] = 6;
+  pg.s[1] = pg.s[2] = 4;
+  pg.out[1] = TH;
+  pg.out[2] = TWt;
+  const int64_t TC = wino::kTC, TCp = TC;  // V/M row length (tiles)
+  const int64_t KD = g.k[0], Cin = g.Cin, OD = g.out[0];
+  // Items are (n, tile row, od) with od fastest: consecutive output depths share KD - 1 input planes, whose
+  // transforms stay cached (3x fewer input transforms for 3x3x3 kernels).
+  const int64_t items = g.N * TH * OD;
+  // Outputs beyond the caches are written once, in whole lines: streaming stores skip reading them first
+  // (measured: 11% of the time sat on those stores' misses).
+  const bool stream = g.N * o.bs * int64_t(sizeof(float)) > (int64_t(16) << 20);
+  parallel_for(items, 1, [&](int64_t b, int64_t e) {
+    PanelRows<float> src(pg, x, TC, 1);
+    const int64_t* off = src.tap_offsets();
+    const int64_t S = KD + 1;  // cached transformed planes: the KD an output depth needs, plus one to fill
+    std::vector<float> Vb(size_t(36 * S * Cin * TCp)), Mb(size_t(OB * MO * 36 * TCp)), Vzero(size_t(TCp), 0.f);
+    std::vector<const float*> vrows(size_t(36 * E));
+    std::vector<int64_t> slot_key(static_cast<size_t>(S), -1), slot_of(static_cast<size_t>(KD));
+    std::vector<char> slot_used(static_cast<size_t>(S));
+    alignas(32) __m256 tr[6][6];
+    for (int64_t tc0 = 0; tc0 < TWt; tc0 += TC) {
+      const int64_t tvalid = std::min(TC, TWt - tc0);
+      src.set_chunk(tc0, tvalid);
+      int64_t cached_for = -1;  // (n, tile row) the cached planes belong to
+      for (int64_t it = b; it < e; ++it) {
+        const int64_t od = it % OD, t_row = (it / OD) % TH, n = it / (OD * TH);
+        if (n * TH + t_row != cached_for) {
+          std::fill(slot_key.begin(), slot_key.end(), -1);
+          cached_for = n * TH + t_row;
+        }
+        src.fill(&n, &od, &t_row, 1);
+        if (it + 1 < e)
+          src.queue_next((it + 1) / (OD * TH), (it + 1) % OD, ((it + 1) / OD) % TH);
+        const float* const* rows = src.rows(0);
+        // Which cached plane each depth tap reads; transform the missing ones into free slots.
+        std::fill(slot_used.begin(), slot_used.end(), char(0));
+        for (int64_t kd = 0; kd < KD; ++kd) {
+          const int64_t id = conv::map_index(conv::tap_input(od, kd, g.s[0], g.d[0], g.lo[0]), g.in[0], g.pad);
+          slot_of[size_t(kd)] = -1;
+          if (id < 0) continue;
+          for (int64_t sl = 0; sl < S; ++sl)
+            if (slot_key[size_t(sl)] == id) {
+              slot_of[size_t(kd)] = sl;
+              slot_used[size_t(sl)] = 1;
+            }
+        }
+        for (int64_t kd = 0; kd < KD; ++kd) {
+          const int64_t id = conv::map_index(conv::tap_input(od, kd, g.s[0], g.d[0], g.lo[0]), g.in[0], g.pad);
+          if (id < 0 || slot_of[size_t(kd)] >= 0) continue;
+          int64_t sl = 0;
+          for (int64_t k2 = 0; k2 < kd; ++k2)  // the same plane twice (padding maps): transform once
+            if (slot_of[size_t(k2)] >= 0 && slot_key[size_t(slot_of[size_t(k2)])] == id) sl = -1 - slot_of[size_t(k2)];
+          if (sl < 0) {
+            slot_of[size_t(kd)] = -1 - sl;
+            continue;
+          }
+          while (slot_used[size_t(sl)]) ++sl;
+          slot_used[size_t(sl)] = 1;
+          slot_key[size_t(sl)] = id;
+          slot_of[size_t(kd)] = sl;
+          // Input transform of plane id (read through tap kd's rows): V[xi][slot][c][tile].
+          for (int64_t c = 0; c < Cin; ++c)
+            for (int64_t t0 = 0; t0 < tvalid; t0 += 8) {
+              for (int r = 0; r < 6; ++r) {
+                const float* p = rows[(c * KD + kd) * 6 + r] + t0;
+                __m256 d[6];
+                for (int j = 0; j < 6; ++j) d[j] = _mm256_loadu_ps(p + off[j]);
+                wino::bt6(d, tr[r]);
+              }
+              for (int k = 0; k < 6; ++k) {
+                __m256 col[6], y[6];
+                for (int r = 0; r < 6; ++r) col[r] = tr[r][k];
+                wino::bt6(col, y);
+                for (int a = 0; a < 6; ++a)
+                  _mm256_storeu_ps(Vb.data() + (((a * 6 + k) * S + sl) * Cin + c) * TCp + t0, y[a]);
+              }
+            }
+        }
+        for (int64_t xi = 0; xi < 36; ++xi)
+          for (int64_t c = 0; c < Cin; ++c)
+            for (int64_t kd = 0; kd < KD; ++kd) {
+              const int64_t sl = slot_of[size_t(kd)];
+              vrows[size_t(xi * E + c * KD + kd)] = sl < 0 ? Vzero.data() : Vb.data() + ((xi * S + sl) * Cin + c) * TCp;
+            }
+        // 36 GEMMs on the micro-kernel: M[oc][xi][tile].
+        for (int64_t xi = 0; xi < 36; ++xi)
+          for (int64_t ob = 0; ob < OB; ++ob)
+            for (int64_t j0 = 0; j0 < tvalid; j0 += MV * V::N) {
+              const int nv = int(std::min<int64_t>(MV, ceil_div(tvalid - j0, V::N)));
+              V acc[MO][MV];
+              for (int i = 0; i < MO; ++i)
+                for (int jj = 0; jj < MV; ++jj) acc[i][jj] = V::zero();
+              static const int64_t zero_off[1] = {0};
+              pick_micro_fwd<float>(nv, 1)(vrows.data() + xi * E, E, j0, 1, zero_off,
+                                           U.data() + (xi * OB + ob) * E * MO, acc);
+              src.pump(4);
+              for (int i = 0; i < MO; ++i)
+                for (int jj = 0; jj < nv; ++jj)
+                  acc[i][jj].store(Mb.data() + ((ob * MO + i) * 36 + xi) * TCp + j0 + jj * V::N);
+            }
+        // Output transform, bias, activation, interleave into the output rows.
+        const int64_t oh0 = t_row * 4, nrow = std::min<int64_t>(4, g.out[1] - oh0);
+        const __m256 zero = _mm256_setzero_ps(), slope = _mm256_set1_ps(o.slope);
+        for (int64_t oc = 0; oc < g.Cout; ++oc) {
+          const __m256 bias = _mm256_set1_ps(o.bias ? o.bias[oc] : 0.f);
+          float* yplane = o.y + n * o.bs + oc * o.plane + (od * g.out[1] + oh0) * g.out[2];
+          const float* m = Mb.data() + oc * 36 * TCp;
+          for (int64_t t0 = 0; t0 < tvalid; t0 += 8) {
+            __m256 tm[6][4];
+            for (int a = 0; a < 6; ++a) {
+              __m256 row[6];
+              for (int k = 0; k < 6; ++k) row[k] = _mm256_loadu_ps(m + (a * 6 + k) * TCp + t0);
+              wino::at6(row, tm[a]);
+            }
+            __m256 Y[4][4];
+            for (int j = 0; j < 4; ++j) {
+              __m256 col[6], y[4];
+              for (int a = 0; a < 6; ++a) col[a] = tm[a][j];
+              wino::at6(col, y);
+              for (int i = 0; i < 4; ++i) {
+                __m256 v = _mm256_add_ps(y[i], bias);
+                if (o.act == Act::relu) v = V::blend_negative(V{v}, V{zero}).v;
+                else if (o.act == Act::leaky_relu) v = V::blend_negative(V{v}, V{_mm256_mul_ps(v, slope)}).v;
+                Y[i][j] = v;
+              }
+            }
+            const int64_t c0 = (tc0 + t0) * 4, ncols = std::min<int64_t>(32, g.out[2] - c0);
+            for (int64_t i = 0; i < nrow; ++i)
+              wino::store_interleaved4(yplane + i * g.out[2] + c0, Y[i], ncols, stream);
+          }
+        }
+      }
+    }
+    if (stream) _mm_sfence();
+  });
+}
+#endif  // CK_SIMD_AVX2
+
+// Rows of the panel per output column: (channels x kd x kh) rows, each as wide as the chunk.
+int64_t panel_rows_of(const ConvGeom& g, int64_t rb) { return g.Cin * g.k[0] * (rb - 1 + g.k[1]); }
+
+template <class T>
+void forward_typed(const ConvForwardArgs& a) {
+  const ConvGeom& g = a.g;
+  const T* w = static_cast<const T*>(a.w);
+  const int64_t K = g.k[0] * g.k[1] * g.k[2], E = g.Cin * K;
+  const std::vector<T> wp = pack_weights<T>(g.Cout, E, [&](int64_t o, int64_t e) { return w[o * E + e]; });
+  // First layers (a few taps per output) are bound by writing the output. Streaming stores were measured slower
+  // than ordinary ones on this path in every variant tried (96-byte tiles, 64-byte line tiles, rows staged in L1
+  // and streamed in whole lines: 26-49 ms vs 14-29 ms for 1->32 @1024^2, 1 thread, fresh or reused outputs),
+  // although a plain streaming loop reaches 22 GB/s here; so the direct path stores normally.
+  RowOut<T> o{static_cast<T*>(a.y), g.Cout, {g.N, g.out[0], g.out[1]}, g.out[2],
+              g.out[0] * g.out[1] * g.out[2], g.y_bs, static_cast<const T*>(a.b), a.act, T(a.slope)};
+  const T* x = static_cast<const T*>(a.x);
+#if CK_SIMD_AVX2
+  if constexpr (std::is_same<T, float>::value) {
+    if (use_winograd(g, a.algo)) {
+      const std::vector<float> U = wino::transform_weights(w, g.Cout, g.Cin * g.k[0], ceil_div(g.Cout, MO), false,
+                                                           g.Cin, g.k[0]);
+      winograd_forward(g, x, U, o);
+      return;
+    }
+  }
+#endif
+  run_rows<T, PanelRows<T>>(o, wp.data(), panel_rows_of(g, 1) * g.s[2],
+                            [&](int64_t cw) { return PanelRows<T>(g, x, cw, 1); });
+}
+
+// The gradient of the input. Stride 1: a forward convolution of gy with the flipped, transposed kernel
+// (padding d * (k - 1) - lo on each side), on Winograd or the direct kernel. Otherwise one stride-1
+// correlation per phase of gx (below).
+template <class T>
+void grad_input_typed(const ConvGradInputArgs& a) {
+  const ConvGeom& g = a.g;
+  const T* w = static_cast<const T*>(a.w);
+  const T* gy = static_cast<const T*>(a.gy);
+  const int64_t K = g.k[0] * g.k[1] * g.k[2];
+  RowOut<T> o{static_cast<T*>(a.gx), g.Cin, {g.N, g.in[0], g.in[1]}, g.in[2], g.in[0] * g.in[1] * g.in[2],
+              g.x_bs, nullptr, Act::none, T(0)};
+  if (g.s[0] == 1 && g.s[1] == 1 && g.s[2] == 1) {
+    ConvGeom t = g;
+    t.Cin = g.Cout;
+    t.Cout = g.Cin;
+    for (int i = 0; i < 3; ++i) {
+      t.in[i] = g.out[i];
+      t.out[i] = g.in[i];
+      t.lo[i] = g.d[i] * (g.k[i] - 1) - g.lo[i];
+    }
+    t.x_bs = g.y_bs;
+    t.y_bs = g.x_bs;
+    t.pad = PadMode::zeros;
+#if CK_SIMD_AVX2
+    if constexpr (std::is_same<T, float>::value) {
+      if (use_winograd(t, a.algo)) {
+        const std::vector<float> U = wino::transform_weights(w, g.Cin, g.Cout * g.k[0], ceil_div(g.Cin, MO), true,
+                                                             g.Cin, g.k[0]);
+        winograd_forward(t, gy, U, o);
+        return;
+      }
+    }
+#endif
+    // wt[c][o][k'] = w[o][c][K - 1 - k'] (all three kernel dims reversed at once).
+    const std::vector<T> wp = pack_weights<T>(g.Cin, g.Cout * K, [&](int64_t c, int64_t e) {
+      const int64_t oc = e / K, k = e % K;
+      return w[(oc * g.Cin + c) * K + (K - 1 - k)];
+    });
+    run_rows<T, PanelRows<T>>(o, wp.data(), panel_rows_of(t, 1),
+                              [&](int64_t cw) { return PanelRows<T>(t, gy, cw, 1); });
+    return;
+  }
+  // Stride > 1: split gx by phase (r_d, r_h, r_w) = position mod stride. Along each dim only the taps k with
+  // (r + lo - k d) divisible by s reach phase r, at output offsets c_k = (r + lo - k d) / s that are evenly
+  // spaced, so each phase is a stride-1 correlation of gy with those taps (reversed), run on the direct kernel
+  // and stored every s-th element. (A gather over all taps wasted 1 - 1/s^2 of its products on zeros and ran
+  // at 0.4x torch; measured below.)
+  struct Taps {
+    int64_t n = 0, k_first = 0, k_step = 1, c_first = 0, c_step = 1;
+  };
+  auto taps_of = [&](int a, int64_t r) {
+    Taps t;
+    const int64_t s = g.s[a], d = g.d[a];
+    for (int64_t k = g.k[a] - 1; k >= 0; --k) {
+      const int64_t v = r + g.lo[a] - k * d;
+      if (((v % s) + s) % s) continue;
+      const int64_t c = (v >= 0 ? v / s : -((-v) / s));  // exact: v is a multiple of s
+      if (t.n == 0) {
+        t.k_first = k;
+        t.c_first = c;
+      } else if (t.n == 1) {
+        t.k_step = t.k_first - k;
+        t.c_step = c - t.c_first;
+      }
+      ++t.n;
+    }
+    return t;
+  };
+  bool all_phases_hit = true;
+  for (int a = 0; a < 3; ++a)
+    for (int64_t r = 0; r < std::min(g.s[a], g.in[a]); ++r) all_phases_hit = all_phases_hit && taps_of(a, r).n > 0;
+  if (!all_phases_hit)  // some input positions receive no gradient: zero, then the phases overwrite theirs
+    parallel_for(g.N, 1, [&](int64_t b, int64_t e) {
+      for (int64_t n = b; n < e; ++n)
+        std::fill(o.y + n * g.x_bs, o.y + n * g.x_bs + g.Cin * o.plane, T(0));
+    });
+  for (int64_t r0 = 0; r0 < std::min(g.s[0], g.in[0]); ++r0)
+    for (int64_t r1 = 0; r1 < std::min(g.s[1], g.in[1]); ++r1)
+      for (int64_t r2 = 0; r2 < std::min(g.s[2], g.in[2]); ++r2) {
+        const int64_t r[3] = {r0, r1, r2};
+        Taps tp[3];
+        ConvGeom t = g;
+        bool empty = false;
+        for (int a = 0; a < 3; ++a) {
+          tp[a] = taps_of(a, r[a]);
+          empty = empty || tp[a].n == 0;
+          t.in[a] = g.out[a];
+          t.out[a] = ceil_div(g.in[a] - r[a], g.s[a]);
+          t.k[a] = tp[a].n;
+          t.s[a] = 1;
+          t.d[a] = tp[a].c_step;
+          t.lo[a] = -tp[a].c_first;
+        }
+        if (empty) continue;
+        t.Cin = g.Cout;
+        t.Cout = g.Cin;
+        t.x_bs = g.y_bs;
+        t.y_bs = g.x_bs;
+        t.pad = PadMode::zeros;
+        const int64_t Kt = t.k[0] * t.k[1] * t.k[2];
+        const std::vector<T> wp = pack_weights<T>(g.Cin, g.Cout * Kt, [&](int64_t c, int64_t e) {
+          const int64_t oc = e / Kt, kt = e % Kt;
+          const int64_t tw = kt % t.k[2], th = (kt / t.k[2]) % t.k[1], td = kt / (t.k[2] * t.k[1]);
+          const int64_t kd = tp[0].k_first - td * tp[0].k_step, kh = tp[1].k_first - th * tp[1].k_step;
+          const int64_t kw = tp[2].k_first - tw * tp[2].k_step;
+          return w[(oc * g.Cin + c) * K + (kd * g.k[1] + kh) * g.k[2] + kw];
+        });
+        RowOut<T> op = o;
+        op.rows[1] = t.out[0];
+        op.rows[2] = t.out[1];
+        op.cols = t.out[2];
+        op.mem_h = g.in[1];
+        op.mem_w = g.in[2];
+        for (int a = 0; a < 3; ++a) {
+          op.step[a] = g.s[a];
+          op.off[a] = r[a];
+        }
+        run_rows<T, PanelRows<T>>(op, wp.data(), panel_rows_of(t, 1),
+                                  [&](int64_t cw) { return PanelRows<T>(t, gy, cw, 1); });
+      }
+}
+
+// ---- grad weight: MO output channels x 3 (entry, tap) columns, reduced over the pixels of a tile ----------
+
+template <class T>
+void micro_gw(int64_t nrows, const T* gt, int64_t row_len, int64_t oc_stride, const T* const* cols,
+              int64_t col_stride, Vec<T> (&acc)[MO][3]) {
+  using V = Vec<T>;
+  V a[MO][3];
+  for (int i = 0; i < MO; ++i)
+    for (int t = 0; t < 3; ++t) a[i][t] = V::zero();
+  for (int64_t j = 0; j < nrows; ++j) {
+    const T* gp = gt + j * row_len;
+    const T* c0 = cols[j * col_stride];
+    const T* c1 = cols[j * col_stride + 1];
+    const T* c2 = cols[j * col_stride + 2];
+    for (int64_t v = 0; v < row_len; v += V::N) {
+      const V x0 = V::load(c0 + v), x1 = V::load(c1 + v), x2 = V::load(c2 + v);
+      for (int i = 0; i < MO; ++i) {
+        const V gv = V::load(gp + i * oc_stride + v);
+        a[i][0] = V::fmadd(gv, x0, a[i][0]);
+        a[i][1] = V::fmadd(gv, x1, a[i][1]);
+        a[i][2] = V::fmadd(gv, x2, a[i][2]);
+      }
+    }
+  }
+  for (int i = 0; i < MO; ++i)
+    for (int t = 0; t < 3; ++t) acc[i][t] = a[i][t];
+}
+
+// out[i] += the lane sum of v[i], i < 4 (the accumulators of MO = 4 channels for one entry-tap).
+template <class V, class T>
+inline void reduce4_add(const V* v, T* out) {
+  for (int i = 0; i < 4; ++i) out[i] += v[i].hsum();
+}
+#if CK_SIMD_AVX2
+inline void reduce4_add(const Vec<float>* v, float* out) {
+  const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(v[0].v, v[1].v), _mm256_hadd_ps(v[2].v, v[3].v));
+  const __m128 r = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  _mm_storeu_ps(out, _mm_add_ps(_mm_loadu_ps(out), r));
+}
+inline void reduce4_add(const Vec<double>* v, double* out) {
+  const __m256d h1 = _mm256_hadd_pd(v[0].v, v[1].v), h2 = _mm256_hadd_pd(v[2].v, v[3].v);
+  const __m256d r = _mm256_add_pd(_mm256_permute2f128_pd(h1, h2, 0x20), _mm256_permute2f128_pd(h1, h2, 0x31));
+  _mm256_storeu_pd(out, _mm256_add_pd(_mm256_loadu_pd(out), r));
+}
+#endif
+static_assert(MO == 4, "reduce4_add reduces MO = 4 accumulators");
+
+template <class T>
+void grad_weight_typed(const ConvGradWeightArgs& a) {
+  using V = Vec<T>;
+  constexpr int N = V::N;
+  const ConvGeom& g = a.g;
+  const T* gy = static_cast<const T*>(a.gy);
+  const T* x = static_cast<const T*>(a.x);
+  const int64_t K = g.k[0] * g.k[1] * g.k[2], E = g.Cin * K;
+  const int64_t OB = ceil_div(g.Cout, MO), CP = OB * MO;
+  const int64_t OW = g.out[2], n_rows = g.N * g.out[0] * g.out[1];
+  const int64_t out_plane = g.out[0] * g.out[1] * g.out[2];
+  // Blocks of RB output rows x L columns: long enough (~512 pixels) to amortise the reduction of the
+  // accumulators, small enough that the panel stays in the caches across output-channel blocks.
+  const int64_t RB = std::max<int64_t>(1, std::min<int64_t>({n_rows, int64_t(64), 1024 / round_up(OW, N)}));
+  const int64_t L = chunk_cols(OW, panel_rows_of(g, RB) * g.s[2], N, sizeof(T));
+  const int64_t n_cc = ceil_div(OW, L);
+  const int64_t EP = round_up(E, 3);  // entry-taps padded to whole groups of three (padding reads zeros)
+  // Contiguous row ranges per thread (panel rows are reused between consecutive row blocks).
+  const int T_ = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), ceil_div(n_rows, RB))));
+  std::vector<std::vector<T>> parts(static_cast<size_t>(T_)), bparts(static_cast<size_t>(T_));
+  parallel_for(T_, 0, [&](int64_t t0, int64_t t1) {
+    for (int64_t slot = t0; slot < t1; ++slot) {
+      std::vector<T>& part = parts[size_t(slot)];
+      std::vector<T>& bpart = bparts[size_t(slot)];
+      part.assign(size_t(OB * EP * MO), T(0));
+      bpart.assign(size_t(CP), T(0));
+      PanelRows<T> src(g, x, L, RB);
+      const int64_t R = src.entries(), KW = src.taps();
+      const int64_t* offs = src.tap_offsets();
+      std::vector<T> gt(size_t(CP * RB * L));
+      std::vector<const T*> cols(size_t(RB * EP));
+      const int64_t rb_begin = ceil_div(n_rows, RB) * slot / T_, rb_end = ceil_div(n_rows, RB) * (slot + 1) / T_;
+      for (int64_t cc = 0; cc < n_cc; ++cc) {
+        const int64_t ow0 = cc * L, valid = std::min(L, OW - ow0), Lv = round_up(valid, N);
+        src.set_chunk(ow0, valid);
+        for (int64_t rb = rb_begin; rb < rb_end; ++rb) {
+          const int64_t r0 = rb * RB, nr = std::min(RB, n_rows - r0);
+          int64_t nn[64], od[64], oh[64];
+          for (int64_t j = 0; j < nr; ++j) {
+            const int64_t row = r0 + j;
+            oh[j] = row % g.out[1];
+            od[j] = (row / g.out[1]) % g.out[0];
+            nn[j] = row / (g.out[1] * g.out[0]);
+          }
+          src.fill(nn, od, oh, nr);
+          // Prefetch the next block's new input rows and its gy rows while this block computes.
+          src.clear_queue();
+          for (int64_t j = 0; j < RB && rb + 1 < rb_end && r0 + RB + j < n_rows; ++j) {
+            const int64_t row = r0 + RB + j, ph = row % g.out[1], pd = (row / g.out[1]) % g.out[0];
+            const int64_t pn = row / (g.out[1] * g.out[0]);
+            src.queue_next(pn, pd, ph, true);
+            for (int64_t oc = 0; oc < g.Cout; ++oc)
+              src.queue(gy + pn * g.y_bs + oc * out_plane + (pd * g.out[1] + ph) * OW + ow0, valid * int64_t(sizeof(T)));
+          }
+          // The block of gy, zero-padded to whole vectors and to MO-channel blocks: [oc][row][col].
+          for (int64_t oc = 0; oc < CP; ++oc)
+            for (int64_t j = 0; j < nr; ++j) {
+              T* dst = gt.data() + (oc * RB + j) * Lv;
+              if (oc < g.Cout) {
+                const T* srow = gy + nn[j] * g.y_bs + oc * out_plane + (od[j] * g.out[1] + oh[j]) * OW + ow0;
+                std::memcpy(dst, srow, sizeof(T) * size_t(valid));
+                std::fill(dst + valid, dst + Lv, T(0));
+                V s = V::zero();
+                for (int64_t v = 0; v < Lv; v += N) s = s + V::load(dst + v);
+                bpart[size_t(oc)] += s.hsum();
+              } else {
+                std::fill(dst, dst + Lv, T(0));
+              }
+            }
+          for (int64_t j = 0; j < nr; ++j) {
+            const T* const* p = src.rows(j);
+            const T** c = cols.data() + j * EP;
+            for (int64_t r = 0; r < R; ++r)
+              for (int64_t t = 0; t < KW; ++t) c[r * KW + t] = p[r] + offs[t];
+            for (int64_t e = E; e < EP; ++e) c[e] = src.zero();
+          }
+          for (int64_t ob = 0; ob < OB; ++ob) {
+            const T* gtile = gt.data() + ob * MO * RB * Lv;
+            T* pb = part.data() + ob * EP * MO;
+            for (int64_t c = 0; c < EP; c += 3) {
+              V acc[MO][3];
+              micro_gw<T>(nr, gtile, Lv, RB * Lv, cols.data() + c, EP, acc);
+              for (int t = 0; t < 3; ++t) {
+                const V col[MO] = {acc[0][t], acc[1][t], acc[2][t], acc[3][t]};
+                reduce4_add(col, pb + (c + t) * MO);
+              }
+              src.pump(3);
+            }
+          }
+        }
+      }
+    }
+  });
+  T* gw = static_cast<T*>(a.gw);
+  T* gb = static_cast<T*>(a.gb);
+  for (int64_t oc = 0; oc < g.Cout; ++oc) {
+    const int64_t ob = oc / MO, i = oc % MO;
+    for (int64_t e = 0; e < E; ++e) {
+      T s = T(0);
+      for (int t = 0; t < T_; ++t) s += parts[size_t(t)][size_t((ob * EP + e) * MO + i)];
+      gw[oc * E + e] = s;
+    }
+    if (gb) {
+      T s = T(0);
+      for (int t = 0; t < T_; ++t) s += bparts[size_t(t)][size_t(oc)];
+      gb[oc] = s;
+    }
+  }
+}
+
+// ---- elementwise helpers of the backward --------------------------------------------------------------------
+
+template <class T>
+void act_grad_typed(const ConvActGradArgs& a) {
+  const T* gy = static_cast<const T*>(a.gy);
+  const T* y = static_cast<const T*>(a.y);
+  T* gz = static_cast<T*>(a.gz);
+  const T slope = T(a.slope);
+  const Act act = a.act;
+  parallel_for(a.n, 1 << 16, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) gz[i] = conv::act_grad(y[i], gy[i], act, slope);
+  });
+}
+
+// The adjoint of padding on the CPU: copy each input's own position, then add every padded position onto the
+// input it reads (serial within a plane, so the sum order is fixed).
+template <class T>
+void fold_typed(const ConvFoldArgs& a) {
+  const T* gp = static_cast<const T*>(a.gp);
+  T* gx = static_cast<T*>(a.gx);
+  int64_t P[3], n_in = 1, n_p = 1;
+  for (int i = 0; i < 3; ++i) {
+    P[i] = a.in[i] + a.lo[i] + a.hi[i];
+    n_in *= a.in[i];
+    n_p *= P[i];
+  }
+  parallel_for(a.planes, 1, [&](int64_t b, int64_t e) {
+    for (int64_t pl = b; pl < e; ++pl) {
+      const T* src = gp + pl * n_p;
+      T* dst = gx + pl * n_in;
+      for (int64_t i0 = 0; i0 < a.in[0]; ++i0)
+        for (int64_t i1 = 0; i1 < a.in[1]; ++i1)
+          std::memcpy(dst + (i0 * a.in[1] + i1) * a.in[2],
+                      src + ((i0 + a.lo[0]) * P[1] + i1 + a.lo[1]) * P[2] + a.lo[2], sizeof(T) * size_t(a.in[2]));
+      for (int64_t q0 = 0; q0 < P[0]; ++q0) {
+        const int64_t m0 = conv::map_index(q0 - a.lo[0], a.in[0], a.pad);
+        const bool in0 = q0 >= a.lo[0] && q0 < a.lo[0] + a.in[0];
+        for (int64_t q1 = 0; q1 < P[1]; ++q1) {
+          const int64_t m1 = conv::map_index(q1 - a.lo[1], a.in[1], a.pad);
+          const bool in1 = q1 >= a.lo[1] && q1 < a.lo[1] + a.in[1];
+          const T* srow = src + (q0 * P[1] + q1) * P[2];
+          T* drow = dst + (m0 * a.in[1] + m1) * a.in[2];
+          for (int64_t q2 = 0; q2 < P[2]; ++q2) {
+            const bool in2 = q2 >= a.lo[2] && q2 < a.lo[2] + a.in[2];
+            if (in0 && in1 && in2) {
+              q2 = a.lo[2] + a.in[2] - 1;  // the interior was copied above
+              continue;
+            }
+            drow[conv::map_index(q2 - a.lo[2], a.in[2], a.pad)] += srow[q2];
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void conv_forward_cpu(const ConvForwardArgs& a) { CK_DISPATCH_FLOAT(a.dtype, forward_typed<scalar_t>(a)); }
+void conv_grad_input_cpu(const ConvGradInputArgs& a) { CK_DISPATCH_FLOAT(a.dtype, grad_input_typed<scalar_t>(a)); }
+void conv_grad_weight_cpu(const ConvGradWeightArgs& a) {
+  CK_DISPATCH_FLOAT(a.dtype, grad_weight_typed<scalar_t>(a));
+}
+void conv_act_grad_cpu(const ConvActGradArgs& a) { CK_DISPATCH_FLOAT(a.dtype, act_grad_typed<scalar_t>(a)); }
+void conv_fold_cpu(const ConvFoldArgs& a) { CK_DISPATCH_FLOAT(a.dtype, fold_typed<scalar_t>(a)); }
+
+CK_NS_END

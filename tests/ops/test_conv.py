@@ -1,0 +1,457 @@
+"""conv2d/conv3d against torch's own convolution: forward, gradients, gradcheck, layouts, modules, compile, numpy,
+errors; on every backend (cpu, the portable cpu path, the CUDA kernels on the emulator in three orders)."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cellkern
+from cellkern import _C
+from cellkern.ops import conv2d, conv3d
+
+# (x shape, out channels, kernel, stride, padding, dilation, groups, padding_mode, activation)
+CASES_2D = [
+    ((2, 3, 17, 19), 5, 3, 1, 1, 1, 1, "zeros", None),            # odd sizes, batch > 1
+    ((1, 1, 20, 37), 8, 3, 1, 1, 1, 1, "zeros", "relu"),          # Cin = 1 (first layer), fused relu
+    ((2, 3, 17, 19), 6, 3, 2, 1, 1, 1, "zeros", None),            # stride 2
+    ((1, 4, 16, 21), 3, 3, 1, 2, 2, 1, "zeros", "leaky_relu"),    # dilation 2
+    ((2, 3, 15, 18), 4, 3, 1, 1, 1, 1, "reflect", None),
+    ((1, 2, 11, 13), 5, 5, 1, 2, 1, 1, "replicate", "relu"),
+    ((1, 2, 11, 13), 3, 3, 1, 1, 1, 1, "circular", None),
+    ((1, 3, 14, 17), 4, (3, 2), (2, 1), (1, 0), (1, 2), 1, "zeros", None),  # anisotropic everything
+    ((2, 4, 12, 13), 6, 3, 1, 1, 1, 2, "zeros", None),             # groups
+    ((1, 3, 9, 10), 4, 1, 1, 0, 1, 1, "zeros", None),              # 1x1
+    ((1, 3, 10, 11), 2, 3, 3, 4, 1, 1, "zeros", None),             # padding beyond the kernel span, stride 3
+    ((1, 2, 12, 14), 3, 4, 2, 2, 1, 1, "reflect", "leaky_relu"),   # even kernel, strided reflect
+    ((1, 2, 13, 14), 3, 2, 3, 0, 1, 1, "zeros", None),             # stride > kernel: inputs no output reads
+    ((1, 3, 9, 12), 5, 3, 1, "same", 1, 1, "zeros", None),
+    ((1, 3, 9, 12), 5, (2, 4), 1, "same", (1, 2), 1, "reflect", None),  # asymmetric 'same' padding
+    ((1, 40, 19, 35), 33, 3, 1, 1, 1, 1, "zeros", "relu"),         # many channels, channel tail
+    ((0, 3, 8, 8), 4, 3, 1, 1, 1, 1, "zeros", None),               # empty batch
+]
+CASES_3D = [
+    ((2, 3, 7, 9, 11), 4, 3, 1, 1, 1, 1, "zeros", None),
+    ((1, 2, 8, 9, 10), 3, 3, 2, 1, 1, 1, "zeros", "relu"),
+    ((1, 2, 7, 8, 9), 3, 3, 1, 1, 1, 1, "reflect", None),
+    ((1, 2, 9, 8, 10), 3, (3, 1, 2), (1, 2, 1), (1, 0, 1), (2, 1, 1), 1, "replicate", "leaky_relu"),
+    ((1, 1, 6, 7, 8), 5, 3, 1, 1, 1, 1, "zeros", None),
+    ((1, 4, 5, 6, 7), 4, 3, 1, 1, 1, 2, "circular", None),
+]
+SLOPE = 0.1
+
+
+def _ntuple(v, nd):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * nd
+
+
+def _reference(x, w, b, stride, padding, dilation, groups, mode, act):
+    """torch's convolution with torch.nn.ConvNd's padding modes (F.pad, then an unpadded convolution)."""
+    nd = x.dim() - 2
+    f = F.conv2d if nd == 2 else F.conv3d
+    if mode == "zeros":
+        y = f(x, w, b, stride, padding, dilation, groups)
+    else:
+        if padding == "same":
+            lo = [d * (k - 1) // 2 for d, k in zip(_ntuple(dilation, nd), w.shape[2:])]
+            hi = [d * (k - 1) - l for d, k, l in zip(_ntuple(dilation, nd), w.shape[2:], lo)]
+        else:
+            lo = hi = list(_ntuple(padding, nd))
+        pad = [p for i in reversed(range(nd)) for p in (lo[i], hi[i])]
+        y = f(F.pad(x, pad, mode=mode), w, b, stride, 0, dilation, groups)
+    if act == "relu":
+        y = torch.relu(y)
+    elif act == "leaky_relu":
+        y = F.leaky_relu(y, SLOPE)
+    return y
+
+
+def _ours(nd):
+    return conv2d if nd == 2 else conv3d
+
+
+def _make(case, dtype, device, gen, bias=True):
+    shape, cout, k, s, p, d, g, mode, act = case
+    nd = len(shape) - 2
+    x = torch.randn(shape, generator=gen, dtype=dtype).to(device)
+    w = torch.randn((cout, shape[1] // g) + _ntuple(k, nd), generator=gen, dtype=dtype).to(device)
+    b = torch.randn(cout, generator=gen, dtype=dtype).to(device) if bias else None
+    return x, w, b, (s, p, d, g, mode, act)
+
+
+def _tol(dtype):
+    return dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+
+
+def _close(got, want, dtype, what=""):
+    # Relative to the output's scale: sums of many products round differently in every order.
+    scale = max(1.0, want.abs().max().item()) if want.numel() else 1.0
+    t = _tol(dtype)
+    torch.testing.assert_close(got, want, rtol=t["rtol"], atol=t["atol"] * scale, msg=lambda m: f"{what}: {m}")
+
+
+def _cases(nd, backend):
+    cases = CASES_2D if nd == 2 else CASES_3D
+    return cases[::2] if backend.is_emu else cases  # the emulator is slow: every other case, all still covered below
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_matches_torch(backend, nd, dtype):
+    gen = torch.Generator().manual_seed(0)
+    for case in _cases(nd, backend):
+        x, w, b, (s, p, d, g, mode, act) = _make(case, dtype, backend.device, gen, bias=case[0][0] != 1)
+        want = _reference(x, w, b, s, p, d, g, mode, act)
+        got = _ours(nd)(x, w, b, s, p, d, g, mode, act, SLOPE)
+        assert got.shape == want.shape and got.dtype == dtype
+        _close(got, want, dtype, str(case))
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_backward_matches_torch(backend, nd, dtype):
+    gen = torch.Generator().manual_seed(1)
+    cases = CASES_2D if nd == 2 else CASES_3D
+    cases = cases[1::2] if backend.is_emu else cases  # the other half of the cases on the emulator
+    for case in cases:
+        x, w, b, (s, p, d, g, mode, act) = _make(case, dtype, backend.device, gen)
+        x, w, b = (t.requires_grad_(True) for t in (x, w, b))
+        want = _reference(x, w, b, s, p, d, g, mode, act)
+        gy = torch.randn(want.shape, generator=gen, dtype=dtype).to(backend.device)
+        want_grads = torch.autograd.grad(want, (x, w, b), gy)
+        got = _ours(nd)(x, w, b, s, p, d, g, mode, act, SLOPE)
+        got_grads = torch.autograd.grad(got, (x, w, b), gy)
+        for name, gg, gw in zip(("x", "weight", "bias"), got_grads, want_grads):
+            _close(gg, gw, dtype, f"grad {name} {case}")
+
+
+GRADCHECK = [
+    ((1, 2, 6, 7), 3, 3, 1, 1, 1, 1, "zeros", None),
+    ((2, 2, 7, 6), 2, 3, 2, 1, 1, 1, "zeros", "relu"),
+    ((1, 2, 7, 8), 2, 3, 1, 2, 2, 1, "reflect", "leaky_relu"),
+    ((1, 2, 6, 7), 3, (2, 3), (1, 2), (1, 1), 1, 1, "replicate", None),
+    ((1, 4, 6, 6), 4, 3, 1, 1, 1, 2, "circular", None),
+    ((1, 1, 6, 7), 2, 3, 3, 2, 1, 1, "zeros", None),
+    ((1, 2, 8, 9), 2, 2, 3, 1, 1, 1, "zeros", None),
+    ((1, 2, 4, 5, 6), 2, 3, 1, 1, 1, 1, "reflect", "relu"),
+    ((1, 1, 5, 5, 6), 2, 2, 2, 1, 1, 1, "zeros", None),
+]
+
+
+@pytest.mark.parametrize("case", GRADCHECK, ids=lambda c: f"{len(c[0]) - 2}d-{c[7]}-{c[8]}-s{c[3]}")
+def test_gradcheck_float64(backend, case):
+    nd = len(case[0]) - 2
+    gen = torch.Generator().manual_seed(2)
+    x, w, b, (s, p, d, g, mode, act) = _make(case, torch.float64, backend.device, gen)
+    if act is not None:
+        # Keep pre-activations away from the kink so finite differences see one branch.
+        pre = _reference(x, w, b, s, p, d, g, mode, None)
+        assert pre.abs().min() > 1e-4
+    f = lambda x, w, b: _ours(nd)(x, w, b, s, p, d, g, mode, act, SLOPE)  # noqa: E731
+    inputs = tuple(t.detach().requires_grad_(True) for t in (x, w, b))
+    assert torch.autograd.gradcheck(f, inputs)
+
+
+def test_gradients_of_some_inputs_only():
+    x, w, b = torch.randn(1, 3, 8, 9), torch.randn(4, 3, 3, 3), torch.randn(4)
+    for need in [(True, False, False), (False, True, False), (False, False, True), (False, True, True)]:
+        ts = [t.detach().clone().requires_grad_(r) for t, r in zip((x, w, b), need)]
+        tt = [t.detach().clone().requires_grad_(r) for t, r in zip((x, w, b), need)]
+        conv2d(*ts, padding=1).square().sum().backward()
+        F.conv2d(*tt, padding=1).square().sum().backward()
+        for a, c, r in zip(ts, tt, need):
+            assert (a.grad is None) == (not r)
+            if r:
+                torch.testing.assert_close(a.grad, c.grad, rtol=1e-4, atol=1e-4)
+    # No bias at all.
+    xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+    conv2d(xr, wr, None, 2, 1).sum().backward()
+    xt, wt = x.clone().requires_grad_(), w.clone().requires_grad_()
+    F.conv2d(xt, wt, None, 2, 1).sum().backward()
+    torch.testing.assert_close(xr.grad, xt.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(wr.grad, wt.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_first_layer_and_wide_rows_take_the_fast_paths():
+    # 1 -> 32 channels on rows wider than one panel chunk and an output above the streaming-store threshold.
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 1, 300, 1100, generator=gen)
+    w = torch.randn(32, 1, 3, 3, generator=gen)
+    b = torch.randn(32, generator=gen)
+    _close(conv2d(x, w, b, padding=1, activation="relu"), torch.relu(F.conv2d(x, w, b, padding=1)), torch.float32)
+    x = torch.randn(1, 24, 9, 1030, generator=gen)  # wide rows with many channels: several panel chunks
+    w = torch.randn(10, 24, 3, 3, generator=gen)
+    _close(conv2d(x, w, None, padding=1), F.conv2d(x, w, None, padding=1), torch.float32)
+
+
+@pytest.fixture(params=["direct", "winograd"])
+def cpu_algorithm(request):
+    previous = _C.conv_set_algorithm(request.param)
+    yield request.param
+    _C.conv_set_algorithm(previous)
+
+
+# Winograd F(4x4, 3x3) rounds differently from a direct sum: its float32 error is about 1e-5 of the output's
+# scale for 128 channels (measured; ~8x torch's direct convolution), so its documented tolerance is 5e-5 x scale.
+WINOGRAD_CASES = [
+    ((1, 20, 13, 19), 17, 1, 1, "zeros", None),      # sizes that are not multiples of the 4x4 tile, channel tail
+    ((2, 16, 30, 70), 16, (1, 1), (1, 1), "reflect", "relu"),  # several chunks of 24 tiles, batch
+    ((1, 3, 9, 11), 5, 1, 0, "zeros", "leaky_relu"),  # few channels ('winograd' forces it), no padding
+    ((1, 8, 12, 9), 4, 1, 3, "circular", None),        # padding beyond the kernel span
+    ((1, 128, 24, 40), 128, 1, 1, "zeros", None),
+]
+
+
+@pytest.mark.parametrize("case", WINOGRAD_CASES, ids=lambda c: f"{c[0][1]}-{c[1]}-{c[4]}")
+def test_winograd_and_direct_match_torch(cpu_algorithm, case):
+    shape, cout, s, p, mode, act = case
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(shape, generator=gen, requires_grad=True)
+    w = torch.randn(cout, shape[1], 3, 3, generator=gen, requires_grad=True)
+    b = torch.randn(cout, generator=gen, requires_grad=True)
+    xd, wd, bd = (t.detach().double().requires_grad_(True) for t in (x, w, b))
+    want = _reference(xd, wd, bd, s, p, 1, 1, mode, act)
+    got = conv2d(x, w, b, s, p, 1, 1, mode, act, SLOPE)
+    gy = torch.randn(want.shape, generator=gen)
+    gx, = torch.autograd.grad(got, x, gy)
+    gxd, = torch.autograd.grad(want, xd, gy.double())
+    for a, c in ((got, want), (gx, gxd)):
+        err = (a.double() - c).abs().max().item() / c.abs().max().item()
+        assert err < (5e-5 if cpu_algorithm == "winograd" else 1e-5), (cpu_algorithm, err)
+    # 3D 3x3x3: the depth taps become entries of a 2D Winograd per input plane.
+    x3 = torch.randn(1, 5, 6, 9, 13, generator=gen)
+    w3 = torch.randn(6, 5, 3, 3, 3, generator=gen)
+    want3 = F.conv3d(x3.double(), w3.double(), None, 1, 1)
+    err3 = (conv3d(x3, w3, None, 1, 1).double() - want3).abs().max() / want3.abs().max()
+    assert err3 < 5e-5
+
+
+def test_algorithm_switch_validates():
+    with pytest.raises(ValueError, match="algorithm must be"):
+        _C.conv_set_algorithm("fft")
+    assert _C.conv_set_algorithm(_C.conv_set_algorithm("direct")) == "direct"
+
+
+def test_layouts_and_unbatched_inputs():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 10, 12, generator=gen)
+    w = torch.randn(5, 4, 3, 3, generator=gen)
+    want = F.conv2d(x, w, None, 1, 1)
+    xcl = x.contiguous(memory_format=torch.channels_last)
+    got = conv2d(xcl, w, None, 1, 1)
+    assert got.is_contiguous(memory_format=torch.channels_last)  # as torch: channels_last in, channels_last out
+    _close(got, want, torch.float32)
+    _close(conv2d(torch.stack([x, x], -1)[..., 0], w.transpose(2, 3).contiguous().transpose(2, 3), None, 1, 1), want,
+           torch.float32)  # strided input and weight are copied
+    _close(conv2d(x[0], w, None, 1, 1), want[0], torch.float32)
+    x3 = torch.randn(3, 5, 6, 7, generator=gen)
+    w3 = torch.randn(2, 3, 3, 3, 3, generator=gen)
+    _close(conv3d(x3, w3, None, 1, 1), F.conv3d(x3, w3, None, 1, 1), torch.float32)
+    x3cl = torch.randn(1, 3, 5, 6, 7, generator=gen).contiguous(memory_format=torch.channels_last_3d)
+    y3 = conv3d(x3cl, w3, None, 1, 1)
+    assert y3.is_contiguous(memory_format=torch.channels_last_3d)
+    _close(y3, F.conv3d(x3cl, w3, None, 1, 1), torch.float32)
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+def test_modules_are_drop_in(nd):
+    ours_cls, torch_cls = (cellkern.nn.Conv2d, torch.nn.Conv2d) if nd == 2 else (cellkern.nn.Conv3d, torch.nn.Conv3d)
+    kw = dict(stride=1, padding=1, dilation=1, groups=1, bias=True, padding_mode="reflect")
+    torch.manual_seed(0)
+    ours = ours_cls(4, 6, 3, **kw)
+    torch.manual_seed(0)
+    ref = torch_cls(4, 6, 3, **kw)
+    # Same names, shapes and the same default init (the same random draws).
+    assert list(ours.state_dict()) == list(ref.state_dict()) == ["weight", "bias"]
+    for k in ("weight", "bias"):
+        assert torch.equal(ours.state_dict()[k], ref.state_dict()[k])
+    x = torch.randn((2, 4) + (7,) * nd)
+    _close(ours(x), ref(x), torch.float32)
+    # A state_dict loads either way.
+    torch.manual_seed(1)
+    other = torch_cls(4, 6, 3, **kw)
+    ours.load_state_dict(other.state_dict())
+    _close(ours(x), other(x), torch.float32)
+    ref.load_state_dict(ours_cls(4, 6, 3, **kw).state_dict())
+    # Fused activation and 'same' padding.
+    act = ours_cls(4, 6, 3, padding="same", activation="leaky_relu", negative_slope=0.2)
+    ref2 = torch_cls(4, 6, 3, padding="same")
+    ref2.load_state_dict(act.state_dict())
+    _close(act(x), F.leaky_relu(ref2(x), 0.2), torch.float32)
+    assert "activation='leaky_relu'" in repr(act)
+    with pytest.raises(ValueError, match="activation"):
+        ours_cls(4, 6, 3, activation="gelu")
+
+
+def test_torch_compile_fullgraph():
+    def f(x, w, b):
+        return conv2d(torch.relu(x), w, b, padding=1, activation="relu").sum()
+
+    x = torch.randn(2, 3, 12, 12, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    b = torch.randn(4, requires_grad=True)
+    out = torch.compile(f, fullgraph=True)(x, w, b)
+    grads = torch.autograd.grad(out, (x, w, b))
+    xt, wt, bt = (t.detach().clone().requires_grad_(True) for t in (x, w, b))
+    want = torch.relu(F.conv2d(torch.relu(xt), wt, bt, padding=1)).sum()
+    want_grads = torch.autograd.grad(want, (xt, wt, bt))
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-3)
+    for a, c in zip(grads, want_grads):
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-3)
+
+
+def test_opcheck():
+    x = torch.randn(2, 3, 9, 10, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    b = torch.randn(4, requires_grad=True)
+    utils = ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")
+    torch.library.opcheck(torch.ops.cellkern.conv.default, (x, w, b, [1, 1], [1, 1], [1, 1], [1, 1], 1, 1, 2, 0.1),
+                          test_utils=utils)
+    torch.library.opcheck(torch.ops.cellkern.conv.default, (x, w, None, [2, 1], [0, 1], [1, 1], [1, 2], 1, 0, 0, 0.0),
+                          test_utils=utils)
+    gy = torch.randn(2, 4, 9, 10)
+    torch.library.opcheck(torch.ops.cellkern.conv_grad_input.default,
+                          (gy, w.detach(), [2, 3, 9, 10], [1, 1], [1, 1], [1, 1], [1, 1], 1, 1), test_utils=utils)
+    torch.library.opcheck(torch.ops.cellkern.conv_grad_weight.default,
+                          (gy, x.detach(), [4, 3, 3, 3], True, [1, 1], [1, 1], [1, 1], [1, 1], 1, 0), test_utils=utils)
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+def test_numpy_in_numpy_out(backend, nd):
+    if backend.device != "cpu":
+        pytest.skip("numpy arrays live on the cpu")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 6, 9, 11) if nd == 3 else (2, 3, 9, 11)).astype(np.float32)
+    w = rng.standard_normal((4, 3) + (3,) * nd).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    got = _ours(nd)(x, w, b, 1, 1, activation="relu")
+    assert isinstance(got, np.ndarray) and got.dtype == np.float32
+    want = torch.relu((F.conv2d if nd == 2 else F.conv3d)(torch.from_numpy(x), torch.from_numpy(w),
+                                                           torch.from_numpy(b), 1, 1)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    xf = np.asfortranarray(x)
+    xf.setflags(write=False)  # read-only, non-contiguous input: copied
+    np.testing.assert_allclose(_ours(nd)(xf, w, b, 1, 1, activation="relu"), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(_ours(nd)(x[0], w, b, 1, 1, activation="relu"), want[0], rtol=1e-4, atol=1e-4)
+
+
+# ---- bad input ------------------------------------------------------------------------------------------------
+
+X, W = torch.zeros(1, 3, 8, 8), torch.zeros(4, 3, 3, 3)
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: conv2d(X.int(), W.int()), TypeError, "x: expected dtype float32 or float64, got int32"),
+    (lambda: conv2d(X.half(), W.half()), TypeError, "float16"),
+    (lambda: conv2d(X, W.double()), TypeError, "weight: expected dtype float32"),
+    (lambda: conv2d(X, W, torch.zeros(4, dtype=torch.float64)), TypeError, "bias: expected dtype float32"),
+    (lambda: conv2d(np.zeros((1, 3, 8, 8), np.int64), np.zeros((4, 3, 3, 3), np.int64)), TypeError, "int64"),
+    (lambda: conv2d([[1.0]], W), TypeError, "expected a torch.Tensor or numpy.ndarray"),
+    (lambda: conv2d(X, W, [1.0] * 4), TypeError, "bias: expected a torch.Tensor or None"),
+    (lambda: conv2d(torch.zeros(1, 2, 8, 8), W), ValueError, r"weight: expected 2 input channels per group \(x has 2"),
+    (lambda: conv2d(X, torch.zeros(4, 3, 3)), ValueError, "weight: expected a 4D tensor"),
+    (lambda: conv2d(torch.zeros(8, 8), W), ValueError, "x: expected a 4D or 3D"),
+    (lambda: conv3d(torch.zeros(3, 8, 8), torch.zeros(4, 3, 3, 3, 3)), ValueError, "x: expected a 5D or 4D"),
+    (lambda: conv3d(X, W), ValueError, "weight: expected a 5D tensor"),
+    (lambda: conv2d(X, W, torch.zeros(5)), ValueError, r"bias: expected shape \(4,\)"),
+    (lambda: conv2d(X, torch.zeros(4, 1, 3, 3), groups=2), ValueError, "not divisible by groups=2"),
+    (lambda: conv2d(torch.zeros(1, 4, 8, 8), torch.zeros(3, 2, 3, 3), groups=2), ValueError,
+     "3 output channels are not divisible by groups=2"),
+    (lambda: conv2d(X, W, groups=0), ValueError, "groups must be positive"),
+    (lambda: conv2d(X, W, stride=0), ValueError, "stride must be positive"),
+    (lambda: conv2d(X, W, padding=-1), ValueError, "padding must be non-negative"),
+    (lambda: conv2d(X, W, dilation=0), ValueError, "dilation must be positive"),
+    (lambda: conv2d(X, W, stride=(1, 2, 3)), ValueError, "stride: expected an int or 2 ints"),
+    (lambda: conv2d(X, W, padding="full"), ValueError, "padding: expected an int"),
+    (lambda: conv2d(X, W, stride=2, padding="same"), ValueError, "padding='same' is not supported for strided"),
+    (lambda: conv2d(torch.zeros(1, 3, 2, 2), W), ValueError, "the kernel .* is larger than the padded input"),
+    (lambda: conv2d(X, W, padding=8, padding_mode="reflect"), ValueError, "reflect padding must be smaller"),
+    (lambda: conv2d(X, W, padding=9, padding_mode="circular"), ValueError, "circular padding must be at most"),
+    (lambda: conv2d(X, W, padding_mode="mirror"), ValueError, "padding_mode: expected one of"),
+    (lambda: conv2d(X, W, activation="gelu"), ValueError, "activation: expected None"),
+    (lambda: conv2d(X, W, activation="leaky_relu", negative_slope=-0.1), ValueError, "negative_slope must be >= 0"),
+    (lambda: conv2d(torch.zeros(1, 0, 8, 8), torch.zeros(4, 0, 3, 3)), ValueError, "channel dimension is empty"),
+    (lambda: conv2d(torch.zeros(1, 3, 0, 8), W), ValueError, "spatial dimensions must be non-empty"),
+    (lambda: conv2d(torch.zeros(1, 3, 8, 8, device="meta"), W), ValueError, "cpu and cuda"),
+    (lambda: conv2d(np.zeros((1, 3, 8, 8), np.float32), W), TypeError, "expected numpy arrays"),
+])
+def test_bad_input_raises_clear_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_low_level_api_validates_outputs():
+    x = np.zeros((1, 2, 8, 8), np.float32)
+    w = np.zeros((3, 2, 3, 3), np.float32)
+    p = ([1, 1], [1, 1], [1, 1], [1, 1], 1, 0, 0, 0.0)
+    with pytest.raises(ValueError, match=r"out: expected shape \(1, 3, 8, 8\), got \(1, 3, 8, 7\)"):
+        _C.conv_forward(x, w, None, np.zeros((1, 3, 8, 7), np.float32), *p)
+    with pytest.raises(TypeError, match="out: expected dtype float32"):
+        _C.conv_forward(x, w, None, np.zeros((1, 3, 8, 8), np.float64), *p)
+    with pytest.raises(ValueError, match="overlap"):
+        big = np.zeros(3 * 64 + 64, np.float32)
+        _C.conv_forward(big[:128].reshape(1, 2, 8, 8), w, None, big[64:].reshape(1, 3, 8, 8), *p)
+    ro = np.zeros((1, 3, 8, 8), np.float32)
+    ro.setflags(write=False)
+    with pytest.raises(ValueError, match="read-only"):
+        _C.conv_forward(x, w, None, ro, *p)
+    with pytest.raises(ValueError, match="expected a contiguous tensor"):
+        _C.conv_forward(np.zeros((1, 2, 8, 16), np.float32)[..., ::2], w, None, np.zeros((1, 3, 8, 8), np.float32), *p)
+    gy = np.zeros((1, 3, 8, 8), np.float32)
+    reflect = ([1, 1], [1, 1], [1, 1], [1, 1], 1, 1, 0, 0.0)
+    with pytest.raises(ValueError, match="workspace: padding_mode 1 needs a workspace"):
+        _C.conv_grad_input(gy, w, np.zeros_like(x), None, *reflect)
+    with pytest.raises(ValueError, match=r"workspace: expected shape \(1, 2, 10, 10\)"):
+        _C.conv_grad_input(gy, w, np.zeros_like(x), np.zeros((1, 2, 8, 8), np.float32), *reflect)
+    with pytest.raises(ValueError, match="grad_output: expected shape"):
+        _C.conv_grad_weight(np.zeros((1, 3, 8, 9), np.float32), x, np.zeros_like(w), None, *p)
+    with pytest.raises(ValueError, match=r"grad_bias: expected shape \(3,\)"):
+        _C.conv_grad_weight(gy, x, np.zeros_like(w), np.zeros(2, np.float32), *p)
+    with pytest.raises(ValueError, match="activation must be 1"):
+        _C.conv_act_grad(gy, gy.copy(), gy.copy(), 0, 0.0)
+
+
+def _fake_cuda_capsule(shape, keep):
+    """A legacy DLPack capsule claiming float32 CUDA memory (a real one needs CUDA)."""
+    import ctypes
+
+    class DLTensor(ctypes.Structure):
+        _fields_ = [("data", ctypes.c_void_p), ("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32),
+                    ("ndim", ctypes.c_int32), ("code", ctypes.c_uint8), ("bits", ctypes.c_uint8),
+                    ("lanes", ctypes.c_uint16), ("shape", ctypes.POINTER(ctypes.c_int64)),
+                    ("strides", ctypes.c_void_p), ("byte_offset", ctypes.c_uint64)]
+
+    class DLManagedTensor(ctypes.Structure):
+        _fields_ = [("dl_tensor", DLTensor), ("manager_ctx", ctypes.c_void_p), ("deleter", ctypes.c_void_p)]
+
+    dims = (ctypes.c_int64 * len(shape))(*shape)
+    buf = ctypes.create_string_buffer(4 * int(np.prod(shape)))
+    mt = DLManagedTensor(DLTensor(ctypes.cast(buf, ctypes.c_void_p), 2, 0, len(shape), 2, 32, 1, dims, None, 0),
+                         None, None)
+    keep += [dims, buf, mt]
+    new = ctypes.pythonapi.PyCapsule_New
+    new.restype, new.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+    return new(ctypes.addressof(mt), b"dltensor", None)
+
+
+def test_cuda_tensors_without_cuda_raise_the_reason():
+    status = cellkern.cuda_status()
+    if status["available"]:
+        pytest.skip("a CUDA GPU is available here")
+    keep = []
+    x, w, y = (_fake_cuda_capsule(s, keep) for s in ((1, 2, 6, 6), (3, 2, 3, 3), (1, 3, 6, 6)))
+    with pytest.raises(RuntimeError, match="cuda backend is unavailable") as e:
+        _C.conv_forward(x, w, None, y, [1, 1], [1, 1], [1, 1], [1, 1], 1, 0, 0, 0.0)
+    assert status["reason"] in str(e.value)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    gen = torch.Generator().manual_seed(6)
+    for case in CASES_2D[:6] + CASES_3D[:3]:
+        x, w, b, (s, p, d, g, mode, act) = _make(case, torch.float32, "cpu", gen)
+        nd = x.dim() - 2
+        xs = [t.cuda().requires_grad_(True) for t in (x, w, b)]
+        y = _ours(nd)(*xs, s, p, d, g, mode, act, SLOPE)
+        yc = _reference(x, w, b, s, p, d, g, mode, act)
+        _close(y.cpu(), yc, torch.float32, str(case))
+        y.sum().backward()
