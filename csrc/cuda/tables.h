@@ -4,6 +4,7 @@
 #include "cuda/device_tables.h"
 #include "emu/selftest.cuh"
 #include "ops/pool/pool_cuda.cuh"
+#include "ops/star/star_cuda.cuh"
 
 namespace ck {
 
@@ -14,8 +15,11 @@ KernelTable table_of(const Table& t) {
 
 const std::vector<NamedTable>& device_tables() {
   static const PoolKernels pool{&pool_cuda::forward, &pool_cuda::backward};
+  static const StarKernels star{&star_cuda::star_dist, &star_cuda::dist_to_coord, &star_cuda::polygons_to_label,
+                                &star_cuda::nms};
   static const std::vector<NamedTable> tables = {
       {"pool", table_of(pool)},
+      {"star", table_of(star)},
   };
   return tables;
 }
