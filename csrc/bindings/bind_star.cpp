@@ -95,6 +95,7 @@ void bind_star(py::module_& m) {
         d["pairs"] = s.pairs;
         d["bbox_rejected"] = s.bbox_rejected;
         d["bound_decided"] = s.bound_decided;
+        d["disk_decided"] = s.disk_decided;
         d["sweep"] = s.sweep;
         d["sweep_early"] = s.sweep_early;
         d["fan"] = s.fan;

@@ -80,13 +80,13 @@ struct NmsArgs {
   uint8_t* state = nullptr;         // (count,) output: 1 kept, 2 suppressed (0 = undecided, device workspace)
   // CUDA workspace (Python allocates): cell map and per-candidate geometry
   int32_t* cellmap = nullptr;       // (ny, nx)
-  double* geom = nullptr;           // (count, 8): area, ymin, ymax, xmin, xmax, rmax, -, -
+  double* geom = nullptr;           // (count, 8): area, ymin, ymax, xmin, xmax, rmax, rin2, -
   int32_t* flags = nullptr;         // (4,)
   int device = 0;
 };
 
 struct NmsStats {  // what the CPU sweep did (benchmarks and tests read it)
-  int64_t pairs = 0, bbox_rejected = 0, bound_decided = 0, sweep = 0, sweep_early = 0, fan = 0;
+  int64_t pairs = 0, bbox_rejected = 0, bound_decided = 0, disk_decided = 0, sweep = 0, sweep_early = 0, fan = 0;
 };
 
 // ---- the launchers a device backend (cuda, emu) registers under the name "star" ----

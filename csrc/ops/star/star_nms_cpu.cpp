@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "core/check.h"
@@ -83,16 +84,24 @@ int64_t candidates_typed(const P* prob, int64_t nx, P thresh, int64_t y0, int64_
   return n;
 }
 
-// Candidate centres are bucketed on a square grid of side S pixels; each bucket lists its candidates in rank
-// order and knows the largest circumradius among them, so a kept polygon visits only buckets whose candidates
-// can reach its bounding box, and inside a bucket starts after its own rank.
-struct Buckets {
-  double S = 16;
-  int64_t nby = 1, nbx = 1;
-  std::vector<int64_t> start, items;
-  std::vector<double> rmax;
-};
+// Stable LSD radix sort of 64-bit values by a key of `bits` bits (8 bits per pass).
+void radix_sort_u64(std::vector<uint64_t>& v, int bits) {
+  std::vector<uint64_t> tmp(v.size());
+  for (int shift = 0; shift < bits; shift += 8) {
+    int64_t cnt[257] = {0};
+    for (uint64_t x : v) ++cnt[((x >> shift) & 255) + 1];
+    for (int b = 0; b < 256; ++b) cnt[b + 1] += cnt[b];
+    for (uint64_t x : v) tmp[cnt[(x >> shift) & 255]++] = x;
+    v.swap(tmp);
+  }
+}
 
+// Everything per candidate is stored by "slot", the candidate's position in raster order: the candidates a kept
+// polygon meets lie in a few nearby rows, so their slots are close and their data shares cache lines and pages
+// (by rank they would be scattered over the whole arrays). Centres are bucketed on a square grid of side S
+// pixels; each bucket lists (rank, slot) in rank order and knows the largest circumradius in it, so a kept
+// polygon visits only buckets whose candidates can reach its bounding box, and inside a bucket starts after its
+// own rank.
 template <class D>
 NmsStats nms_typed(const NmsArgs& a) {
   const int n = a.n_rays;
@@ -100,99 +109,148 @@ NmsStats nms_typed(const NmsArgs& a) {
   const double* cs = a.trig + n;
   const D* dist = static_cast<const D*>(a.dist);
   const int64_t count = a.count;
+  for (int64_t r = 0; r < count; ++r)
+    CK_CHECK_VALUE(a.cand[r] >= 0 && a.cand[r] < a.ny * a.nx, "cand: cell index out of range at ", r);
+
+  // raster order of the candidates: slot -> rank, rank -> slot
+  std::vector<int64_t> rank_of(count), slot_of(count);
+  {
+    int bits = 8;
+    while (bits < 64 && (uint64_t(a.ny * a.nx) >> bits) != 0) bits += 8;
+    if (bits + 32 <= 64 && count < (int64_t(1) << 32)) {
+      std::vector<uint64_t> key(count);
+      for (int64_t r = 0; r < count; ++r) key[r] = (uint64_t(a.cand[r]) << 32) | uint64_t(r);
+      radix_sort_u64(key, 64);  // the low 32 bits (rank) come out sorted too: only needed for identical cells
+      for (int64_t s = 0; s < count; ++s) rank_of[s] = int64_t(key[s] & 0xffffffffu);
+    } else {
+      for (int64_t r = 0; r < count; ++r) rank_of[r] = r;
+      std::stable_sort(rank_of.begin(), rank_of.end(), [&](int64_t x, int64_t y) { return a.cand[x] < a.cand[y]; });
+    }
+    for (int64_t s = 0; s < count; ++s) slot_of[rank_of[s]] = s;
+  }
+  // per slot: a compact copy of the distances, centre, bounding box, area, circumradius
+  std::vector<D> cd(size_t(count) * n);
   std::vector<star::PolyGeom> geo(count);
   std::vector<star::V2> ctr(count);
   std::atomic<int64_t> bad{-1};
   parallel_for(count, 512, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      const int64_t cell = a.cand[i];
-      if (cell < 0 || cell >= a.ny * a.nx) {
-        bad.store(i);
-        continue;
+    std::vector<double> sy(n), sx(n);
+    for (int64_t s = b; s < e; ++s) {
+      // cells come in raster order with gaps the hardware prefetcher does not follow: ask a few ahead
+      if (s + 8 < e) {
+        const char* ahead = reinterpret_cast<const char*>(dist + a.cand[rank_of[s + 8]] * n);
+        for (size_t o = 0; o < sizeof(D) * n; o += 64) __builtin_prefetch(ahead + o, 0, 0);
       }
+      const int64_t cell = a.cand[rank_of[s]];
       const D* d = dist + cell * n;
-      for (int k = 0; k < n; ++k)
-        if (!std::isfinite(double(d[k]))) bad.store(i);
-      ctr[i] = star::v2(double(cell / a.nx * a.grid[0]), double(cell % a.nx * a.grid[1]));
-      star::Star<D> p{ctr[i], d};
-      geo[i] = star::poly_geom(p, n, sn, cs);
+      D* c = cd.data() + s * n;
+      bool finite = true;
+      for (int k = 0; k < n; ++k) {
+        c[k] = d[k];
+        finite &= std::isfinite(double(d[k]));
+      }
+      if (!finite) bad.store(rank_of[s]);
+      ctr[s] = star::v2(double(cell / a.nx * a.grid[0]), double(cell % a.nx * a.grid[1]));
+      geo[s] = star::poly_geom(ctr[s], c, n, sn, cs, sy.data(), sx.data());
     }
   });
-  CK_CHECK_VALUE(bad.load() < 0, "dist: non-finite distances (or an invalid cell) at NMS candidate ", bad.load());
+  CK_CHECK_VALUE(bad.load() < 0, "dist: non-finite distances at NMS candidate ", bad.load(), " (rank)");
 
   // bucket grid over the centres
-  Buckets bk;
   double mean_r = 0;
-  for (int64_t i = 0; i < count; ++i) mean_r += geo[i].rmax;
+  for (int64_t s = 0; s < count; ++s) mean_r += geo[s].rmax;
   mean_r /= double(count);
-  bk.S = std::min(256.0, std::max(8.0, 2 * mean_r));
+  const double S = std::min(256.0, std::max(8.0, 2 * mean_r));
   const double Hpx = double((a.ny - 1) * a.grid[0] + 1), Wpx = double((a.nx - 1) * a.grid[1] + 1);
-  bk.nby = int64_t(std::ceil(Hpx / bk.S));
-  bk.nbx = int64_t(std::ceil(Wpx / bk.S));
-  const int64_t nb = bk.nby * bk.nbx;
-  bk.start.assign(nb + 1, 0);
-  bk.rmax.assign(nb, 0);
-  std::vector<int64_t> bid(count);
-  for (int64_t i = 0; i < count; ++i) {
-    const int64_t by = std::min(bk.nby - 1, int64_t(ctr[i].y / bk.S)), bx = std::min(bk.nbx - 1, int64_t(ctr[i].x / bk.S));
-    bid[i] = by * bk.nbx + bx;
-    ++bk.start[bid[i] + 1];
-    bk.rmax[bid[i]] = std::max(bk.rmax[bid[i]], geo[i].rmax);
+  const int64_t nby = int64_t(std::ceil(Hpx / S)), nbx = int64_t(std::ceil(Wpx / S)), nb = nby * nbx;
+  std::vector<int64_t> start(nb + 1, 0), bid(count);
+  std::vector<double> brmax(nb, 0);
+  for (int64_t s = 0; s < count; ++s) {
+    const int64_t by = std::min(nby - 1, int64_t(ctr[s].y / S)), bx = std::min(nbx - 1, int64_t(ctr[s].x / S));
+    bid[s] = by * nbx + bx;
+    ++start[bid[s] + 1];
+    brmax[bid[s]] = std::max(brmax[bid[s]], geo[s].rmax);
   }
-  for (int64_t b = 0; b < nb; ++b) bk.start[b + 1] += bk.start[b];
-  bk.items.resize(count);
+  for (int64_t b = 0; b < nb; ++b) start[b + 1] += start[b];
+  struct Item {
+    int64_t rank, slot;
+  };
+  std::vector<Item> items(count);
   {
-    std::vector<int64_t> fill(bk.start.begin(), bk.start.end() - 1);
-    for (int64_t i = 0; i < count; ++i) bk.items[fill[bid[i]]++] = i;  // rank order within each bucket
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    for (int64_t r = 0; r < count; ++r) {  // in rank order: each bucket's list comes out sorted by rank
+      const int64_t s = slot_of[r];
+      items[fill[bid[s]]++] = Item{r, s};
+    }
   }
   double Rmax = 0;
-  for (double r : bk.rmax) Rmax = std::max(Rmax, r);
+  for (double r : brmax) Rmax = std::max(Rmax, r);
 
-  // the greedy sweep: state 0 undecided, 1 kept, 2 suppressed
-  uint8_t* state = a.state;
-  std::memset(state, 0, count);
+  // ray pseudo-angles (the radial sweep merges them with the other polygon's vertex angles)
+  std::vector<double> pray(n), pq(n);
+  for (int k = 0; k < n; ++k) pray[k] = star::pseudo_angle(sn[k], cs[k]);
+  std::vector<double> vay(n), vax(n), vby(n), vbx(n);
+  const star::Verts va{vay.data(), vax.data()}, vb{vby.data(), vbx.data()};
+
+  // the greedy sweep, by rank: state 0 undecided, 1 kept, 2 suppressed (by slot, copied out at the end)
+  std::vector<uint8_t> st_slot(count, 0);
   NmsStats st;
   for (int64_t i = 0; i < count; ++i) {
-    if (state[i] == 2) continue;
-    state[i] = 1;
-    const star::PolyGeom& gi = geo[i];
+    const int64_t si = slot_of[i];
+    if (st_slot[si] == 2) continue;
+    st_slot[si] = 1;
+    star::PolyGeom& gi = geo[si];
     if (!(gi.area > 0)) continue;  // a zero-area polygon overlaps nothing
-    const star::Star<D> A{ctr[i], dist + a.cand[i] * n};
-    const int64_t by0 = std::max<int64_t>(0, int64_t(std::floor((gi.ymin - Rmax) / bk.S)));
-    const int64_t by1 = std::min<int64_t>(bk.nby - 1, int64_t(std::floor((gi.ymax + Rmax) / bk.S)));
-    const int64_t bx0 = std::max<int64_t>(0, int64_t(std::floor((gi.xmin - Rmax) / bk.S)));
-    const int64_t bx1 = std::min<int64_t>(bk.nbx - 1, int64_t(std::floor((gi.xmax + Rmax) / bk.S)));
+    const D* di = cd.data() + si * n;
+    const star::V2 ci = ctr[si];
+    star::star_vertices(star::v2(0, 0), di, n, sn, cs, vay.data(), vax.data());
+    gi.rin2 = star::clearance2(va, n, star::v2(0, 0));
+    const int64_t by0 = std::max<int64_t>(0, int64_t(std::floor((gi.ymin - Rmax) / S)));
+    const int64_t by1 = std::min<int64_t>(nby - 1, int64_t(std::floor((gi.ymax + Rmax) / S)));
+    const int64_t bx0 = std::max<int64_t>(0, int64_t(std::floor((gi.xmin - Rmax) / S)));
+    const int64_t bx1 = std::min<int64_t>(nbx - 1, int64_t(std::floor((gi.xmax + Rmax) / S)));
     for (int64_t by = by0; by <= by1; ++by) {
       for (int64_t bx = bx0; bx <= bx1; ++bx) {
-        const int64_t b = by * bk.nbx + bx;
-        const double r = bk.rmax[b];
-        // centres in this bucket lie in [by S, (by+1) S) x [bx S, (bx+1) S); their polygons within r of them
-        if (by * bk.S - r >= gi.ymax || (by + 1) * bk.S + r <= gi.ymin || bx * bk.S - r >= gi.xmax ||
-            (bx + 1) * bk.S + r <= gi.xmin)
+        const int64_t b = by * nbx + bx;
+        const double rr = brmax[b];
+        // centres in this bucket lie in [by S, (by+1) S) x [bx S, (bx+1) S); their polygons within rr of them
+        if (by * S - rr >= gi.ymax || (by + 1) * S + rr <= gi.ymin || bx * S - rr >= gi.xmax ||
+            (bx + 1) * S + rr <= gi.xmin)
           continue;
-        const int64_t* it = bk.items.data() + bk.start[b];
-        const int64_t* end = bk.items.data() + bk.start[b + 1];
-        it = std::upper_bound(it, end, i);
+        const Item* it = items.data() + start[b];
+        const Item* end = items.data() + start[b + 1];
+        it = std::upper_bound(it, end, i, [](int64_t v, const Item& x) { return v < x.rank; });
         for (; it != end; ++it) {
-          const int64_t j = *it;
-          if (state[j] != 0) continue;
-          const star::PolyGeom& gj = geo[j];
+          const int64_t sj = it->slot;
+          if (it + 1 != end) {  // the next candidate's data is scattered over a few arrays: ask for it early
+            const int64_t sn1 = it[1].slot;
+            __builtin_prefetch(cd.data() + sn1 * n);
+            __builtin_prefetch(&geo[sn1]);
+          }
+          if (st_slot[sj] != 0) continue;
+          const star::PolyGeom& gj = geo[sj];
           if (gi.xmax <= gj.xmin || gj.xmax <= gi.xmin || gi.ymax <= gj.ymin || gj.ymax <= gi.ymin) continue;
           ++st.pairs;
-          const star::Star<D> B{ctr[j], dist + a.cand[j] * n};
+          const D* dj = cd.data() + sj * n;
+          const star::V2 cb = star::sub(ctr[sj], ci);
+          star::star_vertices(cb, dj, n, sn, cs, vby.data(), vbx.data());
           int path;
-          if (star::suppresses(A, gi, B, gj, n, sn, cs, a.thresh, a.criterion, &path)) state[j] = 2;
+          if (star::suppresses(va, di, gi, vb, dj, cb, gj, n, sn, cs, pray.data(), a.thresh,
+                               a.criterion, pq.data(), &path))
+            st_slot[sj] = 2;
           switch (path) {
             case star::kPathBbox: ++st.bbox_rejected; break;
             case star::kPathBound: ++st.bound_decided; break;
             case star::kPathSweep: ++st.sweep; break;
             case star::kPathSweepEarly: ++st.sweep_early; break;
+            case star::kPathDisk: ++st.disk_decided; break;
             default: ++st.fan; break;
           }
         }
       }
     }
   }
+  for (int64_t s = 0; s < count; ++s) a.state[rank_of[s]] = st_slot[s];
   return st;
 }
 
