@@ -182,7 +182,152 @@ inline void polygons_to_label(const PolyArgs& a, void* stream) {
 
 // ---- NMS ---------------------------------------------------------------------------------------------------
 
-inline void nms(const NmsArgs&, void*) { throw RuntimeError("star NMS on CUDA: not built yet"); }
+// Greedy NMS in parallel rounds, with exactly the sequential result: a candidate is decided once it can be -
+// suppressed by a kept higher-ranked candidate (then it is suppressed, whatever the undecided ones do), or kept
+// when every higher-ranked candidate whose box meets its own is decided and none suppresses it. Each round
+// decides at least the highest-ranked undecided candidate; in practice a handful of rounds decide all. Decisions
+// are final, so reading a neighbour's state while another thread writes it is harmless (either value leads to
+// a correct decision, now or in a later round). Candidates meet through a cell map (rank per prediction cell);
+// a candidate looks at the cells whose polygons can reach its box (its box widened by the largest radius).
+
+constexpr int kMaxDeviceRays = 256;  // local arrays per thread in the pair test
+
+template <class D>
+__global__ void nms_prep_kernel(NmsArgs a) {
+  const D* dist = static_cast<const D*>(a.dist);
+  const int n = a.n_rays;
+  const double* sn = a.trig;
+  const double* cs = a.trig + n;
+  double vy[kMaxDeviceRays], vx[kMaxDeviceRays];
+  CK_KERNEL_LOOP(r, a.count) {
+    const int64_t cell = a.cand[r];
+    a.state[r] = 0;
+    if (cell < 0 || cell >= a.ny * a.nx) {
+      atomicOr(a.flags + 3, 2);
+      continue;
+    }
+    const D* d = dist + cell * n;
+    bool finite = true;
+    for (int k = 0; k < n; ++k) finite = finite && std::isfinite(double(d[k]));
+    if (!finite) atomicOr(a.flags + 3, 1);
+    const star::V2 c = star::v2(double(cell / a.nx * a.grid[0]), double(cell % a.nx * a.grid[1]));
+    star::PolyGeom g = star::poly_geom(c, d, n, sn, cs, vy, vx);
+    g.rin2 = star::clearance2(star::Verts{vy, vx}, n, star::v2(0, 0));
+    double* o = a.geom + r * 8;
+    o[0] = g.area;
+    o[1] = g.ymin;
+    o[2] = g.ymax;
+    o[3] = g.xmin;
+    o[4] = g.xmax;
+    o[5] = g.rmax;
+    o[6] = g.rin2;
+    o[7] = 0;
+    a.cellmap[cell] = int32_t(r);
+    atomicMax(a.flags, __float_as_int(float(g.rmax)));  // non-negative floats order like their bits
+  }
+}
+
+CK_HD star::PolyGeom load_geom(const double* p) {
+  star::PolyGeom g;
+  g.area = p[0];
+  g.ymin = p[1];
+  g.ymax = p[2];
+  g.xmin = p[3];
+  g.xmax = p[4];
+  g.rmax = p[5];
+  g.rin2 = p[6];
+  return g;
+}
+
+template <class D>
+__global__ void nms_round_kernel(NmsArgs a, double R) {
+  const D* dist = static_cast<const D*>(a.dist);
+  const int n = a.n_rays;
+  const double* sn = a.trig;
+  const double* cs = a.trig + n;
+  volatile uint8_t* state = a.state;
+  double ay[kMaxDeviceRays], ax[kMaxDeviceRays], by[kMaxDeviceRays], bx[kMaxDeviceRays];
+  CK_KERNEL_LOOP(v, a.count) {
+    if (state[v] != 0) continue;
+    const star::PolyGeom gv = load_geom(a.geom + v * 8);
+    const int64_t cellv = a.cand[v];
+    const star::V2 cv = star::v2(double(cellv / a.nx * a.grid[0]), double(cellv % a.nx * a.grid[1]));
+    // cells whose centres lie within R of v's box
+    int64_t iy0 = int64_t(std::ceil((gv.ymin - R) / a.grid[0])), iy1 = int64_t(std::floor((gv.ymax + R) / a.grid[0]));
+    int64_t ix0 = int64_t(std::ceil((gv.xmin - R) / a.grid[1])), ix1 = int64_t(std::floor((gv.xmax + R) / a.grid[1]));
+    iy0 = iy0 < 0 ? 0 : iy0;
+    ix0 = ix0 < 0 ? 0 : ix0;
+    iy1 = iy1 > a.ny - 1 ? a.ny - 1 : iy1;
+    ix1 = ix1 > a.nx - 1 ? a.nx - 1 : ix1;
+    bool pending = false, suppressed = false;
+    const bool empty = !(gv.area > 0);  // a zero-area polygon is suppressed by nobody
+    for (int64_t iy = iy0; iy <= iy1 && !suppressed; ++iy) {
+      for (int64_t ix = ix0; ix <= ix1 && !suppressed; ++ix) {
+        const int32_t u = a.cellmap[iy * a.nx + ix];
+        if (u < 0 || int64_t(u) >= v) continue;
+        const uint8_t su = state[u];
+        if (su == 2) continue;
+        const star::PolyGeom gu = load_geom(a.geom + int64_t(u) * 8);
+        if (gu.xmax <= gv.xmin || gv.xmax <= gu.xmin || gu.ymax <= gv.ymin || gv.ymax <= gu.ymin) continue;
+        if (su == 0) {
+          pending = true;
+          continue;
+        }
+        if (empty || !(gu.area > 0)) continue;
+        const int64_t cellu = a.cand[u];
+        const D* du = dist + cellu * n;
+        const D* dv = dist + cellv * n;
+        const star::V2 cu = star::v2(double(cellu / a.nx * a.grid[0]), double(cellu % a.nx * a.grid[1]));
+        const star::V2 cb = star::sub(cv, cu);
+        star::star_vertices(star::v2(0, 0), du, n, sn, cs, ay, ax);
+        star::star_vertices(cb, dv, n, sn, cs, by, bx);
+        int path;
+        suppressed = star::suppresses(star::Verts{ay, ax}, du, gu, star::Verts{by, bx}, dv, cb, gv, n, sn, cs,
+                                      a.thresh, a.criterion, &path);
+      }
+    }
+    if (suppressed) {
+      state[v] = 2;
+      atomicAdd(a.flags + 1, 1);
+    } else if (!pending) {
+      state[v] = 1;
+      atomicAdd(a.flags + 1, 1);
+    }
+  }
+}
+
+template <class D>
+void nms_typed(const NmsArgs& a, void* stream) {
+  cuda::memset_async(a.cellmap, 0xFF, sizeof(int32_t) * size_t(a.ny * a.nx), stream);
+  cuda::memset_async(a.flags, 0, sizeof(int32_t) * 4, stream);
+  const unsigned blocks = cuda::blocks_for(a.count, 128);
+  auto kp = &nms_prep_kernel<D>;
+  CK_LAUNCH(kp, blocks, 128, 0, stream, a);
+  int32_t f[4];
+  copy_to_host(f, a.flags, sizeof(f), stream);
+  if (f[3] & 2) throw ValueError("cand: cell index out of range");
+  if (f[3] & 1) throw ValueError("dist: non-finite distances at NMS candidates");
+  float rmax;
+  std::memcpy(&rmax, &f[0], sizeof(float));
+  const double R = double(rmax) + 1.0;  // + 1: the float32 rounding of the largest radius
+  auto kr = &nms_round_kernel<D>;
+  for (int64_t round = 0; round <= a.count; ++round) {
+    CK_LAUNCH(kr, blocks, 128, 0, stream, a, R);
+    copy_to_host(f, a.flags, sizeof(f), stream);
+    if (f[1] >= a.count) return;
+  }
+  throw RuntimeError("star NMS: the rounds did not converge (internal error)");
+}
+
+inline void nms(const NmsArgs& a, void* stream) {
+  cuda::set_device(a.device);
+  if (a.n_rays > kMaxDeviceRays)
+    throw ValueError(str("dist: the CUDA NMS supports up to ", kMaxDeviceRays, " rays, got ", a.n_rays));
+  if (a.dist_dtype == DType::f64)
+    nms_typed<double>(a, stream);
+  else
+    nms_typed<float>(a, stream);
+}
 
 }  // namespace star_cuda
 CK_NS_END

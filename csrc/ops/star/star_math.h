@@ -3,6 +3,8 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 
 #include "core/hd.h"
 #include "ops/star/star.h"
@@ -403,11 +405,11 @@ CK_HD V2 ray_line(V2 dir, V2 p0, V2 p1) {
 // Sweep the directions of P's rays and Q's vertices in angular order; between two consecutive events both
 // boundaries are single segments, so the region there is a triangle, or two where the segments cross: O(n + m)
 // instead of the O(n m) of the fans. vp, vq: vertices in one frame; dp: P's distances (a zero one makes its two
-// sectors empty); pray: pseudo-angles of the ray directions; pq: scratch of n doubles. With T >= 0 the sweep stops
+// sectors empty). With T >= 0 the sweep stops
 // as soon as the partial area exceeds T (decided 1) or can no longer reach it (decided -1), margin 1e-9 relative.
 template <class D>
 CK_HD InterResult star_sweep(Verts vp, const D* dp, V2 op, Verts vq, int n, const double* sn,
-                             const double* cs, const double* pray, double areaP, double areaQ, double T, double* pq) {
+                             const double* cs, double areaP, double areaQ, double T) {
   // Q's vertex angles about op increase cyclically: its first vertex at angle >= 0 (upper half plane, or the
   // +x axis) follows the one vertex in the lower half. Exact sign tests, no angles.
   auto lower = [&](int l) {
@@ -556,11 +558,11 @@ enum PairPath { kPathBbox = 0, kPathBound = 1, kPathSweep = 2, kPathSweepEarly =
 // The NMS rule: does kept polygon A suppress candidate B? criterion 0: area(A and B) / min(area) > thresh
 // (StarDist), 1: IoU > thresh. A pair with a zero-area polygon has overlap 0. The answer is the exact one up to
 // float64 rounding: cheap bounds decide only with a relative margin, else the area is computed exactly.
-// Frame: A's centre at the origin; va, vb: the vertices in that frame, cb: B's centre; pq: scratch of n doubles.
+// Frame: A's centre at the origin; va, vb: the vertices in that frame, cb: B's centre. ga.rin2 must be known.
 template <class D>
 CK_HD bool suppresses(Verts va, const D* da, const PolyGeom& ga, Verts vb, const D* db, V2 cb,
-                      const PolyGeom& gb, int n, const double* sn, const double* cs, const double* pray,
-                      double thresh, int criterion, double* pq, int* path) {
+                      const PolyGeom& gb, int n, const double* sn, const double* cs, double thresh,
+                      int criterion, int* path) {
   *path = kPathBbox;
   if (!(ga.area > 0) || !(gb.area > 0)) return false;
   if (ga.xmax <= gb.xmin || gb.xmax <= ga.xmin || ga.ymax <= gb.ymin || gb.ymax <= ga.ymin) return false;
@@ -613,15 +615,18 @@ CK_HD bool suppresses(Verts va, const D* da, const PolyGeom& ga, Verts vb, const
   double inter;
   InterResult r;
   if (in_kernel(vb, n, origin)) {
-    r = star_sweep(va, da, origin, vb, n, sn, cs, pray, ga.area, gb.area, T, pq);
+    r = star_sweep(va, da, origin, vb, n, sn, cs, ga.area, gb.area, T);
     *path = r.decided ? kPathSweepEarly : kPathSweep;
   } else if (in_kernel(va, n, cb)) {
-    r = star_sweep(vb, db, cb, va, n, sn, cs, pray, gb.area, ga.area, T, pq);
+    r = star_sweep(vb, db, cb, va, n, sn, cs, gb.area, ga.area, T);
     *path = r.decided ? kPathSweepEarly : kPathSweep;
   } else {
     r = fan_intersection(va, origin, vb, cb, n, ga.area, T);
     *path = kPathFan;
   }
+#ifndef __CUDA_ARCH__
+  if (getenv("CKDBG")) fprintf(stderr, "path %d decided %d area %.12g T %.12g areas %.12g %.12g a_in_b %d b_in_a %d\n", *path, r.decided, r.area, T, ga.area, gb.area, a_in_b, b_in_a);
+#endif
   if (r.decided) return r.decided > 0;
   inter = r.area;
   // the final comparison in the oracle's form

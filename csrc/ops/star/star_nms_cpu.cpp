@@ -186,9 +186,6 @@ NmsStats nms_typed(const NmsArgs& a) {
   double Rmax = 0;
   for (double r : brmax) Rmax = std::max(Rmax, r);
 
-  // ray pseudo-angles (the radial sweep merges them with the other polygon's vertex angles)
-  std::vector<double> pray(n), pq(n);
-  for (int k = 0; k < n; ++k) pray[k] = star::pseudo_angle(sn[k], cs[k]);
   std::vector<double> vay(n), vax(n), vby(n), vbx(n);
   const star::Verts va{vay.data(), vax.data()}, vb{vby.data(), vbx.data()};
 
@@ -235,8 +232,7 @@ NmsStats nms_typed(const NmsArgs& a) {
           const star::V2 cb = star::sub(ctr[sj], ci);
           star::star_vertices(cb, dj, n, sn, cs, vby.data(), vbx.data());
           int path;
-          if (star::suppresses(va, di, gi, vb, dj, cb, gj, n, sn, cs, pray.data(), a.thresh,
-                               a.criterion, pq.data(), &path))
+          if (star::suppresses(va, di, gi, vb, dj, cb, gj, n, sn, cs, a.thresh, a.criterion, &path))
             st_slot[sj] = 2;
           switch (path) {
             case star::kPathBbox: ++st.bbox_rejected; break;
