@@ -584,13 +584,16 @@ void label_overlap_cpu(DType dt, const void* yt, const void* yp, int64_t n, int3
     const T* p = static_cast<const T*>(yp);
     const int nt = std::max(1, threads());
     const int64_t chunk = (n + nt - 1) / nt;
-    // 1. which labels occur (every writer stores the same 1)
+    // 1. which labels occur (every writer stores the same 1; reading first keeps the hot entries shared)
     std::memset(lut_t, 0, sizeof(int32_t) * (max_t + 1));
     std::memset(lut_p, 0, sizeof(int32_t) * (max_p + 1));
     parallel_for(n, 1 << 16, [&](int64_t b, int64_t e) {
+      int32_t* __restrict lt = lut_t;
+      int32_t* __restrict lp = lut_p;
       for (int64_t i = b; i < e; ++i) {
-        __atomic_store_n(&lut_t[int64_t(t[i])], 1, __ATOMIC_RELAXED);
-        __atomic_store_n(&lut_p[int64_t(p[i])], 1, __ATOMIC_RELAXED);
+        const int64_t a = int64_t(t[i]), c = int64_t(p[i]);
+        if (!__atomic_load_n(&lt[a], __ATOMIC_RELAXED)) __atomic_store_n(&lt[a], 1, __ATOMIC_RELAXED);
+        if (!__atomic_load_n(&lp[c], __ATOMIC_RELAXED)) __atomic_store_n(&lp[c], 1, __ATOMIC_RELAXED);
       }
     });
     // 2. compact ids in ascending label order (np.unique's order), background 0
@@ -610,14 +613,20 @@ void label_overlap_cpu(DType dt, const void* yt, const void* yp, int64_t n, int3
     for (int w = 0; w < nt; ++w) maps.emplace_back(std::min<int64_t>(4 * (n_true + n_pred) / nt + 64, 1 << 22));
     auto work = [&](int w) {
       const int64_t b = w * chunk, e = std::min(n, b + chunk);
-      int64_t* a1 = st[w].data();
-      int64_t* a2 = sp[w].data();
+      int64_t* __restrict a1 = st[w].data();
+      int64_t* __restrict a2 = sp[w].data();
+      const int32_t* __restrict lt = lut_t;
+      const int32_t* __restrict lp = lut_p;
       PairMap& m = maps[w];
+      // background in both images (most pixels) is not counted here: incrementing one counter every pixel is a
+      // chain of dependent read-modify-writes; its size follows from the total
       for (int64_t i = b; i < e; ++i) {
-        const int32_t it = lut_t[int64_t(t[i])], ip = lut_p[int64_t(p[i])];
-        ++a1[it];
-        ++a2[ip];
-        if (it && ip) m.add((uint64_t(uint32_t(it)) << 32) | uint32_t(ip));
+        const int32_t it = lt[int64_t(t[i])], ip = lp[int64_t(p[i])];
+        if (it | ip) {
+          ++a1[it];
+          ++a2[ip];
+          if (it && ip) m.add((uint64_t(uint32_t(it)) << 32) | uint32_t(ip));
+        }
       }
     };
 #ifdef _OPENMP
@@ -634,6 +643,11 @@ void label_overlap_cpu(DType dt, const void* yt, const void* yp, int64_t n, int3
       for (int w = 0; w < nt; ++w) s += sp[w][i];
       size_p[i] = s;
     }
+    int64_t fg_t = 0, fg_p = 0;
+    for (int64_t i = 1; i <= n_true; ++i) fg_t += size_t_[i];
+    for (int64_t i = 1; i <= n_pred; ++i) fg_p += size_p[i];
+    size_t_[0] = n - fg_t;
+    size_p[0] = n - fg_p;
     std::vector<std::pair<uint64_t, int64_t>> all;
     for (auto& m : maps)
       for (size_t h = 0; h < m.keys.size(); ++h)
