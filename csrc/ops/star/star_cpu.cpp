@@ -23,13 +23,17 @@ int threads() {
 #endif
 }
 
+// Below this much work (elements touched) a call stays on one thread: a parallel region costs little on an idle
+// machine but a whole scheduler time slice (milliseconds) when the cores are oversubscribed.
+constexpr int64_t kSerialWork = int64_t(1) << 20;
+
 // Runs f(i) for i in [0, n) with dynamic scheduling: per-row work in these kernels varies a lot (objects are
-// unevenly spread), so static chunks would leave a thread idle.
+// unevenly spread), so static chunks would leave a thread idle. Serial when `work` is small.
 template <class F>
-void dynamic_for(int64_t n, const F& f) {
+void dynamic_for(int64_t n, int64_t work, const F& f) {
 #ifdef _OPENMP
   const int nt = threads();
-  if (nt > 1 && n > 1) {
+  if (nt > 1 && n > 1 && work > kSerialWork) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
     for (int64_t i = 0; i < n; ++i) f(i);
     return;
@@ -65,7 +69,7 @@ bool pad_labels(const StarDistArgs& a) {
   L* dst = static_cast<L*>(a.padded);
   const int64_t rows = a.pin[0] * a.pin[1], W = a.pin[2];
   std::atomic<bool> ok{true};
-  parallel_for(rows, 64, [&](int64_t r0, int64_t r1) {
+  parallel_for(rows, std::max<int64_t>(64, kSerialWork / std::max<int64_t>(1, W)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1 && (!Check || ok.load(std::memory_order_relaxed)); ++r) {
       L* d = dst + r * W;
       const int64_t z = r / a.pin[1] - a.pad[0], y = r % a.pin[1] - a.pad[1];
@@ -278,7 +282,7 @@ template <class L>
 void star_march(const StarDistArgs& a) {
   const L* lab = static_cast<const L*>(a.padded);
   const int64_t rows = a.osz[0] * a.osz[1];
-  dynamic_for(rows, [&](int64_t r) {
+  dynamic_for(rows, rows * a.osz[2] * a.n_rays, [&](int64_t r) {
     const int64_t oz = r / a.osz[1], oy = r % a.osz[1];
 #if CK_SIMD_AVX2
     // the x grid 1 or 2: 16 (uint16 labels) or 8 (int32) origins per vector
@@ -316,7 +320,7 @@ void coords_typed(const PolyArgs& a) {
   const D* dist = static_cast<const D*>(a.dist);
   const double* sn = a.trig;
   const double* cs = a.trig + a.n_rays;
-  parallel_for(a.n, 256, [&](int64_t i0, int64_t i1) {
+  parallel_for(a.n, std::max<int64_t>(256, kSerialWork / (16 * a.n_rays)), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const D* d = dist + i * a.n_rays;
       float* r = a.coord + i * 2 * a.n_rays;
@@ -429,7 +433,7 @@ void polygons_to_label_cpu(const PolyArgs& a) {
   coords(a);
   const int n = a.n_rays;
   std::vector<int64_t> r0(a.n), r1(a.n), c0(a.n), c1(a.n);
-  parallel_for(a.n, 256, [&](int64_t i0, int64_t i1) {
+  parallel_for(a.n, std::max<int64_t>(256, kSerialWork / (16 * a.n_rays)), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const float* r = a.coord + i * 2 * n;
       star::raster_range(r, n, a.H, r0[i], r1[i]);
@@ -450,7 +454,7 @@ void polygons_to_label_cpu(const PolyArgs& a) {
     if (r0[i] <= r1[i] && c0[i] <= c1[i])
       for (int64_t b = r0[i] / kBand; b <= r1[i] / kBand; ++b) items[fill[b]++] = i;
   }
-  dynamic_for(nb, [&](int64_t b) {
+  dynamic_for(nb, a.n * a.n_rays * 16 + a.H * a.W / 8, [&](int64_t b) {
     std::vector<Crossing> cr;
     const int64_t y0 = b * kBand, y1 = std::min(a.H, y0 + kBand);
     for (int64_t t = start[b]; t < start[b + 1]; ++t) {
@@ -503,7 +507,7 @@ LabelRange label_range_cpu(DType dt, const void* yt, const void* yp, int64_t n) 
       part[w] = r;
     };
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) if (nt > 1 && n > 65536)
+#pragma omp parallel for num_threads(nt) if (nt > 1 && n > kSerialWork)
 #endif
     for (int w = 0; w < nt; ++w) work(w);
     bool first = true;
@@ -587,7 +591,7 @@ void label_overlap_cpu(DType dt, const void* yt, const void* yp, int64_t n, int3
     // 1. which labels occur (every writer stores the same 1; reading first keeps the hot entries shared)
     std::memset(lut_t, 0, sizeof(int32_t) * (max_t + 1));
     std::memset(lut_p, 0, sizeof(int32_t) * (max_p + 1));
-    parallel_for(n, 1 << 16, [&](int64_t b, int64_t e) {
+    parallel_for(n, kSerialWork, [&](int64_t b, int64_t e) {
       int32_t* __restrict lt = lut_t;
       int32_t* __restrict lp = lut_p;
       for (int64_t i = b; i < e; ++i) {
@@ -630,7 +634,7 @@ void label_overlap_cpu(DType dt, const void* yt, const void* yp, int64_t n, int3
       }
     };
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) if (nt > 1 && n > 65536)
+#pragma omp parallel for num_threads(nt) if (nt > 1 && n > kSerialWork)
 #endif
     for (int w = 0; w < nt; ++w) work(w);
     for (int64_t i = 0; i <= n_true; ++i) {

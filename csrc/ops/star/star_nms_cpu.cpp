@@ -53,7 +53,7 @@ int64_t candidates_typed(const P* prob, int64_t nx, P thresh, int64_t y0, int64_
                          int64_t* cand) {
   const int64_t rows = y1 - y0;
   std::vector<int64_t> cnt(rows + 1, 0);
-  parallel_for(rows, 16, [&](int64_t r0, int64_t r1) {
+  parallel_for(rows, std::max<int64_t>(16, (int64_t(1) << 20) / std::max<int64_t>(1, x1 - x0)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const P* p = prob + (y0 + r) * nx;
       int64_t c = 0;
@@ -64,7 +64,7 @@ int64_t candidates_typed(const P* prob, int64_t nx, P thresh, int64_t y0, int64_
   for (int64_t r = 0; r < rows; ++r) cnt[r + 1] += cnt[r];
   const int64_t n = cnt[rows];
   if (!cand || n == 0) return n;
-  parallel_for(rows, 16, [&](int64_t r0, int64_t r1) {
+  parallel_for(rows, std::max<int64_t>(16, (int64_t(1) << 20) / std::max<int64_t>(1, x1 - x0)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const P* p = prob + (y0 + r) * nx;
       int64_t o = cnt[r];
@@ -133,7 +133,7 @@ NmsStats nms_typed(const NmsArgs& a) {
   std::vector<star::PolyGeom> geo(count);
   std::vector<star::V2> ctr(count);
   std::atomic<int64_t> bad{-1};
-  parallel_for(count, 512, [&](int64_t b, int64_t e) {
+  parallel_for(count, 4096, [&](int64_t b, int64_t e) {  // a few microseconds each: serial below 4096
     std::vector<double> sy(n), sx(n);
     for (int64_t s = b; s < e; ++s) {
       // cells come in raster order with gaps the hardware prefetcher does not follow: ask a few ahead

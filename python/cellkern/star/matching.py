@@ -113,9 +113,7 @@ def _assign(n_true, n_pred, pairs, score, thr):
     et, ep = pairs[elig, 0], pairs[elig, 1]
     if len(np.unique(et)) == len(et) and len(np.unique(ep)) == len(ep):
         return int(elig.sum()), float(score[elig].sum())
-    from scipy.optimize import linear_sum_assignment  # scipy: only needed when matches conflict
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+    linear_sum_assignment, coo_matrix, connected_components = _scipy()
 
     pos = score > 0
     rows, cols = pairs[pos, 0], n_true + pairs[pos, 1]
@@ -143,10 +141,20 @@ def _assign(n_true, n_pred, pairs, score, thr):
     return tp, total
 
 
+def _scipy():
+    """scipy is only needed when candidate matches conflict (thresholds below 0.5, iot/iop criteria)."""
+    try:
+        from scipy.optimize import linear_sum_assignment
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+    except ImportError as e:
+        raise ImportError("matching needs scipy for the optimal assignment here: pip install scipy "
+                          "(or pip install 'cellkern[star]')") from e
+    return linear_sum_assignment, coo_matrix, connected_components
+
+
 def _max_weight(n_true, n_pred, pairs, score, n_matched):
-    from scipy.optimize import linear_sum_assignment
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+    linear_sum_assignment, coo_matrix, connected_components = _scipy()
 
     pos = score > 0
     if not pos.any():
