@@ -55,8 +55,10 @@ def _cases(args):
         tag = f"{size}^2/{n} objects, 32 rays"
         if "star_dist" in wanted:
             for g in (1, 2):
-                peers = {"stardist": lambda g=g: sd["star_dist"](lbl, 32, grid=(g, g))} if sd else {}
-                cases.append(common.Case(f"star_dist {tag}, grid {g}", ours=lambda g=g: ck.star_dist(lbl, 32, (g, g)),
+                # bind the loop's arrays now (default arguments): the cases run after the loop
+                peers = {"stardist": lambda g=g, lbl=lbl: sd["star_dist"](lbl, 32, grid=(g, g))} if sd else {}
+                cases.append(common.Case(f"star_dist {tag}, grid {g}",
+                                         ours=lambda g=g, lbl=lbl: ck.star_dist(lbl, 32, (g, g)),
                                          peers=peers, info={"op": "star_dist", "size": size, "grid": g}))
         dist = ck.star_dist(lbl, 32)
         for g in (1, 2):
@@ -81,22 +83,24 @@ def _cases(args):
                 points, probs, dists = ours
         pred = ck.polygons_to_label(dists, points, probs, lbl.shape)
         if "p2l" in wanted:
-            peers = {"stardist": lambda: sd["polygons_to_label"](dists, points, lbl.shape, prob=probs)} if sd else {}
+            peers = ({"stardist": lambda dists=dists, points=points, probs=probs, shape=lbl.shape:
+                      sd["polygons_to_label"](dists, points, shape, prob=probs)} if sd else {})
             info = {"op": "polygons_to_label", "size": size, "polygons": len(points)}
             if sd:
                 info["identical_to_stardist"] = bool(np.array_equal(pred, peers["stardist"]()))
             cases.append(common.Case(f"polygons_to_label {size}^2, {len(points)} polygons",
-                                     ours=lambda: ck.polygons_to_label(dists, points, probs, lbl.shape),
+                                     ours=lambda dists=dists, points=points, probs=probs, shape=lbl.shape:
+                                     ck.polygons_to_label(dists, points, probs, shape),
                                      peers=peers, info=info))
         if "matching" in wanted:
             info = {"op": "matching", "size": size, "f1": ck.matching(lbl, pred).f1}
-            peers = {"stardist": lambda: sd["matching"](lbl, pred, thresh=0.5)} if sd else {}
-            cases.append(common.Case(f"matching {size}^2, {n} objects, IoU 0.5", ours=lambda: ck.matching(lbl, pred),
-                                     peers=peers, info=info))
+            peers = {"stardist": lambda lbl=lbl, pred=pred: sd["matching"](lbl, pred, thresh=0.5)} if sd else {}
+            cases.append(common.Case(f"matching {size}^2, {n} objects, IoU 0.5",
+                                     ours=lambda lbl=lbl, pred=pred: ck.matching(lbl, pred), peers=peers, info=info))
             ts = (0.1, 0.3, 0.5, 0.7, 0.9)
-            peers = {"stardist": lambda: sd["matching"](lbl, pred, thresh=ts)} if sd else {}
+            peers = {"stardist": lambda lbl=lbl, pred=pred: sd["matching"](lbl, pred, thresh=ts)} if sd else {}
             cases.append(common.Case(f"matching {size}^2, {n} objects, 5 thresholds",
-                                     ours=lambda: ck.matching(lbl, pred, thresh=ts), peers=peers,
+                                     ours=lambda lbl=lbl, pred=pred: ck.matching(lbl, pred, thresh=ts), peers=peers,
                                      info=dict(info, thresholds=ts)))
     if "star_dist3d" in wanted:
         shape, n = QUICK_3D if args.quick else (SHAPE_3D, N_3D)

@@ -80,16 +80,18 @@ void bind_star(py::module_& m) {
   m.def(
       "star_nms",
       [](py::handle dist, py::handle cand, py::handle trig, const Ints& grid, double thresh, int criterion,
-         py::handle state, py::handle cellmap, py::handle geom, py::handle flags, bool emu, uintptr_t stream) {
+         py::handle state, py::handle cellmap, py::handle geom, py::handle flags, py::handle prob, const Ints& window,
+         bool emu, uintptr_t stream) {
         Keepalive keep;
         TensorView dv = view(dist, "dist", keep), cv = view(cand, "cand", keep), tv = view(trig, "trig", keep),
                    sv = view(state, "state", keep), mv = view(cellmap, "cellmap", keep), gv = view(geom, "geom", keep),
-                   fv = view(flags, "flags", keep);
+                   fv = view(flags, "flags", keep), pv = view(prob, "prob", keep);
         ensure_backend(dv, emu);
         NmsStats s;
         {
           py::gil_scoped_release nogil;
-          s = nms(dv, cv, tv, grid, thresh, criterion, sv, mv, gv, fv, emu, reinterpret_cast<void*>(stream));
+          s = nms(dv, cv, tv, grid, thresh, criterion, sv, mv, gv, fv, pv, window, emu,
+                  reinterpret_cast<void*>(stream));
         }
         py::dict d;
         d["pairs"] = s.pairs;
@@ -99,11 +101,13 @@ void bind_star(py::module_& m) {
         d["sweep"] = s.sweep;
         d["sweep_early"] = s.sweep_early;
         d["fan"] = s.fan;
+        d["maxima"] = s.maxima;
+        d["helped"] = s.helped;
         return d;
       },
       py::arg("dist"), py::arg("cand"), py::arg("trig"), py::arg("grid"), py::arg("thresh"), py::arg("criterion"),
       py::arg("state"), py::arg("cellmap") = py::none(), py::arg("geom") = py::none(), py::arg("flags") = py::none(),
-      py::arg("emu") = false, py::arg("stream") = 0,
+      py::arg("prob") = py::none(), py::arg("window") = Ints{}, py::arg("emu") = false, py::arg("stream") = 0,
       "Greedy polygon NMS over the sorted candidates; state[i] = 1 kept, 2 suppressed. Returns CPU statistics.");
   m.def(
       "star_label_range",

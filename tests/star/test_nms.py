@@ -201,3 +201,25 @@ def test_bad_input():
     with cellkern.backend("emu"):
         with pytest.raises(ValueError, match="non-finite"):
             non_maximum_suppression(bad, prob)
+
+
+def test_helper_thread_gives_the_sequential_result():
+    # above 8192 candidates a helper thread precomputes the pairs of local maxima; the kept set must not change
+    # (the sequential sweep is the one checked against the oracle above)
+    previous = cellkern.get_num_threads()
+    try:
+        for seed, grid in ((0, 1), (1, 2)):
+            _, lbl = synthetic_nuclei((512 * grid, 512 * grid), 200 * grid * grid, seed=seed)
+            dist = star_dist(lbl, 32, (grid, grid))
+            prob = np.ascontiguousarray(edt_prob_ref(lbl)[::grid, ::grid])  # plateaus: ties between maxima
+            res = {}
+            for nt in (1, 2):
+                cellkern.set_num_threads(nt)
+                res[nt] = non_maximum_suppression(dist, prob, grid=grid, nms_thresh=0.3, return_inds=True)
+                stats = last_nms_stats()
+                assert stats["candidates"] > 8192
+                if nt == 2:
+                    assert stats["maxima"] > 0
+            np.testing.assert_array_equal(res[1][3], res[2][3])
+    finally:
+        cellkern.set_num_threads(previous)

@@ -290,7 +290,8 @@ int64_t nms_candidates(const TensorView& prob, double thresh, int64_t y0, int64_
 
 NmsStats nms(const TensorView& dist, const TensorView& cand, const TensorView& trig, const std::vector<int64_t>& grid,
              double thresh, int criterion, const TensorView& state, const TensorView& cellmap, const TensorView& geom,
-             const TensorView& flags, bool use_emu, void* stream) {
+             const TensorView& flags, const TensorView& prob, const std::vector<int64_t>& window, bool use_emu,
+             void* stream) {
   check_dtype(dist, "dist", {DType::f32, DType::f64});
   CK_CHECK_VALUE(dist.ndim == 3, "dist: expected shape (Ny, Nx, n_rays), got ", shape_str(dist));
   check_contig(dist, "dist");
@@ -331,6 +332,18 @@ NmsStats nms(const TensorView& dist, const TensorView& cand, const TensorView& t
     a.geom = geom.ptr<double>();
     a.flags = flags.ptr<int32_t>();
     CK_CHECK_VALUE(a.count < (int64_t(1) << 31), "too many NMS candidates for the CUDA path: ", a.count);
+  }
+  if (b == Backend::cpu && prob.ndim != 0) {
+    check_dtype(prob, "prob", {DType::f32, DType::f64});
+    const int64_t sp[2] = {a.ny, a.nx};
+    check_shape(prob, "prob", sp, 2);
+    check_contig(prob, "prob");
+    check_same_device(prob, "prob", dist, "dist");
+    CK_CHECK_VALUE(window.size() == 4 && window[0] >= 0 && window[1] <= a.ny && window[2] >= 0 && window[3] <= a.nx,
+                   "window: expected (y0, y1, x0, x1) inside the prediction grid");
+    a.prob_dtype = prob.dtype;
+    a.prob = prob.data;
+    for (int i = 0; i < 4; ++i) a.win[i] = window[i];
   }
   if (a.count == 0) return NmsStats{};
   if (b == Backend::cpu) return CK_CPU_CALL(nms_cpu, a);

@@ -78,6 +78,11 @@ struct NmsArgs {
   double thresh = 0.4;
   int criterion = 0;                // 0: inter / min(area) (StarDist), 1: IoU
   uint8_t* state = nullptr;         // (count,) output: 1 kept, 2 suppressed (0 = undecided, device workspace)
+  // CPU, optional: the probabilities and the candidate window [y0, y1) x [x0, x1) let a helper thread work ahead
+  // on the candidates that are local maxima (likely kept); without them the sweep is single-threaded
+  DType prob_dtype = DType::f32;
+  const void* prob = nullptr;       // (ny, nx)
+  int64_t win[4] = {0, 0, 0, 0};
   // CUDA workspace (Python allocates): cell map and per-candidate geometry
   int32_t* cellmap = nullptr;       // (ny, nx)
   double* geom = nullptr;           // (count, 8): area, ymin, ymax, xmin, xmax, rmax, rin2, -
@@ -87,6 +92,7 @@ struct NmsArgs {
 
 struct NmsStats {  // what the CPU sweep did (benchmarks and tests read it)
   int64_t pairs = 0, bbox_rejected = 0, bound_decided = 0, disk_decided = 0, sweep = 0, sweep_early = 0, fan = 0;
+  int64_t maxima = 0, helped = 0;  // candidates that are local maxima; kept ones whose pairs the helper had done
 };
 
 // ---- the launchers a device backend (cuda, emu) registers under the name "star" ----
@@ -123,7 +129,8 @@ int64_t nms_candidates(const TensorView& prob, double thresh, int64_t y0, int64_
                        const TensorView& cand);
 NmsStats nms(const TensorView& dist, const TensorView& cand, const TensorView& trig, const std::vector<int64_t>& grid,
              double thresh, int criterion, const TensorView& state, const TensorView& cellmap, const TensorView& geom,
-             const TensorView& flags, bool use_emu, void* stream);
+             const TensorView& flags, const TensorView& prob, const std::vector<int64_t>& window, bool use_emu,
+             void* stream);
 
 // Matching: label ranges, then overlap counts between two label images (CPU).
 struct LabelRange {

@@ -144,11 +144,6 @@ CK_HD V2 scale(V2 a, double s) { return v2(a.y * s, a.x * s); }
 CK_HD double cross(V2 a, V2 b) { return a.x * b.y - a.y * b.x; }
 CK_HD double dot(V2 a, V2 b) { return a.x * b.x + a.y * b.y; }
 
-// A monotone stand-in for the angle of (y, x) in [0, 4): cheaper than atan2, same order. (0, 0) gives NaN.
-CK_HD double pseudo_angle(double y, double x) {
-  if (y >= 0) return x >= 0 ? y / (x + y) : 1 - x / (y - x);
-  return x < 0 ? 2 - y / (-x - y) : 3 + x / (x - y);
-}
 
 // Polygon vertices stored as two arrays (rows y[], cols x[]): the O(n) loops over them vectorise.
 struct Verts {
@@ -336,8 +331,8 @@ CK_HD InterResult fan_intersection(Verts va, V2 oa, Verts vb, V2 ob, int n, doub
 }
 
 // Whether the point o lies strictly inside every edge's half-plane of the polygon v (then the polygon is
-// star-shaped about o and sees every edge under a positive angle): the condition for the radial sweep. Zero-
-// length edges are skipped; the margin (1e-9 relative) keeps nearly collinear configurations on the fan path.
+// star-shaped about o and o sees every edge under a positive angle below pi): the condition for the radial sweep.
+// Zero-length edges are skipped; the margin (1e-9 relative) keeps nearly collinear configurations on the fan path.
 CK_HD bool in_kernel(Verts v, int n, V2 o) {
   V2 a = sub(v[n - 1], o);
   for (int l = 0; l < n; ++l) {
@@ -405,8 +400,8 @@ CK_HD V2 ray_line(V2 dir, V2 p0, V2 p1) {
 // Sweep the directions of P's rays and Q's vertices in angular order; between two consecutive events both
 // boundaries are single segments, so the region there is a triangle, or two where the segments cross: O(n + m)
 // instead of the O(n m) of the fans. vp, vq: vertices in one frame; dp: P's distances (a zero one makes its two
-// sectors empty). With T >= 0 the sweep stops
-// as soon as the partial area exceeds T (decided 1) or can no longer reach it (decided -1), margin 1e-9 relative.
+// sectors empty). With T >= 0 the sweep stops as soon as the partial area exceeds T (decided 1) or can no longer
+// reach it (decided -1), margin 1e-9 relative.
 template <class D>
 CK_HD InterResult star_sweep(Verts vp, const D* dp, V2 op, Verts vq, int n, const double* sn,
                              const double* cs, double areaP, double areaQ, double T) {

@@ -84,10 +84,10 @@ int64_t candidates_typed(const P* prob, int64_t nx, P thresh, int64_t y0, int64_
   return n;
 }
 
-// Stable LSD radix sort of 64-bit values by a key of `bits` bits (8 bits per pass).
-void radix_sort_u64(std::vector<uint64_t>& v, int bits) {
+// Stable LSD radix sort of 64-bit values by their bits [lo, hi) (8 bits per pass).
+void radix_sort_u64(std::vector<uint64_t>& v, int lo, int hi) {
   std::vector<uint64_t> tmp(v.size());
-  for (int shift = 0; shift < bits; shift += 8) {
+  for (int shift = lo; shift < hi; shift += 8) {
     int64_t cnt[257] = {0};
     for (uint64_t x : v) ++cnt[((x >> shift) & 255) + 1];
     for (int b = 0; b < 256; ++b) cnt[b + 1] += cnt[b];
@@ -95,6 +95,33 @@ void radix_sort_u64(std::vector<uint64_t>& v, int bits) {
     v.swap(tmp);
   }
 }
+
+int threads() {
+#ifdef _OPENMP
+  return omp_in_parallel() ? 1 : std::max(1, num_threads());
+#else
+  return 1;
+#endif
+}
+
+// Below this many candidates the sweep runs alone (a second thread costs more than it saves).
+constexpr int64_t kHelperMin = 8192;
+
+void count_path(NmsStats& st, int path) {
+  ++st.pairs;
+  switch (path) {
+    case star::kPathBbox: ++st.bbox_rejected; break;
+    case star::kPathBound: ++st.bound_decided; break;
+    case star::kPathSweep: ++st.sweep; break;
+    case star::kPathSweepEarly: ++st.sweep_early; break;
+    case star::kPathDisk: ++st.disk_decided; break;
+    default: ++st.fan; break;
+  }
+}
+
+struct Item {
+  int64_t rank, slot;
+};
 
 // Everything per candidate is stored by "slot", the candidate's position in raster order: the candidates a kept
 // polygon meets lie in a few nearby rows, so their slots are close and their data shares cache lines and pages
@@ -120,7 +147,7 @@ NmsStats nms_typed(const NmsArgs& a) {
     if (bits + 32 <= 64 && count < (int64_t(1) << 32)) {
       std::vector<uint64_t> key(count);
       for (int64_t r = 0; r < count; ++r) key[r] = (uint64_t(a.cand[r]) << 32) | uint64_t(r);
-      radix_sort_u64(key, 64);  // the low 32 bits (rank) come out sorted too: only needed for identical cells
+      radix_sort_u64(key, 32, 32 + bits);  // by cell; stable, so equal cells (invalid input) keep rank order
       for (int64_t s = 0; s < count; ++s) rank_of[s] = int64_t(key[s] & 0xffffffffu);
     } else {
       for (int64_t r = 0; r < count; ++r) rank_of[r] = r;
@@ -172,9 +199,6 @@ NmsStats nms_typed(const NmsArgs& a) {
     brmax[bid[s]] = std::max(brmax[bid[s]], geo[s].rmax);
   }
   for (int64_t b = 0; b < nb; ++b) start[b + 1] += start[b];
-  struct Item {
-    int64_t rank, slot;
-  };
   std::vector<Item> items(count);
   {
     std::vector<int64_t> fill(start.begin(), start.end() - 1);
@@ -186,22 +210,19 @@ NmsStats nms_typed(const NmsArgs& a) {
   double Rmax = 0;
   for (double r : brmax) Rmax = std::max(Rmax, r);
 
-  std::vector<double> vay(n), vax(n), vby(n), vbx(n);
-  const star::Verts va{vay.data(), vax.data()}, vb{vby.data(), vbx.data()};
-
-  // the greedy sweep, by rank: state 0 undecided, 1 kept, 2 suppressed (by slot, copied out at the end)
+  // The greedy sweep, by rank, on the calling thread. With a second thread and the probabilities, a helper works
+  // ahead of it on the candidates that are local maxima of the probabilities (almost every kept polygon is one):
+  // for such a candidate it lists which later candidates it would suppress. When the sweep keeps a candidate
+  // whose list is ready it only applies the list; otherwise it tests the pairs itself -- it never waits for the
+  // helper, so a helper that gets no CPU (an oversubscribed machine) costs nothing. Pair tests are deterministic
+  // and suppression is final, so the result is the sequential one either way.
+  // state by slot: 0 undecided, 1 kept, 2 suppressed; read by the helper while the sweep writes (relaxed atomics)
   std::vector<uint8_t> st_slot(count, 0);
-  NmsStats st;
-  for (int64_t i = 0; i < count; ++i) {
-    const int64_t si = slot_of[i];
-    if (st_slot[si] == 2) continue;
-    st_slot[si] = 1;
-    star::PolyGeom& gi = geo[si];
-    if (!(gi.area > 0)) continue;  // a zero-area polygon overlaps nothing
-    const D* di = cd.data() + si * n;
-    const star::V2 ci = ctr[si];
-    star::star_vertices(star::v2(0, 0), di, n, sn, cs, vay.data(), vax.data());
-    gi.rin2 = star::clearance2(va, n, star::v2(0, 0));
+  auto load_state = [&](int64_t sl) { return __atomic_load_n(&st_slot[sl], __ATOMIC_RELAXED); };
+  auto store_state = [&](int64_t sl, uint8_t v) { __atomic_store_n(&st_slot[sl], v, __ATOMIC_RELAXED); };
+
+  // Visits the later candidates whose boxes meet kept polygon si's (rank i); decide(sj) tests one.
+  auto neighbours = [&](int64_t i, const star::PolyGeom& gi, const auto& decide) {
     const int64_t by0 = std::max<int64_t>(0, int64_t(std::floor((gi.ymin - Rmax) / S)));
     const int64_t by1 = std::min<int64_t>(nby - 1, int64_t(std::floor((gi.ymax + Rmax) / S)));
     const int64_t bx0 = std::max<int64_t>(0, int64_t(std::floor((gi.xmin - Rmax) / S)));
@@ -224,28 +245,142 @@ NmsStats nms_typed(const NmsArgs& a) {
             __builtin_prefetch(cd.data() + sn1 * n);
             __builtin_prefetch(&geo[sn1]);
           }
-          if (st_slot[sj] != 0) continue;
+          if (load_state(sj) != 0) continue;
           const star::PolyGeom& gj = geo[sj];
           if (gi.xmax <= gj.xmin || gj.xmax <= gi.xmin || gi.ymax <= gj.ymin || gj.ymax <= gi.ymin) continue;
-          ++st.pairs;
-          const D* dj = cd.data() + sj * n;
-          const star::V2 cb = star::sub(ctr[sj], ci);
-          star::star_vertices(cb, dj, n, sn, cs, vby.data(), vbx.data());
-          int path;
-          if (star::suppresses(va, di, gi, vb, dj, cb, gj, n, sn, cs, a.thresh, a.criterion, &path))
-            st_slot[sj] = 2;
-          switch (path) {
-            case star::kPathBbox: ++st.bbox_rejected; break;
-            case star::kPathBound: ++st.bound_decided; break;
-            case star::kPathSweep: ++st.sweep; break;
-            case star::kPathSweepEarly: ++st.sweep_early; break;
-            case star::kPathDisk: ++st.disk_decided; break;
-            default: ++st.fan; break;
-          }
+          decide(sj);
         }
       }
     }
+  };
+  // The pair tests of kept candidate si against its undecided later neighbours; suppressed(sj) gets each hit.
+  struct Scratch {
+    std::vector<double> ay, ax, by, bx;
+    explicit Scratch(int n) : ay(n), ax(n), by(n), bx(n) {}
+  };
+  auto test_all = [&](int64_t i, int64_t si, Scratch& w, NmsStats& st, const auto& suppressed) {
+    star::PolyGeom gi = geo[si];
+    const D* di = cd.data() + si * n;
+    const star::V2 ci = ctr[si];
+    const star::Verts va{w.ay.data(), w.ax.data()}, vb{w.by.data(), w.bx.data()};
+    star::star_vertices(star::v2(0, 0), di, n, sn, cs, w.ay.data(), w.ax.data());
+    gi.rin2 = star::clearance2(va, n, star::v2(0, 0));
+    neighbours(i, gi, [&](int64_t sj) {
+      const star::PolyGeom& gj = geo[sj];
+      const D* dj = cd.data() + sj * n;
+      const star::V2 cb = star::sub(ctr[sj], ci);
+      star::star_vertices(cb, dj, n, sn, cs, w.by.data(), w.bx.data());
+      int path;
+      if (star::suppresses(va, di, gi, vb, dj, cb, gj, n, sn, cs, a.thresh, a.criterion, &path)) suppressed(sj);
+      count_path(st, path);
+    });
+  };
+
+  // the local maxima (by slot), in rank order
+  std::vector<int64_t> maxima;
+  const int nthreads = threads();
+  const bool helper = a.prob != nullptr && nthreads > 1 && count >= kHelperMin;
+  if (helper) {
+    std::vector<uint8_t> is_max(count, 0);
+    const int64_t y0 = a.win[0], y1 = a.win[1], x0 = a.win[2], x1 = a.win[3], nx = a.nx;
+    auto find_maxima = [&](const auto* prob) {
+      parallel_for(count, 4096, [&](int64_t b, int64_t e) {
+        for (int64_t sl = b; sl < e; ++sl) {
+          const int64_t c = a.cand[rank_of[sl]], cy = c / nx, cx = c % nx;
+          bool top = true;
+          for (int64_t yy = std::max(y0, cy - 1); yy <= std::min(y1 - 1, cy + 1) && top; ++yy)
+            for (int64_t xx = std::max(x0, cx - 1); xx <= std::min(x1 - 1, cx + 1); ++xx) {
+              const int64_t q = yy * nx + xx;  // outranks c: higher probability, ties to the earlier cell
+              if (prob[q] > prob[c] || (prob[q] == prob[c] && q < c)) {
+                top = false;
+                break;
+              }
+            }
+          is_max[sl] = top;
+        }
+      });
+    };
+    if (a.prob_dtype == DType::f64)
+      find_maxima(static_cast<const double*>(a.prob));
+    else
+      find_maxima(static_cast<const float*>(a.prob));
+    for (int64_t r = 0; r < count; ++r)
+      if (is_max[slot_of[r]]) maxima.push_back(r);
   }
+  // per slot: 0 free, 1 the helper works on it, 2 its list is ready, 3 the sweep took it
+  std::vector<uint8_t> claim(helper ? count : 0, 0);
+  std::vector<std::vector<int64_t>> lists(helper ? count : 0);
+  std::atomic<int64_t> sweep_at{-1};
+  std::atomic<bool> done{false};
+  NmsStats st, st_helper;
+
+  auto sweep = [&]() {
+    Scratch w(n);
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t si = slot_of[i];
+      if (load_state(si) == 2) continue;
+      store_state(si, 1);
+      if (!(geo[si].area > 0)) continue;  // a zero-area polygon overlaps nothing
+      if (helper) {
+        sweep_at.store(i, std::memory_order_relaxed);
+        uint8_t f = __atomic_load_n(&claim[si], __ATOMIC_ACQUIRE);
+        if (f == 2) {
+          ++st.helped;
+          for (int64_t sj : lists[si])
+            if (load_state(sj) == 0) store_state(sj, 2);
+          continue;
+        }
+        if (f == 0) __atomic_compare_exchange_n(&claim[si], &f, uint8_t(3), false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+      }
+      test_all(i, si, w, st, [&](int64_t sj) { store_state(sj, 2); });
+    }
+    done.store(true);
+  };
+  auto help = [&]() {
+    Scratch w(n);
+    // every other local maximum, starting a few ahead of the sweep: the sweep does the ones in between, so both
+    // advance together with the helper's lists ready when the sweep arrives
+    constexpr int64_t kLead = 2;
+    size_t k = 0;
+    while (!done.load(std::memory_order_relaxed) && k < maxima.size()) {
+      const int64_t at = sweep_at.load(std::memory_order_relaxed);
+      size_t first = k;
+      while (first < maxima.size() && maxima[first] <= at) ++first;
+      if (first != k) k = first + kLead;  // the sweep overtook us: jump ahead of it
+      if (k >= maxima.size()) break;
+      const int64_t i = maxima[k], si = slot_of[i];
+      k += 2;
+      uint8_t f = 0;
+      if (!__atomic_compare_exchange_n(&claim[si], &f, uint8_t(1), false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        continue;
+      if (load_state(si) == 2) continue;  // already suppressed: it will never be kept
+      std::vector<int64_t>& out = lists[si];
+      test_all(i, si, w, st_helper, [&](int64_t sj) { out.push_back(sj); });
+      __atomic_store_n(&claim[si], uint8_t(2), __ATOMIC_RELEASE);
+    }
+  };
+  if (helper) {
+#ifdef _OPENMP
+#pragma omp parallel num_threads(2)
+    {
+      if (omp_get_thread_num() == 0)
+        sweep();
+      else
+        help();
+    }
+#endif
+  } else {
+    sweep();
+  }
+  st.maxima = int64_t(maxima.size());
+  // the helper's pair counts only for lists the sweep used would be exact; report all its work
+  st.pairs += st_helper.pairs;
+  st.bbox_rejected += st_helper.bbox_rejected;
+  st.bound_decided += st_helper.bound_decided;
+  st.disk_decided += st_helper.disk_decided;
+  st.sweep += st_helper.sweep;
+  st.sweep_early += st_helper.sweep_early;
+  st.fan += st_helper.fan;
   for (int64_t s = 0; s < count; ++s) a.state[rank_of[s]] = st_slot[s];
   return st;
 }

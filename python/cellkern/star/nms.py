@@ -119,8 +119,10 @@ def non_maximum_suppression(dist, prob, grid=(1, 1), b=2, nms_thresh=0.4, prob_t
               _p.new_zeros((4,), np.int32, D))
     else:
         ws = (None, None, None)
+    host_prob = None if (on_cuda or emu) else (P.numpy() if _p.is_torch(P) else P)
     stats = _C.star_nms(_p.dlp(D), _p.dlp(cand), _p.dlp(trig), grid, nms_thresh, crit, _p.dlp(state),
-                        *(_p.dlp(w) if w is not None else None for w in ws), emu, _p.stream_for(D))
+                        *(_p.dlp(w) if w is not None else None for w in ws), host_prob, [y0, y1, x0, x1], emu,
+                        _p.stream_for(D))
     if not (on_cuda or emu):
         _last_stats.clear()
         _last_stats.update(stats)
