@@ -1,5 +1,6 @@
 // Polygon non-maximum suppression on the CPU: candidate gathering + stable radix sort, per-candidate geometry
-// (OpenMP), a bucket grid over centres, and the greedy sweep deciding each pair with star::suppresses.
+// (OpenMP), a bucket grid over centres, and the greedy sweep deciding each pair with star::suppresses (with a
+// helper thread precomputing the pairs of likely kept candidates).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -368,6 +369,8 @@ NmsStats nms_typed(const NmsArgs& a) {
       else
         help();
     }
+#else
+    sweep();
 #endif
   } else {
     sweep();
