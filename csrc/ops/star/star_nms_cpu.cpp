@@ -16,6 +16,28 @@
 CK_NS_BEGIN
 namespace {
 
+// Per-thread scratch that survives across calls. Freed memory of this size goes back to the OS between calls,
+// and mapping it again costs a page fault per 4 KiB (~8000 of them, 20 ms, for a 2048^2 image): reusing the
+// buffers avoids that. Contents are not preserved; callers initialise what they read. Over kScratchCap bytes the
+// buffers are released after the call.
+constexpr size_t kScratchCap = size_t(256) << 20;
+std::vector<unsigned char>& scratch_buf(int slot) {
+  thread_local std::vector<std::vector<unsigned char>> bufs(16);
+  return bufs[slot];
+}
+template <class T>
+T* scratch(int slot, size_t n) {
+  std::vector<unsigned char>& b = scratch_buf(slot);
+  if (b.size() < n * sizeof(T)) b.resize(n * sizeof(T));
+  return reinterpret_cast<T*>(b.data());
+}
+void scratch_trim() {
+  size_t total = 0;
+  for (int i = 0; i < 16; ++i) total += scratch_buf(i).capacity();
+  if (total > kScratchCap)
+    for (int i = 0; i < 16; ++i) std::vector<unsigned char>().swap(scratch_buf(i));
+}
+
 // Key whose ascending order is descending probability (-0 folded into +0, so equal values compare equal).
 uint32_t desc_key(float p) {
   if (p == 0) p = 0;
@@ -26,13 +48,11 @@ uint32_t desc_key(float p) {
 }
 
 // Stable LSD radix sort of (key, value) by key: raster order survives among equal probabilities.
-void radix_sort(std::vector<uint32_t>& key, int64_t* val, int64_t n) {
-  std::vector<uint32_t> k2(n);
-  std::vector<int64_t> v2(n);
-  uint32_t* ka = key.data();
-  uint32_t* kb = k2.data();
+void radix_sort(uint32_t* key, int64_t* val, int64_t n) {
+  uint32_t* ka = key;
+  uint32_t* kb = scratch<uint32_t>(1, n);
   int64_t* va = val;
-  int64_t* vb = v2.data();
+  int64_t* vb = scratch<int64_t>(2, n);
   for (int shift = 0; shift < 32; shift += 8) {
     int64_t cnt[257] = {0};
     for (int64_t i = 0; i < n; ++i) ++cnt[((ka[i] >> shift) & 255) + 1];
@@ -74,7 +94,7 @@ int64_t candidates_typed(const P* prob, int64_t nx, P thresh, int64_t y0, int64_
     }
   });
   if (std::is_same<P, float>::value) {
-    std::vector<uint32_t> key(n);
+    uint32_t* key = scratch<uint32_t>(0, n);
     parallel_for(n, 4096, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) key[i] = desc_key(float(prob[cand[i]]));
     });
@@ -86,14 +106,13 @@ int64_t candidates_typed(const P* prob, int64_t nx, P thresh, int64_t y0, int64_
 }
 
 // Stable LSD radix sort of 64-bit values by their bits [lo, hi) (8 bits per pass).
-void radix_sort_u64(std::vector<uint64_t>& v, int lo, int hi) {
-  std::vector<uint64_t> tmp(v.size());
+void radix_sort_u64(uint64_t*& v, uint64_t*& tmp, int64_t n, int lo, int hi) {
   for (int shift = lo; shift < hi; shift += 8) {
     int64_t cnt[257] = {0};
-    for (uint64_t x : v) ++cnt[((x >> shift) & 255) + 1];
+    for (int64_t i = 0; i < n; ++i) ++cnt[((v[i] >> shift) & 255) + 1];
     for (int b = 0; b < 256; ++b) cnt[b + 1] += cnt[b];
-    for (uint64_t x : v) tmp[cnt[(x >> shift) & 255]++] = x;
-    v.swap(tmp);
+    for (int64_t i = 0; i < n; ++i) tmp[cnt[(v[i] >> shift) & 255]++] = v[i];
+    std::swap(v, tmp);
   }
 }
 
@@ -141,25 +160,27 @@ NmsStats nms_typed(const NmsArgs& a) {
     CK_CHECK_VALUE(a.cand[r] >= 0 && a.cand[r] < a.ny * a.nx, "cand: cell index out of range at ", r);
 
   // raster order of the candidates: slot -> rank, rank -> slot
-  std::vector<int64_t> rank_of(count), slot_of(count);
+  int64_t* rank_of = scratch<int64_t>(3, count);
+  int64_t* slot_of = scratch<int64_t>(4, count);
   {
     int bits = 8;
     while (bits < 64 && (uint64_t(a.ny * a.nx) >> bits) != 0) bits += 8;
     if (bits + 32 <= 64 && count < (int64_t(1) << 32)) {
-      std::vector<uint64_t> key(count);
+      uint64_t* key = scratch<uint64_t>(0, count);
+      uint64_t* tmp = scratch<uint64_t>(1, count);
       for (int64_t r = 0; r < count; ++r) key[r] = (uint64_t(a.cand[r]) << 32) | uint64_t(r);
-      radix_sort_u64(key, 32, 32 + bits);  // by cell; stable, so equal cells (invalid input) keep rank order
+      radix_sort_u64(key, tmp, count, 32, 32 + bits);  // by cell; stable: equal cells (invalid input) keep rank order
       for (int64_t s = 0; s < count; ++s) rank_of[s] = int64_t(key[s] & 0xffffffffu);
     } else {
       for (int64_t r = 0; r < count; ++r) rank_of[r] = r;
-      std::stable_sort(rank_of.begin(), rank_of.end(), [&](int64_t x, int64_t y) { return a.cand[x] < a.cand[y]; });
+      std::stable_sort(rank_of, rank_of + count, [&](int64_t x, int64_t y) { return a.cand[x] < a.cand[y]; });
     }
     for (int64_t s = 0; s < count; ++s) slot_of[rank_of[s]] = s;
   }
   // per slot: a compact copy of the distances, centre, bounding box, area, circumradius
-  std::vector<D> cd(size_t(count) * n);
-  std::vector<star::PolyGeom> geo(count);
-  std::vector<star::V2> ctr(count);
+  D* cd = scratch<D>(5, size_t(count) * n);
+  star::PolyGeom* geo = scratch<star::PolyGeom>(6, count);
+  star::V2* ctr = scratch<star::V2>(7, count);
   std::atomic<int64_t> bad{-1};
   parallel_for(count, 4096, [&](int64_t b, int64_t e) {  // a few microseconds each: serial below 4096
     std::vector<double> sy(n), sx(n);
@@ -171,7 +192,7 @@ NmsStats nms_typed(const NmsArgs& a) {
       }
       const int64_t cell = a.cand[rank_of[s]];
       const D* d = dist + cell * n;
-      D* c = cd.data() + s * n;
+      D* c = cd + s * n;
       bool finite = true;
       for (int k = 0; k < n; ++k) {
         c[k] = d[k];
@@ -191,7 +212,8 @@ NmsStats nms_typed(const NmsArgs& a) {
   const double S = std::min(256.0, std::max(8.0, 2 * mean_r));
   const double Hpx = double((a.ny - 1) * a.grid[0] + 1), Wpx = double((a.nx - 1) * a.grid[1] + 1);
   const int64_t nby = int64_t(std::ceil(Hpx / S)), nbx = int64_t(std::ceil(Wpx / S)), nb = nby * nbx;
-  std::vector<int64_t> start(nb + 1, 0), bid(count);
+  std::vector<int64_t> start(nb + 1, 0);
+  int64_t* bid = scratch<int64_t>(8, count);
   std::vector<double> brmax(nb, 0);
   for (int64_t s = 0; s < count; ++s) {
     const int64_t by = std::min(nby - 1, int64_t(ctr[s].y / S)), bx = std::min(nbx - 1, int64_t(ctr[s].x / S));
@@ -200,7 +222,7 @@ NmsStats nms_typed(const NmsArgs& a) {
     brmax[bid[s]] = std::max(brmax[bid[s]], geo[s].rmax);
   }
   for (int64_t b = 0; b < nb; ++b) start[b + 1] += start[b];
-  std::vector<Item> items(count);
+  Item* items = scratch<Item>(9, count);
   {
     std::vector<int64_t> fill(start.begin(), start.end() - 1);
     for (int64_t r = 0; r < count; ++r) {  // in rank order: each bucket's list comes out sorted by rank
@@ -218,7 +240,8 @@ NmsStats nms_typed(const NmsArgs& a) {
   // helper, so a helper that gets no CPU (an oversubscribed machine) costs nothing. Pair tests are deterministic
   // and suppression is final, so the result is the sequential one either way.
   // state by slot: 0 undecided, 1 kept, 2 suppressed; read by the helper while the sweep writes (relaxed atomics)
-  std::vector<uint8_t> st_slot(count, 0);
+  uint8_t* st_slot = scratch<uint8_t>(10, count);
+  std::memset(st_slot, 0, count);
   auto load_state = [&](int64_t sl) { return __atomic_load_n(&st_slot[sl], __ATOMIC_RELAXED); };
   auto store_state = [&](int64_t sl, uint8_t v) { __atomic_store_n(&st_slot[sl], v, __ATOMIC_RELAXED); };
 
@@ -236,14 +259,14 @@ NmsStats nms_typed(const NmsArgs& a) {
         if (by * S - rr >= gi.ymax || (by + 1) * S + rr <= gi.ymin || bx * S - rr >= gi.xmax ||
             (bx + 1) * S + rr <= gi.xmin)
           continue;
-        const Item* it = items.data() + start[b];
-        const Item* end = items.data() + start[b + 1];
+        const Item* it = items + start[b];
+        const Item* end = items + start[b + 1];
         it = std::upper_bound(it, end, i, [](int64_t v, const Item& x) { return v < x.rank; });
         for (; it != end; ++it) {
           const int64_t sj = it->slot;
           if (it + 1 != end) {  // the next candidate's data is scattered over a few arrays: ask for it early
             const int64_t sn1 = it[1].slot;
-            __builtin_prefetch(cd.data() + sn1 * n);
+            __builtin_prefetch(cd + sn1 * n);
             __builtin_prefetch(&geo[sn1]);
           }
           if (load_state(sj) != 0) continue;
@@ -261,14 +284,14 @@ NmsStats nms_typed(const NmsArgs& a) {
   };
   auto test_all = [&](int64_t i, int64_t si, Scratch& w, NmsStats& st, const auto& suppressed) {
     star::PolyGeom gi = geo[si];
-    const D* di = cd.data() + si * n;
+    const D* di = cd + si * n;
     const star::V2 ci = ctr[si];
     const star::Verts va{w.ay.data(), w.ax.data()}, vb{w.by.data(), w.bx.data()};
     star::star_vertices(star::v2(0, 0), di, n, sn, cs, w.ay.data(), w.ax.data());
     gi.rin2 = star::clearance2(va, n, star::v2(0, 0));
     neighbours(i, gi, [&](int64_t sj) {
       const star::PolyGeom& gj = geo[sj];
-      const D* dj = cd.data() + sj * n;
+      const D* dj = cd + sj * n;
       const star::V2 cb = star::sub(ctr[sj], ci);
       star::star_vertices(cb, dj, n, sn, cs, w.by.data(), w.bx.data());
       int path;
@@ -282,7 +305,7 @@ NmsStats nms_typed(const NmsArgs& a) {
   const int nthreads = threads();
   const bool helper = a.prob != nullptr && nthreads > 1 && count >= kHelperMin;
   if (helper) {
-    std::vector<uint8_t> is_max(count, 0);
+    uint8_t* is_max = scratch<uint8_t>(11, count);
     const int64_t y0 = a.win[0], y1 = a.win[1], x0 = a.win[2], x1 = a.win[3], nx = a.nx;
     auto find_maxima = [&](const auto* prob) {
       parallel_for(count, 4096, [&](int64_t b, int64_t e) {
@@ -308,9 +331,13 @@ NmsStats nms_typed(const NmsArgs& a) {
     for (int64_t r = 0; r < count; ++r)
       if (is_max[slot_of[r]]) maxima.push_back(r);
   }
-  // per slot: 0 free, 1 the helper works on it, 2 its list is ready, 3 the sweep took it
-  std::vector<uint8_t> claim(helper ? count : 0, 0);
-  std::vector<std::vector<int64_t>> lists(helper ? count : 0);
+  // per slot: 0 free, 1 the helper works on it, 2 its list is ready, 3 the sweep took it; lists by slot of the
+  // maxima only (index in `maxima` via list_of)
+  uint8_t* claim = scratch<uint8_t>(12, helper ? count : 0);
+  int64_t* list_of = scratch<int64_t>(13, helper ? count : 0);
+  if (helper) std::memset(claim, 0, count);
+  for (size_t q = 0; q < maxima.size(); ++q) list_of[slot_of[maxima[q]]] = int64_t(q);
+  std::vector<std::vector<int64_t>> lists(maxima.size());
   std::atomic<int64_t> sweep_at{-1};
   std::atomic<bool> done{false};
   NmsStats st, st_helper;
@@ -327,7 +354,7 @@ NmsStats nms_typed(const NmsArgs& a) {
         uint8_t f = __atomic_load_n(&claim[si], __ATOMIC_ACQUIRE);
         if (f == 2) {
           ++st.helped;
-          for (int64_t sj : lists[si])
+          for (int64_t sj : lists[list_of[si]])
             if (load_state(sj) == 0) store_state(sj, 2);
           continue;
         }
@@ -355,7 +382,7 @@ NmsStats nms_typed(const NmsArgs& a) {
       if (!__atomic_compare_exchange_n(&claim[si], &f, uint8_t(1), false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
         continue;
       if (load_state(si) == 2) continue;  // already suppressed: it will never be kept
-      std::vector<int64_t>& out = lists[si];
+      std::vector<int64_t>& out = lists[list_of[si]];
       test_all(i, si, w, st_helper, [&](int64_t sj) { out.push_back(sj); });
       __atomic_store_n(&claim[si], uint8_t(2), __ATOMIC_RELEASE);
     }
@@ -385,6 +412,7 @@ NmsStats nms_typed(const NmsArgs& a) {
   st.sweep_early += st_helper.sweep_early;
   st.fan += st_helper.fan;
   for (int64_t s = 0; s < count; ++s) a.state[rank_of[s]] = st_slot[s];
+  scratch_trim();
   return st;
 }
 

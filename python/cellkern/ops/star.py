@@ -10,7 +10,7 @@ from .. import _C
 from ._common import dl, emu_flag, stream_of, torch
 
 __all__ = ["is_torch", "as_array", "ray_steps_2d", "trig_table", "ray_tables", "to_device", "new_zeros",
-           "new_empty", "emu_for", "stream_for"]
+           "new_empty", "emu_for", "stream_for", "workspace"]
 
 _INT_DTYPES = (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)
 
@@ -80,6 +80,29 @@ def _torch_dtype(dtype):
     return {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,
             np.dtype(np.int32): torch.int32, np.dtype(np.int64): torch.int64,
             np.dtype(np.uint8): torch.uint8}[np.dtype(dtype)]
+
+
+_ws = threading.local()
+_WS_CAP = 256 << 20  # bytes kept per thread between calls
+
+
+def workspace(name: str, shape, dtype, like):
+    """A scratch buffer reused across calls by this thread (host numpy only; torch tensors get fresh ones from
+    torch's allocator). Freed buffers of this size go back to the OS, and mapping them again costs a page fault per
+    4 KiB -- e.g. 4000 faults, several ms, for the padded labels of a 2048^2 image. Contents are not preserved."""
+    if is_torch(like):
+        return new_empty(shape, dtype, like)
+    cache = getattr(_ws, "cache", None)
+    if cache is None:
+        cache = _ws.cache = {}
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape)) * dtype.itemsize
+    buf = cache.get(name)
+    if buf is None or buf.nbytes < n:
+        buf = np.empty(max(n, 1), np.uint8)
+        if n <= _WS_CAP:
+            cache[name] = buf
+    return buf[:n].view(dtype).reshape(shape)
 
 
 def to_device(a: np.ndarray, like):

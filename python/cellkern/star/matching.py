@@ -2,6 +2,7 @@
 optimal assignment (Hungarian, via scipy, only where candidate matches conflict)."""
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import NamedTuple, Sequence
 
@@ -65,10 +66,12 @@ def label_overlap(y_true, y_pred):
         t = _relabel(t)
         p = _relabel(p)
         hi_t, hi_p = int(t.max(initial=0)), int(p.max(initial=0))
-    lut_t, lut_p = np.empty(hi_t + 1, np.int32), np.empty(hi_p + 1, np.int32)
-    size_t, size_p = np.empty(hi_t + 1, np.int64), np.empty(hi_p + 1, np.int64)
+    ws = functools.partial(_p.workspace, like=t)  # reused across calls: no page faults for fresh buffers
+    lut_t, lut_p = ws("matching.lut_t", (hi_t + 1,), np.int32), ws("matching.lut_p", (hi_p + 1,), np.int32)
+    size_t, size_p = ws("matching.size_t", (hi_t + 1,), np.int64), ws("matching.size_p", (hi_p + 1,), np.int64)
     cap = max(int(both), 1)
-    pt, pp, pn = np.empty(cap, np.int32), np.empty(cap, np.int32), np.empty(cap, np.int64)
+    pt, pp = ws("matching.pt", (cap,), np.int32), ws("matching.pp", (cap,), np.int32)
+    pn = ws("matching.pn", (cap,), np.int64)
     if t.size == 0:
         return 0, 0, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
     n_true, n_pred, k = _C.star_label_overlap(t, p, lut_t, lut_p, size_t, size_p, pt, pp, pn)

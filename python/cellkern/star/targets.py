@@ -89,7 +89,7 @@ def _run(lab, steps, grid, out):
     n_rays = len(steps)
     out_shape = tuple((s - 1) // g + 1 if s > 0 else 0 for s, g in zip(shape, grid)) + (n_rays,)
     itemsize = lab.element_size() if _p.is_torch(lab) else lab.dtype.itemsize
-    padded = _p.new_empty((_C.star_padded_bytes(list(shape), itemsize),), np.uint8, lab)
+    padded = _p.workspace("star_dist.padded", (_C.star_padded_bytes(list(shape), itemsize),), np.uint8, lab)
     if out is None:
         # numpy: calloc'ed zeros, and the kernel skips background pixels, so pages it never writes are never
         # touched (most of a sparse image). torch: empty, and the kernel writes the zeros.
