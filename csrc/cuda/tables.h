@@ -5,6 +5,7 @@
 #include "emu/selftest.cuh"
 #include "ops/conv/conv_cuda.cuh"
 #include "ops/pool/pool_cuda.cuh"
+#include "ops/star/star_cuda.cuh"
 
 namespace ck {
 
@@ -17,9 +18,12 @@ const std::vector<NamedTable>& device_tables() {
   static const PoolKernels pool{&pool_cuda::forward, &pool_cuda::backward};
   static const ConvKernels conv{&conv_cuda::forward, &conv_cuda::grad_input, &conv_cuda::grad_weight,
                                 &conv_cuda::act_grad, &conv_cuda::fold};
+  static const StarKernels star{&star_cuda::star_dist, &star_cuda::dist_to_coord, &star_cuda::polygons_to_label,
+                                &star_cuda::nms};
   static const std::vector<NamedTable> tables = {
       {"pool", table_of(pool)},
       {"conv", table_of(conv)},
+      {"star", table_of(star)},
   };
   return tables;
 }

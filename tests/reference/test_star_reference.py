@@ -141,6 +141,33 @@ def test_intersection_identical_disjoint_contained():
     assert star_polygon_intersection_area(d, (0, 0), small, (0.3, -0.2)) == pytest.approx(small_area, rel=1e-12)
 
 
+def test_intersection_with_nearly_collinear_edges():
+    # Fan B's edge from its centre (7, 5) along ray 7 of 8 passes through A's centre (6, 6), and A's edge from
+    # ray 2 to ray 3 lies on the same line y + x = 12; in float64 the two directions differ in the last bit.
+    # A crossing of such nearly parallel edges must not be used (it once added a spurious vertex: 27.46).
+    dA = np.array([4.2255616, 1.3996316, 3.9525144, 6.05229, 6.749493, 1.721449, 4.992887, 2.5480745], np.float32)
+    dB = np.array([3.3178108, 2.120237, 1.234584, 3.059813, 3.4330199, 4.933748, 5.7922134, 4.303551], np.float32)
+    area = star_polygon_intersection_area(dA, (6, 6), dB, (7, 5))
+    # independent value: supersampling both polygons on a 2400^2 grid over [0, 12]^2 gives 26.29 +- 0.02
+    ys, xs = np.meshgrid(np.linspace(0, 12, 2400), np.linspace(0, 12, 2400), indexing="ij")
+
+    def inside(d, c):
+        # the star polygon as the union of its fan triangles, by the sign of cross products
+        phis = 2 * np.pi * np.arange(8) / 8
+        v = np.stack([c[0] + d * np.sin(phis), c[1] + d * np.cos(phis)], 1).astype(np.float64)
+        m = np.zeros(ys.shape, bool)
+        for k in range(8):
+            p0, p1, p2 = np.asarray(c, float), v[k], v[(k + 1) % 8]
+            s = [(q1[1] - q0[1]) * (ys - q0[0]) - (q1[0] - q0[0]) * (xs - q0[1]) for q0, q1 in
+                 ((p0, p1), (p1, p2), (p2, p0))]
+            m |= (s[0] <= 0) & (s[1] <= 0) & (s[2] <= 0) | (s[0] >= 0) & (s[1] >= 0) & (s[2] >= 0)
+        return m
+
+    raster = np.count_nonzero(inside(dA, (6, 6)) & inside(dB, (7, 5))) * (12 / 2400) ** 2
+    assert raster == pytest.approx(26.3, abs=0.1)
+    assert area == pytest.approx(raster, abs=0.1)
+
+
 def test_intersection_convex_vs_halfspace_intersection():
     # independent exact answer for convex polygons: scipy's half-space intersection + convex hull area
     spatial = pytest.importorskip("scipy.spatial")

@@ -278,8 +278,12 @@ def _triangle_pair_areas(ta: np.ndarray, tb: np.ndarray) -> np.ndarray:
         t = (wy * sx - wx * sy) / den
         u = (wy * rx - wx * ry) / den
         tt, tu = tol[:, None, None] / rl, tol[:, None, None] / sl  # tolerance in units of each edge
-        # parallel edges (den == 0) give nan/inf and fail these tests; their shared points are vertices (a)
-        hit = (t >= -tt) & (t <= 1 + tt) & (u >= -tu) & (u <= 1 + tu)
+        # Parallel edges have no crossing of their own: the points they share are vertices of one triangle on
+        # the other, collected in (a). Nearly parallel ones must be skipped too, not only den == 0: two collinear
+        # edges whose float64 directions differ in the last bit give |den| ~ 1e-16 and a crossing anywhere on the
+        # line, possibly outside both triangles (found by the NMS tests: a fan centre on the other fan's edge).
+        parallel = np.abs(den) <= 1e-12 * rl * sl
+        hit = (t >= -tt) & (t <= 1 + tt) & (u >= -tu) & (u <= 1 + tu) & ~parallel
         cy = np.where(hit, ay[:, :, None] + t * ry, 0.0).reshape(P, 9)
         cx = np.where(hit, ax[:, :, None] + t * rx, 0.0).reshape(P, 9)
 

@@ -1,0 +1,433 @@
+// Polygon non-maximum suppression on the CPU: candidate gathering + stable radix sort, per-candidate geometry
+// (OpenMP), a bucket grid over centres, and the greedy sweep deciding each pair with star::suppresses (with a
+// helper thread precomputing the pairs of likely kept candidates).
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "core/check.h"
+#include "core/parallel.h"
+#include "ops/star/star.h"
+#include "ops/star/star_math.h"
+
+CK_NS_BEGIN
+namespace {
+
+// Per-thread scratch that survives across calls. Freed memory of this size goes back to the OS between calls,
+// and mapping it again costs a page fault per 4 KiB (~8000 of them, 20 ms, for a 2048^2 image): reusing the
+// buffers avoids that. Contents are not preserved; callers initialise what they read. Over kScratchCap bytes the
+// buffers are released after the call.
+constexpr size_t kScratchCap = size_t(256) << 20;
+std::vector<unsigned char>& scratch_buf(int slot) {
+  thread_local std::vector<std::vector<unsigned char>> bufs(16);
+  return bufs[slot];
+}
+template <class T>
+T* scratch(int slot, size_t n) {
+  std::vector<unsigned char>& b = scratch_buf(slot);
+  if (b.size() < n * sizeof(T)) b.resize(n * sizeof(T));
+  return reinterpret_cast<T*>(b.data());
+}
+void scratch_trim() {
+  size_t total = 0;
+  for (int i = 0; i < 16; ++i) total += scratch_buf(i).capacity();
+  if (total > kScratchCap)
+    for (int i = 0; i < 16; ++i) std::vector<unsigned char>().swap(scratch_buf(i));
+}
+
+// Key whose ascending order is descending probability (-0 folded into +0, so equal values compare equal).
+uint32_t desc_key(float p) {
+  if (p == 0) p = 0;
+  uint32_t u;
+  std::memcpy(&u, &p, 4);
+  const uint32_t asc = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  return ~asc;
+}
+
+// Stable LSD radix sort of (key, value) by key: raster order survives among equal probabilities.
+void radix_sort(uint32_t* key, int64_t* val, int64_t n) {
+  uint32_t* ka = key;
+  uint32_t* kb = scratch<uint32_t>(1, n);
+  int64_t* va = val;
+  int64_t* vb = scratch<int64_t>(2, n);
+  for (int shift = 0; shift < 32; shift += 8) {
+    int64_t cnt[257] = {0};
+    for (int64_t i = 0; i < n; ++i) ++cnt[((ka[i] >> shift) & 255) + 1];
+    if (cnt[((ka[0] >> shift) & 255) + 1] == n) continue;  // all equal in this digit
+    for (int b = 0; b < 256; ++b) cnt[b + 1] += cnt[b];
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t d = cnt[(ka[i] >> shift) & 255]++;
+      kb[d] = ka[i];
+      vb[d] = va[i];
+    }
+    std::swap(ka, kb);
+    std::swap(va, vb);
+  }
+  if (va != val) std::memcpy(val, va, sizeof(int64_t) * n);
+}
+
+template <class P>
+int64_t candidates_typed(const P* prob, int64_t nx, P thresh, int64_t y0, int64_t y1, int64_t x0, int64_t x1,
+                         int64_t* cand) {
+  const int64_t rows = y1 - y0;
+  std::vector<int64_t> cnt(rows + 1, 0);
+  parallel_for(rows, std::max<int64_t>(16, (int64_t(1) << 20) / std::max<int64_t>(1, x1 - x0)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const P* p = prob + (y0 + r) * nx;
+      int64_t c = 0;
+      for (int64_t x = x0; x < x1; ++x) c += p[x] > thresh;
+      cnt[r + 1] = c;
+    }
+  });
+  for (int64_t r = 0; r < rows; ++r) cnt[r + 1] += cnt[r];
+  const int64_t n = cnt[rows];
+  if (!cand || n == 0) return n;
+  parallel_for(rows, std::max<int64_t>(16, (int64_t(1) << 20) / std::max<int64_t>(1, x1 - x0)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const P* p = prob + (y0 + r) * nx;
+      int64_t o = cnt[r];
+      for (int64_t x = x0; x < x1; ++x)
+        if (p[x] > thresh) cand[o++] = (y0 + r) * nx + x;
+    }
+  });
+  if (std::is_same<P, float>::value) {
+    uint32_t* key = scratch<uint32_t>(0, n);
+    parallel_for(n, 4096, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) key[i] = desc_key(float(prob[cand[i]]));
+    });
+    radix_sort(key, cand, n);
+  } else {
+    std::stable_sort(cand, cand + n, [&](int64_t a, int64_t b) { return prob[a] > prob[b]; });
+  }
+  return n;
+}
+
+// Stable LSD radix sort of 64-bit values by their bits [lo, hi) (8 bits per pass).
+void radix_sort_u64(uint64_t*& v, uint64_t*& tmp, int64_t n, int lo, int hi) {
+  for (int shift = lo; shift < hi; shift += 8) {
+    int64_t cnt[257] = {0};
+    for (int64_t i = 0; i < n; ++i) ++cnt[((v[i] >> shift) & 255) + 1];
+    for (int b = 0; b < 256; ++b) cnt[b + 1] += cnt[b];
+    for (int64_t i = 0; i < n; ++i) tmp[cnt[(v[i] >> shift) & 255]++] = v[i];
+    std::swap(v, tmp);
+  }
+}
+
+int threads() {
+#ifdef _OPENMP
+  return omp_in_parallel() ? 1 : std::max(1, num_threads());
+#else
+  return 1;
+#endif
+}
+
+// Below this many candidates the sweep runs alone (a second thread costs more than it saves).
+constexpr int64_t kHelperMin = 8192;
+
+void count_path(NmsStats& st, int path) {
+  ++st.pairs;
+  switch (path) {
+    case star::kPathBbox: ++st.bbox_rejected; break;
+    case star::kPathBound: ++st.bound_decided; break;
+    case star::kPathSweep: ++st.sweep; break;
+    case star::kPathSweepEarly: ++st.sweep_early; break;
+    case star::kPathDisk: ++st.disk_decided; break;
+    default: ++st.fan; break;
+  }
+}
+
+struct Item {
+  int64_t rank, slot;
+};
+
+// Everything per candidate is stored by "slot", the candidate's position in raster order: the candidates a kept
+// polygon meets lie in a few nearby rows, so their slots are close and their data shares cache lines and pages
+// (by rank they would be scattered over the whole arrays). Centres are bucketed on a square grid of side S
+// pixels; each bucket lists (rank, slot) in rank order and knows the largest circumradius in it, so a kept
+// polygon visits only buckets whose candidates can reach its bounding box, and inside a bucket starts after its
+// own rank.
+template <class D>
+NmsStats nms_typed(const NmsArgs& a) {
+  const int n = a.n_rays;
+  const double* sn = a.trig;
+  const double* cs = a.trig + n;
+  const D* dist = static_cast<const D*>(a.dist);
+  const int64_t count = a.count;
+  for (int64_t r = 0; r < count; ++r)
+    CK_CHECK_VALUE(a.cand[r] >= 0 && a.cand[r] < a.ny * a.nx, "cand: cell index out of range at ", r);
+
+  // raster order of the candidates: slot -> rank, rank -> slot
+  int64_t* rank_of = scratch<int64_t>(3, count);
+  int64_t* slot_of = scratch<int64_t>(4, count);
+  {
+    int bits = 8;
+    while (bits < 64 && (uint64_t(a.ny * a.nx) >> bits) != 0) bits += 8;
+    if (bits + 32 <= 64 && count < (int64_t(1) << 32)) {
+      uint64_t* key = scratch<uint64_t>(0, count);
+      uint64_t* tmp = scratch<uint64_t>(1, count);
+      for (int64_t r = 0; r < count; ++r) key[r] = (uint64_t(a.cand[r]) << 32) | uint64_t(r);
+      radix_sort_u64(key, tmp, count, 32, 32 + bits);  // by cell; stable: equal cells (invalid input) keep rank order
+      for (int64_t s = 0; s < count; ++s) rank_of[s] = int64_t(key[s] & 0xffffffffu);
+    } else {
+      for (int64_t r = 0; r < count; ++r) rank_of[r] = r;
+      std::stable_sort(rank_of, rank_of + count, [&](int64_t x, int64_t y) { return a.cand[x] < a.cand[y]; });
+    }
+    for (int64_t s = 0; s < count; ++s) slot_of[rank_of[s]] = s;
+  }
+  // per slot: a compact copy of the distances, centre, bounding box, area, circumradius
+  D* cd = scratch<D>(5, size_t(count) * n);
+  star::PolyGeom* geo = scratch<star::PolyGeom>(6, count);
+  star::V2* ctr = scratch<star::V2>(7, count);
+  std::atomic<int64_t> bad{-1};
+  parallel_for(count, 4096, [&](int64_t b, int64_t e) {  // a few microseconds each: serial below 4096
+    std::vector<double> sy(n), sx(n);
+    for (int64_t s = b; s < e; ++s) {
+      // cells come in raster order with gaps the hardware prefetcher does not follow: ask a few ahead
+      if (s + 8 < e) {
+        const char* ahead = reinterpret_cast<const char*>(dist + a.cand[rank_of[s + 8]] * n);
+        for (size_t o = 0; o < sizeof(D) * n; o += 64) __builtin_prefetch(ahead + o, 0, 0);
+      }
+      const int64_t cell = a.cand[rank_of[s]];
+      const D* d = dist + cell * n;
+      D* c = cd + s * n;
+      bool finite = true;
+      for (int k = 0; k < n; ++k) {
+        c[k] = d[k];
+        finite &= std::isfinite(double(d[k]));
+      }
+      if (!finite) bad.store(rank_of[s]);
+      ctr[s] = star::v2(double(cell / a.nx * a.grid[0]), double(cell % a.nx * a.grid[1]));
+      geo[s] = star::poly_geom(ctr[s], c, n, sn, cs, sy.data(), sx.data());
+    }
+  });
+  CK_CHECK_VALUE(bad.load() < 0, "dist: non-finite distances at NMS candidate ", bad.load(), " (rank)");
+
+  // bucket grid over the centres
+  double mean_r = 0;
+  for (int64_t s = 0; s < count; ++s) mean_r += geo[s].rmax;
+  mean_r /= double(count);
+  const double S = std::min(256.0, std::max(8.0, 2 * mean_r));
+  const double Hpx = double((a.ny - 1) * a.grid[0] + 1), Wpx = double((a.nx - 1) * a.grid[1] + 1);
+  const int64_t nby = int64_t(std::ceil(Hpx / S)), nbx = int64_t(std::ceil(Wpx / S)), nb = nby * nbx;
+  std::vector<int64_t> start(nb + 1, 0);
+  int64_t* bid = scratch<int64_t>(8, count);
+  std::vector<double> brmax(nb, 0);
+  for (int64_t s = 0; s < count; ++s) {
+    const int64_t by = std::min(nby - 1, int64_t(ctr[s].y / S)), bx = std::min(nbx - 1, int64_t(ctr[s].x / S));
+    bid[s] = by * nbx + bx;
+    ++start[bid[s] + 1];
+    brmax[bid[s]] = std::max(brmax[bid[s]], geo[s].rmax);
+  }
+  for (int64_t b = 0; b < nb; ++b) start[b + 1] += start[b];
+  Item* items = scratch<Item>(9, count);
+  {
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    for (int64_t r = 0; r < count; ++r) {  // in rank order: each bucket's list comes out sorted by rank
+      const int64_t s = slot_of[r];
+      items[fill[bid[s]]++] = Item{r, s};
+    }
+  }
+  double Rmax = 0;
+  for (double r : brmax) Rmax = std::max(Rmax, r);
+
+  // The greedy sweep, by rank, on the calling thread. With a second thread and the probabilities, a helper works
+  // ahead of it on the candidates that are local maxima of the probabilities (almost every kept polygon is one):
+  // for such a candidate it lists which later candidates it would suppress. When the sweep keeps a candidate
+  // whose list is ready it only applies the list; otherwise it tests the pairs itself -- it never waits for the
+  // helper, so a helper that gets no CPU (an oversubscribed machine) costs nothing. Pair tests are deterministic
+  // and suppression is final, so the result is the sequential one either way.
+  // state by slot: 0 undecided, 1 kept, 2 suppressed; read by the helper while the sweep writes (relaxed atomics)
+  uint8_t* st_slot = scratch<uint8_t>(10, count);
+  std::memset(st_slot, 0, count);
+  auto load_state = [&](int64_t sl) { return __atomic_load_n(&st_slot[sl], __ATOMIC_RELAXED); };
+  auto store_state = [&](int64_t sl, uint8_t v) { __atomic_store_n(&st_slot[sl], v, __ATOMIC_RELAXED); };
+
+  // Visits the later candidates whose boxes meet kept polygon si's (rank i); decide(sj) tests one.
+  auto neighbours = [&](int64_t i, const star::PolyGeom& gi, const auto& decide) {
+    const int64_t by0 = std::max<int64_t>(0, int64_t(std::floor((gi.ymin - Rmax) / S)));
+    const int64_t by1 = std::min<int64_t>(nby - 1, int64_t(std::floor((gi.ymax + Rmax) / S)));
+    const int64_t bx0 = std::max<int64_t>(0, int64_t(std::floor((gi.xmin - Rmax) / S)));
+    const int64_t bx1 = std::min<int64_t>(nbx - 1, int64_t(std::floor((gi.xmax + Rmax) / S)));
+    for (int64_t by = by0; by <= by1; ++by) {
+      for (int64_t bx = bx0; bx <= bx1; ++bx) {
+        const int64_t b = by * nbx + bx;
+        const double rr = brmax[b];
+        // centres in this bucket lie in [by S, (by+1) S) x [bx S, (bx+1) S); their polygons within rr of them
+        if (by * S - rr >= gi.ymax || (by + 1) * S + rr <= gi.ymin || bx * S - rr >= gi.xmax ||
+            (bx + 1) * S + rr <= gi.xmin)
+          continue;
+        const Item* it = items + start[b];
+        const Item* end = items + start[b + 1];
+        it = std::upper_bound(it, end, i, [](int64_t v, const Item& x) { return v < x.rank; });
+        for (; it != end; ++it) {
+          const int64_t sj = it->slot;
+          if (it + 1 != end) {  // the next candidate's data is scattered over a few arrays: ask for it early
+            const int64_t sn1 = it[1].slot;
+            __builtin_prefetch(cd + sn1 * n);
+            __builtin_prefetch(&geo[sn1]);
+          }
+          if (load_state(sj) != 0) continue;
+          const star::PolyGeom& gj = geo[sj];
+          if (gi.xmax <= gj.xmin || gj.xmax <= gi.xmin || gi.ymax <= gj.ymin || gj.ymax <= gi.ymin) continue;
+          decide(sj);
+        }
+      }
+    }
+  };
+  // The pair tests of kept candidate si against its undecided later neighbours; suppressed(sj) gets each hit.
+  struct Scratch {
+    std::vector<double> ay, ax, by, bx;
+    explicit Scratch(int n) : ay(n), ax(n), by(n), bx(n) {}
+  };
+  auto test_all = [&](int64_t i, int64_t si, Scratch& w, NmsStats& st, const auto& suppressed) {
+    star::PolyGeom gi = geo[si];
+    const D* di = cd + si * n;
+    const star::V2 ci = ctr[si];
+    const star::Verts va{w.ay.data(), w.ax.data()}, vb{w.by.data(), w.bx.data()};
+    star::star_vertices(star::v2(0, 0), di, n, sn, cs, w.ay.data(), w.ax.data());
+    gi.rin2 = star::clearance2(va, n, star::v2(0, 0));
+    neighbours(i, gi, [&](int64_t sj) {
+      const star::PolyGeom& gj = geo[sj];
+      const D* dj = cd + sj * n;
+      const star::V2 cb = star::sub(ctr[sj], ci);
+      star::star_vertices(cb, dj, n, sn, cs, w.by.data(), w.bx.data());
+      int path;
+      if (star::suppresses(va, di, gi, vb, dj, cb, gj, n, sn, cs, a.thresh, a.criterion, &path)) suppressed(sj);
+      count_path(st, path);
+    });
+  };
+
+  // the local maxima (by slot), in rank order
+  std::vector<int64_t> maxima;
+  const int nthreads = threads();
+  const bool helper = a.prob != nullptr && nthreads > 1 && count >= kHelperMin;
+  if (helper) {
+    uint8_t* is_max = scratch<uint8_t>(11, count);
+    const int64_t y0 = a.win[0], y1 = a.win[1], x0 = a.win[2], x1 = a.win[3], nx = a.nx;
+    auto find_maxima = [&](const auto* prob) {
+      parallel_for(count, 4096, [&](int64_t b, int64_t e) {
+        for (int64_t sl = b; sl < e; ++sl) {
+          const int64_t c = a.cand[rank_of[sl]], cy = c / nx, cx = c % nx;
+          bool top = true;
+          for (int64_t yy = std::max(y0, cy - 1); yy <= std::min(y1 - 1, cy + 1) && top; ++yy)
+            for (int64_t xx = std::max(x0, cx - 1); xx <= std::min(x1 - 1, cx + 1); ++xx) {
+              const int64_t q = yy * nx + xx;  // outranks c: higher probability, ties to the earlier cell
+              if (prob[q] > prob[c] || (prob[q] == prob[c] && q < c)) {
+                top = false;
+                break;
+              }
+            }
+          is_max[sl] = top;
+        }
+      });
+    };
+    if (a.prob_dtype == DType::f64)
+      find_maxima(static_cast<const double*>(a.prob));
+    else
+      find_maxima(static_cast<const float*>(a.prob));
+    for (int64_t r = 0; r < count; ++r)
+      if (is_max[slot_of[r]]) maxima.push_back(r);
+  }
+  // per slot: 0 free, 1 the helper works on it, 2 its list is ready, 3 the sweep took it; lists by slot of the
+  // maxima only (index in `maxima` via list_of)
+  uint8_t* claim = scratch<uint8_t>(12, helper ? count : 0);
+  int64_t* list_of = scratch<int64_t>(13, helper ? count : 0);
+  if (helper) std::memset(claim, 0, count);
+  for (size_t q = 0; q < maxima.size(); ++q) list_of[slot_of[maxima[q]]] = int64_t(q);
+  std::vector<std::vector<int64_t>> lists(maxima.size());
+  std::atomic<int64_t> sweep_at{-1};
+  std::atomic<bool> done{false};
+  NmsStats st, st_helper;
+
+  auto sweep = [&]() {
+    Scratch w(n);
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t si = slot_of[i];
+      if (load_state(si) == 2) continue;
+      store_state(si, 1);
+      if (!(geo[si].area > 0)) continue;  // a zero-area polygon overlaps nothing
+      if (helper) {
+        sweep_at.store(i, std::memory_order_relaxed);
+        uint8_t f = __atomic_load_n(&claim[si], __ATOMIC_ACQUIRE);
+        if (f == 2) {
+          ++st.helped;
+          for (int64_t sj : lists[list_of[si]])
+            if (load_state(sj) == 0) store_state(sj, 2);
+          continue;
+        }
+        if (f == 0) __atomic_compare_exchange_n(&claim[si], &f, uint8_t(3), false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+      }
+      test_all(i, si, w, st, [&](int64_t sj) { store_state(sj, 2); });
+    }
+    done.store(true);
+  };
+  auto help = [&]() {
+    Scratch w(n);
+    // every other local maximum, starting a few ahead of the sweep: the sweep does the ones in between, so both
+    // advance together with the helper's lists ready when the sweep arrives
+    constexpr int64_t kLead = 2;
+    size_t k = 0;
+    while (!done.load(std::memory_order_relaxed) && k < maxima.size()) {
+      const int64_t at = sweep_at.load(std::memory_order_relaxed);
+      size_t first = k;
+      while (first < maxima.size() && maxima[first] <= at) ++first;
+      if (first != k) k = first + kLead;  // the sweep overtook us: jump ahead of it
+      if (k >= maxima.size()) break;
+      const int64_t i = maxima[k], si = slot_of[i];
+      k += 2;
+      uint8_t f = 0;
+      if (!__atomic_compare_exchange_n(&claim[si], &f, uint8_t(1), false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        continue;
+      if (load_state(si) == 2) continue;  // already suppressed: it will never be kept
+      std::vector<int64_t>& out = lists[list_of[si]];
+      test_all(i, si, w, st_helper, [&](int64_t sj) { out.push_back(sj); });
+      __atomic_store_n(&claim[si], uint8_t(2), __ATOMIC_RELEASE);
+    }
+  };
+  if (helper) {
+#ifdef _OPENMP
+#pragma omp parallel num_threads(2)
+    {
+      if (omp_get_thread_num() == 0)
+        sweep();
+      else
+        help();
+    }
+#else
+    sweep();
+#endif
+  } else {
+    sweep();
+  }
+  st.maxima = int64_t(maxima.size());
+  // the helper's pair counts only for lists the sweep used would be exact; report all its work
+  st.pairs += st_helper.pairs;
+  st.bbox_rejected += st_helper.bbox_rejected;
+  st.bound_decided += st_helper.bound_decided;
+  st.disk_decided += st_helper.disk_decided;
+  st.sweep += st_helper.sweep;
+  st.sweep_early += st_helper.sweep_early;
+  st.fan += st_helper.fan;
+  for (int64_t s = 0; s < count; ++s) a.state[rank_of[s]] = st_slot[s];
+  scratch_trim();
+  return st;
+}
+
+}  // namespace
+
+int64_t nms_candidates_cpu(const float* probf, const double* probd, int64_t nx, double thresh, int64_t y0,
+                           int64_t y1, int64_t x0, int64_t x1, int64_t* cand) {
+  // numpy compares a float32 array with a Python float in float32: do the same
+  if (probf) return candidates_typed<float>(probf, nx, float(thresh), y0, y1, x0, x1, cand);
+  return candidates_typed<double>(probd, nx, thresh, y0, y1, x0, x1, cand);
+}
+
+NmsStats nms_cpu(const NmsArgs& a) {
+  if (a.dist_dtype == DType::f64) return nms_typed<double>(a);
+  return nms_typed<float>(a);
+}
+
+CK_NS_END
