@@ -76,7 +76,7 @@ void bind_star(py::module_& m) {
       py::arg("prob"), py::arg("thresh"), py::arg("y0"), py::arg("y1"), py::arg("x0"), py::arg("x1"),
       py::arg("cand") = py::none(),
       "Count (cand=None) or gather the candidate cells with prob > thresh in [y0, y1) x [x0, x1), sorted by prob "
-      "descending (stable).");
+      "descending (stable), into the first elements of cand (room for the whole window); returns the count.");
   m.def(
       "star_nms",
       [](py::handle dist, py::handle cand, py::handle trig, const Ints& grid, double thresh, int criterion,
@@ -103,6 +103,11 @@ void bind_star(py::module_& m) {
         d["fan"] = s.fan;
         d["maxima"] = s.maxima;
         d["helped"] = s.helped;
+        d["ms_order"] = s.ms_order;
+        d["ms_geometry"] = s.ms_geometry;
+        d["ms_buckets"] = s.ms_buckets;
+        d["ms_maxima"] = s.ms_maxima;
+        d["ms_sweep"] = s.ms_sweep;
         return d;
       },
       py::arg("dist"), py::arg("cand"), py::arg("trig"), py::arg("grid"), py::arg("thresh"), py::arg("criterion"),

@@ -281,10 +281,10 @@ int64_t nms_candidates(const TensorView& prob, double thresh, int64_t y0, int64_
   const double* pd = prob.dtype == DType::f64 ? prob.ptr<double>() : nullptr;
   if (y1 <= y0 || x1 <= x0) return 0;
   int64_t* out = cand.ndim != 0 ? cand.ptr<int64_t>() : nullptr;
-  if (out) {
-    const int64_t n = CK_CPU_CALL(nms_candidates_cpu, pf, pd, prob.shape[1], thresh, y0, y1, x0, x1, nullptr);
-    CK_CHECK_VALUE(cand.shape[0] == n, "cand: expected ", n, " elements (the candidate count), got ", cand.shape[0]);
-  }
+  // room for every cell of the window, so one call counts and gathers (untouched pages of it cost nothing)
+  if (out)
+    CK_CHECK_VALUE(cand.shape[0] >= (y1 - y0) * (x1 - x0), "cand: expected room for ", (y1 - y0) * (x1 - x0),
+                   " cells (the window), got ", cand.shape[0]);
   return CK_CPU_CALL(nms_candidates_cpu, pf, pd, prob.shape[1], thresh, y0, y1, x0, x1, out);
 }
 

@@ -93,6 +93,8 @@ struct NmsArgs {
 struct NmsStats {  // what the CPU sweep did (benchmarks and tests read it)
   int64_t pairs = 0, bbox_rejected = 0, bound_decided = 0, disk_decided = 0, sweep = 0, sweep_early = 0, fan = 0;
   int64_t maxima = 0, helped = 0;  // candidates that are local maxima; kept ones whose pairs the helper had done
+  // wall time of the phases, ms: raster order, per-candidate geometry, bucket grid, local maxima, greedy sweep
+  double ms_order = 0, ms_geometry = 0, ms_buckets = 0, ms_maxima = 0, ms_sweep = 0;
 };
 
 // ---- the launchers a device backend (cuda, emu) registers under the name "star" ----

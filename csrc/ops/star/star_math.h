@@ -9,6 +9,17 @@
 #include "core/hd.h"
 #include "ops/star/star.h"
 
+// The O(n) reductions of the NMS pair test have AVX2 forms for the host (GCC does not vectorise them: the
+// per-lane accumulators and the select chains defeat it). They do the same IEEE operations per element as the
+// scalar forms, and sums keep the scalar forms' four interleaved lanes, so both give identical bits (the
+// emulator and CUDA use the scalar forms; the tests compare the kept sets).
+#if defined(__AVX2__) && !defined(__CUDA_ARCH__)
+#include <immintrin.h>
+#define CK_STAR_AVX2 1
+#else
+#define CK_STAR_AVX2 0
+#endif
+
 CK_NS_BEGIN
 namespace star {
 
@@ -363,9 +374,32 @@ CK_HD bool boundary_clear_edge(double ay, double ax, double by, double bx, doubl
 }
 
 CK_HD bool boundary_clear(Verts v, int n, V2 o, double K) {
-  // edge l runs from vertex l - 1 to l; the closing edge separately, so the loop is straight-line (it vectorises)
+  // edge l runs from vertex l - 1 to l; the closing edge separately, so the loop is straight-line
   bool ok = boundary_clear_edge(v.y[n - 1] - o.y, v.x[n - 1] - o.x, v.y[0] - o.y, v.x[0] - o.x, K);
-  for (int l = 1; l < n; ++l)
+  int l = 1;
+#if CK_STAR_AVX2
+  const __m256d oy = _mm256_set1_pd(o.y), ox = _mm256_set1_pd(o.x), vk = _mm256_set1_pd(K);
+  const __m256d zero = _mm256_setzero_pd();
+  __m256d all = _mm256_castsi256_pd(_mm256_set1_epi64x(-1));
+  for (; l + 4 <= n; l += 4) {
+    const __m256d ay = _mm256_sub_pd(_mm256_loadu_pd(v.y + l - 1), oy);
+    const __m256d ax = _mm256_sub_pd(_mm256_loadu_pd(v.x + l - 1), ox);
+    const __m256d by = _mm256_sub_pd(_mm256_loadu_pd(v.y + l), oy);
+    const __m256d bx = _mm256_sub_pd(_mm256_loadu_pd(v.x + l), ox);
+    const __m256d ey = _mm256_sub_pd(by, ay), ex = _mm256_sub_pd(bx, ax);
+    const __m256d aa = _mm256_add_pd(_mm256_mul_pd(ax, ax), _mm256_mul_pd(ay, ay));
+    const __m256d bb = _mm256_add_pd(_mm256_mul_pd(bx, bx), _mm256_mul_pd(by, by));
+    const __m256d ee = _mm256_add_pd(_mm256_mul_pd(ex, ex), _mm256_mul_pd(ey, ey));
+    const __m256d t = _mm256_sub_pd(zero, _mm256_add_pd(_mm256_mul_pd(ax, ex), _mm256_mul_pd(ay, ey)));
+    const __m256d c = _mm256_sub_pd(_mm256_mul_pd(ax, by), _mm256_mul_pd(ay, bx));
+    const __m256d at_a = _mm256_cmp_pd(t, zero, _CMP_LE_OQ), at_b = _mm256_cmp_pd(t, ee, _CMP_GE_OQ);
+    const __m256d pass_a = _mm256_cmp_pd(aa, vk, _CMP_GE_OQ), pass_b = _mm256_cmp_pd(bb, vk, _CMP_GE_OQ);
+    const __m256d pass_m = _mm256_cmp_pd(_mm256_mul_pd(c, c), _mm256_mul_pd(vk, ee), _CMP_GE_OQ);
+    all = _mm256_and_pd(all, _mm256_blendv_pd(_mm256_blendv_pd(pass_m, pass_b, at_b), pass_a, at_a));
+  }
+  ok &= _mm256_movemask_pd(all) == 0xF;
+#endif
+  for (; l < n; ++l)
     ok &= boundary_clear_edge(v.y[l - 1] - o.y, v.x[l - 1] - o.x, v.y[l] - o.y, v.x[l] - o.x, K);
   return ok;
 }
@@ -376,10 +410,13 @@ CK_HD bool boundary_clear(Verts v, int n, V2 o, double K) {
 CK_HD bool in_star(Verts v, V2 c, int n, V2 o) {
   const V2 q = sub(o, c);
   if (q.x == 0 && q.y == 0) return true;
-  const double step = 6.283185307179586 / n;
-  const int l = int(approx_angle(q.y, q.x) / step);
+  // the sector of q's approximate angle (a product, not a division: the neighbours are tested anyway)
+  int l = int(approx_angle(q.y, q.x) * (n * 0.15915494309189535));  // in [0, n]
+  l = l >= n ? l - n : l;
   for (int t = -1; t <= 1; ++t) {
-    const int l0 = ((l + t) % n + n) % n, l1 = (l0 + 1) % n;
+    int l0 = l + t;  // the sector and its neighbours, wrapped without a division (this runs for every pair)
+    l0 = l0 < 0 ? l0 + n : (l0 >= n ? l0 - n : l0);
+    const int l1 = l0 + 1 == n ? 0 : l0 + 1;
     const V2 a = sub(v[l0], c), b = sub(v[l1], c);
     // inside the closed triangle (0, a, b), counter-clockwise: all three crosses >= 0
     if (cross(a, q) >= 0 && cross(q, b) >= 0 && cross(sub(b, a), sub(q, a)) >= 0 && cross(a, b) > 0) return true;
@@ -512,7 +549,33 @@ CK_HD double seg_dist2(double ay, double ax, double by, double bx) {
 CK_HD double clearance2(Verts v, int n, V2 o) {
   double m[4] = {1e300, 1e300, 1e300, 1e300};
   m[0] = seg_dist2(v.y[n - 1] - o.y, v.x[n - 1] - o.x, v.y[0] - o.y, v.x[0] - o.x);
-  for (int k = 1; k < n; ++k)
+  int k = 1;
+#if CK_STAR_AVX2
+  // a minimum does not depend on the order: one vector of running minima
+  const __m256d oy = _mm256_set1_pd(o.y), ox = _mm256_set1_pd(o.x), zero = _mm256_setzero_pd();
+  __m256d mv = _mm256_set1_pd(1e300);
+  for (; k + 4 <= n; k += 4) {
+    const __m256d ay = _mm256_sub_pd(_mm256_loadu_pd(v.y + k - 1), oy);
+    const __m256d ax = _mm256_sub_pd(_mm256_loadu_pd(v.x + k - 1), ox);
+    const __m256d by = _mm256_sub_pd(_mm256_loadu_pd(v.y + k), oy);
+    const __m256d bx = _mm256_sub_pd(_mm256_loadu_pd(v.x + k), ox);
+    const __m256d ey = _mm256_sub_pd(by, ay), ex = _mm256_sub_pd(bx, ax);
+    const __m256d aa = _mm256_add_pd(_mm256_mul_pd(ax, ax), _mm256_mul_pd(ay, ay));
+    const __m256d bb = _mm256_add_pd(_mm256_mul_pd(bx, bx), _mm256_mul_pd(by, by));
+    const __m256d ee = _mm256_add_pd(_mm256_mul_pd(ex, ex), _mm256_mul_pd(ey, ey));
+    const __m256d t = _mm256_sub_pd(zero, _mm256_add_pd(_mm256_mul_pd(ax, ex), _mm256_mul_pd(ay, ey)));
+    const __m256d c = _mm256_sub_pd(_mm256_mul_pd(ax, by), _mm256_mul_pd(ay, bx));
+    const __m256d mid = _mm256_blendv_pd(aa, _mm256_div_pd(_mm256_mul_pd(c, c), ee),
+                                         _mm256_cmp_pd(ee, zero, _CMP_GT_OQ));
+    const __m256d d = _mm256_blendv_pd(_mm256_blendv_pd(mid, bb, _mm256_cmp_pd(t, ee, _CMP_GE_OQ)), aa,
+                                       _mm256_cmp_pd(t, zero, _CMP_LE_OQ));
+    mv = _mm256_min_pd(mv, d);
+  }
+  alignas(32) double mm[4];
+  _mm256_store_pd(mm, mv);
+  m[1] = dmin(dmin(mm[0], mm[1]), dmin(mm[2], mm[3]));
+#endif
+  for (; k < n; ++k)
     m[k & 3] = dmin(m[k & 3], seg_dist2(v.y[k - 1] - o.y, v.x[k - 1] - o.x, v.y[k] - o.y, v.x[k] - o.x));
   return dmin(dmin(m[0], m[1]), dmin(m[2], m[3]));
 }
@@ -526,7 +589,39 @@ CK_HD PolyGeom poly_geom(V2 c, const D* d, int n, const double* sn, const double
   double ymin[4] = {0, 0, 0, 0}, ymax[4] = {0, 0, 0, 0}, xmin[4] = {0, 0, 0, 0}, xmax[4] = {0, 0, 0, 0};
   double rmax[4] = {0, 0, 0, 0}, s[4] = {0, 0, 0, 0};
   s[0] = vx[n - 1] * vy[0] - vy[n - 1] * vx[0];
-  for (int k = 0; k < n; ++k) {
+  int k0 = 0;
+#if CK_STAR_AVX2
+  if (n >= 8) {
+    // lane j holds the scalar form's accumulators [j]; the first block's cross terms (k = 1..3) are scalar
+    __m256d vymin = _mm256_setzero_pd(), vymax = vymin, vxmin = vymin, vxmax = vymin, vr = vymin;
+    __m256d vs = _mm256_set_pd(vx[2] * vy[3] - vy[2] * vx[3], vx[1] * vy[2] - vy[1] * vx[2],
+                               vx[0] * vy[1] - vy[0] * vx[1], s[0]);
+    for (; k0 + 4 <= n; k0 += 4) {
+      const __m256d y = _mm256_loadu_pd(vy + k0), x = _mm256_loadu_pd(vx + k0);
+      vymin = _mm256_min_pd(y, vymin);  // (a < b ? a : b) is minpd(a, b) with the operands swapped
+      vymax = _mm256_max_pd(y, vymax);
+      vxmin = _mm256_min_pd(x, vxmin);
+      vxmax = _mm256_max_pd(x, vxmax);
+      __m256d r;
+      if (sizeof(D) == 4)
+        r = _mm256_cvtps_pd(_mm_loadu_ps(reinterpret_cast<const float*>(d + k0)));
+      else
+        r = _mm256_loadu_pd(reinterpret_cast<const double*>(d + k0));
+      vr = _mm256_max_pd(_mm256_max_pd(r, _mm256_setzero_pd()), vr);
+      if (k0 > 0) {
+        const __m256d py = _mm256_loadu_pd(vy + k0 - 1), px = _mm256_loadu_pd(vx + k0 - 1);
+        vs = _mm256_add_pd(vs, _mm256_sub_pd(_mm256_mul_pd(px, y), _mm256_mul_pd(py, x)));
+      }
+    }
+    _mm256_storeu_pd(ymin, vymin);
+    _mm256_storeu_pd(ymax, vymax);
+    _mm256_storeu_pd(xmin, vxmin);
+    _mm256_storeu_pd(xmax, vxmax);
+    _mm256_storeu_pd(rmax, vr);
+    _mm256_storeu_pd(s, vs);
+  }
+#endif
+  for (int k = k0; k < n; ++k) {
     const int j = k & 3;
     ymin[j] = dmin(ymin[j], vy[k]);
     ymax[j] = dmax(ymax[j], vy[k]);
@@ -586,7 +681,24 @@ CK_HD bool suppresses(Verts va, const D* da, const PolyGeom& ga, Verts vb, const
     const V2 u = scale(cb, 1.0 / dlen);
     // four interleaved maxima / minima (see clearance2)
     double hA4[4] = {-1e300, -1e300, -1e300, -1e300}, lB4[4] = {1e300, 1e300, 1e300, 1e300};
-    for (int k = 0; k < n; ++k) {
+    int k0 = 0;
+#if CK_STAR_AVX2
+    {
+      const __m256d uy = _mm256_set1_pd(u.y), ux = _mm256_set1_pd(u.x);
+      __m256d h = _mm256_set1_pd(-1e300), l = _mm256_set1_pd(1e300);
+      for (; k0 + 4 <= n; k0 += 4) {
+        const __m256d pa = _mm256_add_pd(_mm256_mul_pd(ux, _mm256_loadu_pd(va.x + k0)),
+                                         _mm256_mul_pd(uy, _mm256_loadu_pd(va.y + k0)));
+        const __m256d pb = _mm256_add_pd(_mm256_mul_pd(ux, _mm256_loadu_pd(vb.x + k0)),
+                                         _mm256_mul_pd(uy, _mm256_loadu_pd(vb.y + k0)));
+        h = _mm256_max_pd(h, pa);
+        l = _mm256_min_pd(l, pb);
+      }
+      _mm256_storeu_pd(hA4, h);
+      _mm256_storeu_pd(lB4, l);
+    }
+#endif
+    for (int k = k0; k < n; ++k) {
       const double pa = u.x * va.x[k] + u.y * va.y[k], pb = u.x * vb.x[k] + u.y * vb.y[k];
       hA4[k & 3] = dmax(hA4[k & 3], pa);
       lB4[k & 3] = dmin(lB4[k & 3], pb);
@@ -619,9 +731,6 @@ CK_HD bool suppresses(Verts va, const D* da, const PolyGeom& ga, Verts vb, const
     r = fan_intersection(va, origin, vb, cb, n, ga.area, T);
     *path = kPathFan;
   }
-#ifndef __CUDA_ARCH__
-  if (getenv("CKDBG")) fprintf(stderr, "path %d decided %d area %.12g T %.12g areas %.12g %.12g a_in_b %d b_in_a %d\n", *path, r.decided, r.area, T, ga.area, gb.area, a_in_b, b_in_a);
-#endif
   if (r.decided) return r.decided > 0;
   inter = r.area;
   // the final comparison in the oracle's form

@@ -3,10 +3,14 @@
 // helper thread precomputing the pairs of likely kept candidates).
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #include <vector>
+
+#include <sys/mman.h>
 
 #include "core/check.h"
 #include "core/parallel.h"
@@ -21,21 +25,44 @@ namespace {
 // buffers avoids that. Contents are not preserved; callers initialise what they read. Over kScratchCap bytes the
 // buffers are released after the call.
 constexpr size_t kScratchCap = size_t(256) << 20;
-std::vector<unsigned char>& scratch_buf(int slot) {
-  thread_local std::vector<std::vector<unsigned char>> bufs(16);
+constexpr size_t kHugePage = size_t(2) << 20;
+// One buffer, 2 MiB aligned and advised into transparent huge pages: the sweep reads the per-slot arrays at
+// scattered slots, and with 4 KiB pages most of those reads also missed the TLB.
+struct ScratchBuf {
+  void* p = nullptr;
+  size_t cap = 0;
+  ~ScratchBuf() { release(); }
+  void release() {
+    std::free(p);
+    p = nullptr;
+    cap = 0;
+  }
+  void* get(size_t bytes) {
+    if (bytes <= cap) return p;
+    release();
+    const size_t sz = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+    p = std::aligned_alloc(kHugePage, sz);
+    CK_CHECK(p != nullptr, "star NMS: out of memory allocating ", sz, " bytes of scratch");
+#ifdef MADV_HUGEPAGE
+    madvise(p, sz, MADV_HUGEPAGE);  // advice only: without THP this is 4 KiB pages as before
+#endif
+    cap = sz;
+    return p;
+  }
+};
+ScratchBuf& scratch_buf(int slot) {
+  thread_local ScratchBuf bufs[16];
   return bufs[slot];
 }
 template <class T>
 T* scratch(int slot, size_t n) {
-  std::vector<unsigned char>& b = scratch_buf(slot);
-  if (b.size() < n * sizeof(T)) b.resize(n * sizeof(T));
-  return reinterpret_cast<T*>(b.data());
+  return static_cast<T*>(scratch_buf(slot).get(std::max<size_t>(1, n) * sizeof(T)));
 }
 void scratch_trim() {
   size_t total = 0;
-  for (int i = 0; i < 16; ++i) total += scratch_buf(i).capacity();
+  for (int i = 0; i < 16; ++i) total += scratch_buf(i).cap;
   if (total > kScratchCap)
-    for (int i = 0; i < 16; ++i) std::vector<unsigned char>().swap(scratch_buf(i));
+    for (int i = 0; i < 16; ++i) scratch_buf(i).release();
 }
 
 // Key whose ascending order is descending probability (-0 folded into +0, so equal values compare equal).
@@ -89,7 +116,16 @@ int64_t candidates_typed(const P* prob, int64_t nx, P thresh, int64_t y0, int64_
     for (int64_t r = r0; r < r1; ++r) {
       const P* p = prob + (y0 + r) * nx;
       int64_t o = cnt[r];
-      for (int64_t x = x0; x < x1; ++x)
+      int64_t x = x0;
+      // most of an image is below the threshold: skip 8 cells at a time when none is above
+      for (; x + 8 <= x1; x += 8) {
+        bool any = false;
+        for (int i = 0; i < 8; ++i) any |= p[x + i] > thresh;
+        if (!any) continue;
+        for (int i = 0; i < 8; ++i)
+          if (p[x + i] > thresh) cand[o++] = (y0 + r) * nx + x + i;
+      }
+      for (; x < x1; ++x)
         if (p[x] > thresh) cand[o++] = (y0 + r) * nx + x;
     }
   });
@@ -124,6 +160,10 @@ int threads() {
 #endif
 }
 
+double now_ms() {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
 // Below this many candidates the sweep runs alone (a second thread costs more than it saves).
 constexpr int64_t kHelperMin = 8192;
 
@@ -139,9 +179,20 @@ void count_path(NmsStats& st, int path) {
   }
 }
 
+// A bucket entry: the candidate's rank and slot, and its bounding box rounded outwards to float, so the scan
+// of a bucket rejects disjoint boxes from this sequential array without touching the scattered per-slot data.
+struct FBox {
+  float ymin, ymax, xmin, xmax;
+};
 struct Item {
   int64_t rank, slot;
+  FBox box;
 };
+
+// Floats at or below (above) v: widened by 1e-6 relative first, more than float's half-ulp rounding can undo.
+// Branch-free (a nextafter after each rounding mispredicts half the time and ran 4x slower).
+inline float round_down(double v) { return float(v - (std::fabs(v) * 1e-6 + 1e-30)); }
+inline float round_up(double v) { return float(v + (std::fabs(v) * 1e-6 + 1e-30)); }
 
 // Everything per candidate is stored by "slot", the candidate's position in raster order: the candidates a kept
 // polygon meets lie in a few nearby rows, so their slots are close and their data shares cache lines and pages
@@ -159,9 +210,11 @@ NmsStats nms_typed(const NmsArgs& a) {
   for (int64_t r = 0; r < count; ++r)
     CK_CHECK_VALUE(a.cand[r] >= 0 && a.cand[r] < a.ny * a.nx, "cand: cell index out of range at ", r);
 
+  double t0 = now_ms(), t1;
   // raster order of the candidates: slot -> rank, rank -> slot
   int64_t* rank_of = scratch<int64_t>(3, count);
   int64_t* slot_of = scratch<int64_t>(4, count);
+  int64_t* cell_of = scratch<int64_t>(15, count);  // slot -> cell, read in slot order (cand[] is by rank)
   {
     int bits = 8;
     while (bits < 64 && (uint64_t(a.ny * a.nx) >> bits) != 0) bits += 8;
@@ -170,16 +223,38 @@ NmsStats nms_typed(const NmsArgs& a) {
       uint64_t* tmp = scratch<uint64_t>(1, count);
       for (int64_t r = 0; r < count; ++r) key[r] = (uint64_t(a.cand[r]) << 32) | uint64_t(r);
       radix_sort_u64(key, tmp, count, 32, 32 + bits);  // by cell; stable: equal cells (invalid input) keep rank order
-      for (int64_t s = 0; s < count; ++s) rank_of[s] = int64_t(key[s] & 0xffffffffu);
+      for (int64_t s = 0; s < count; ++s) {
+        rank_of[s] = int64_t(key[s] & 0xffffffffu);
+        cell_of[s] = int64_t(key[s] >> 32);
+      }
     } else {
       for (int64_t r = 0; r < count; ++r) rank_of[r] = r;
       std::stable_sort(rank_of, rank_of + count, [&](int64_t x, int64_t y) { return a.cand[x] < a.cand[y]; });
+      for (int64_t s = 0; s < count; ++s) cell_of[s] = a.cand[rank_of[s]];
     }
     for (int64_t s = 0; s < count; ++s) slot_of[rank_of[s]] = s;
   }
+  t1 = now_ms();
+  const double ms_order = t1 - t0;
+  t0 = t1;
+  // With a second thread and the probabilities, a helper thread works ahead of the sweep on the candidates that
+  // are local maxima of the probabilities (see below): is_max by slot, found with the geometry.
+  const bool helper = a.prob != nullptr && threads() > 1 && count >= kHelperMin;
+  uint8_t* is_max = scratch<uint8_t>(11, helper ? count : 0);
+  const int64_t wy0 = a.win[0], wy1 = a.win[1], wx0 = a.win[2], wx1 = a.win[3];
+  auto local_max = [&](const auto* prob, int64_t c) {
+    const int64_t cy = c / a.nx, cx = c % a.nx;
+    for (int64_t yy = std::max(wy0, cy - 1); yy <= std::min(wy1 - 1, cy + 1); ++yy)
+      for (int64_t xx = std::max(wx0, cx - 1); xx <= std::min(wx1 - 1, cx + 1); ++xx) {
+        const int64_t q = yy * a.nx + xx;  // outranks c: higher probability, ties to the earlier cell
+        if (prob[q] > prob[c] || (prob[q] == prob[c] && q < c)) return false;
+      }
+    return true;
+  };
   // per slot: a compact copy of the distances, centre, bounding box, area, circumradius
   D* cd = scratch<D>(5, size_t(count) * n);
   star::PolyGeom* geo = scratch<star::PolyGeom>(6, count);
+  FBox* fbox = scratch<FBox>(14, count);
   star::V2* ctr = scratch<star::V2>(7, count);
   std::atomic<int64_t> bad{-1};
   parallel_for(count, 4096, [&](int64_t b, int64_t e) {  // a few microseconds each: serial below 4096
@@ -187,10 +262,10 @@ NmsStats nms_typed(const NmsArgs& a) {
     for (int64_t s = b; s < e; ++s) {
       // cells come in raster order with gaps the hardware prefetcher does not follow: ask a few ahead
       if (s + 8 < e) {
-        const char* ahead = reinterpret_cast<const char*>(dist + a.cand[rank_of[s + 8]] * n);
+        const char* ahead = reinterpret_cast<const char*>(dist + cell_of[s + 8] * n);
         for (size_t o = 0; o < sizeof(D) * n; o += 64) __builtin_prefetch(ahead + o, 0, 0);
       }
-      const int64_t cell = a.cand[rank_of[s]];
+      const int64_t cell = cell_of[s];
       const D* d = dist + cell * n;
       D* c = cd + s * n;
       bool finite = true;
@@ -201,10 +276,17 @@ NmsStats nms_typed(const NmsArgs& a) {
       if (!finite) bad.store(rank_of[s]);
       ctr[s] = star::v2(double(cell / a.nx * a.grid[0]), double(cell % a.nx * a.grid[1]));
       geo[s] = star::poly_geom(ctr[s], c, n, sn, cs, sy.data(), sx.data());
+      if (helper)
+        is_max[s] = a.prob_dtype == DType::f64 ? local_max(static_cast<const double*>(a.prob), cell)
+                                               : local_max(static_cast<const float*>(a.prob), cell);
+      fbox[s] = FBox{round_down(geo[s].ymin), round_up(geo[s].ymax), round_down(geo[s].xmin), round_up(geo[s].xmax)};
     }
   });
   CK_CHECK_VALUE(bad.load() < 0, "dist: non-finite distances at NMS candidate ", bad.load(), " (rank)");
 
+  t1 = now_ms();
+  const double ms_geometry = t1 - t0;
+  t0 = t1;
   // bucket grid over the centres
   double mean_r = 0;
   for (int64_t s = 0; s < count; ++s) mean_r += geo[s].rmax;
@@ -227,7 +309,7 @@ NmsStats nms_typed(const NmsArgs& a) {
     std::vector<int64_t> fill(start.begin(), start.end() - 1);
     for (int64_t r = 0; r < count; ++r) {  // in rank order: each bucket's list comes out sorted by rank
       const int64_t s = slot_of[r];
-      items[fill[bid[s]]++] = Item{r, s};
+      items[fill[bid[s]]++] = Item{r, s, fbox[s]};
     }
   }
   double Rmax = 0;
@@ -245,12 +327,18 @@ NmsStats nms_typed(const NmsArgs& a) {
   auto load_state = [&](int64_t sl) { return __atomic_load_n(&st_slot[sl], __ATOMIC_RELAXED); };
   auto store_state = [&](int64_t sl, uint8_t v) { __atomic_store_n(&st_slot[sl], v, __ATOMIC_RELAXED); };
 
-  // Visits the later candidates whose boxes meet kept polygon si's (rank i); decide(sj) tests one.
-  auto neighbours = [&](int64_t i, const star::PolyGeom& gi, const auto& decide) {
+  // Visits the later candidates whose boxes meet kept polygon si's (rank i); decide(sj) tests one. Two passes:
+  // the first lists the undecided candidates whose float boxes meet and prefetches their data (scattered over
+  // the per-slot arrays: waiting on each in turn was most of the sweep's time); the second tests them. Only
+  // decide(sj) changes a state, and only sj's, so listing first visits the same pairs.
+  auto neighbours = [&](int64_t i, const star::PolyGeom& gi, std::vector<int64_t>& near, const auto& decide) {
+    near.clear();
     const int64_t by0 = std::max<int64_t>(0, int64_t(std::floor((gi.ymin - Rmax) / S)));
     const int64_t by1 = std::min<int64_t>(nby - 1, int64_t(std::floor((gi.ymax + Rmax) / S)));
     const int64_t bx0 = std::max<int64_t>(0, int64_t(std::floor((gi.xmin - Rmax) / S)));
     const int64_t bx1 = std::min<int64_t>(nbx - 1, int64_t(std::floor((gi.xmax + Rmax) / S)));
+    const float fymin = round_down(gi.ymin), fymax = round_up(gi.ymax);
+    const float fxmin = round_down(gi.xmin), fxmax = round_up(gi.xmax);
     for (int64_t by = by0; by <= by1; ++by) {
       for (int64_t bx = bx0; bx <= bx1; ++bx) {
         const int64_t b = by * nbx + bx;
@@ -263,23 +351,26 @@ NmsStats nms_typed(const NmsArgs& a) {
         const Item* end = items + start[b + 1];
         it = std::upper_bound(it, end, i, [](int64_t v, const Item& x) { return v < x.rank; });
         for (; it != end; ++it) {
+          // the float boxes contain the exact ones: this only rejects boxes that are certainly disjoint
+          if (fxmax <= it->box.xmin || it->box.xmax <= fxmin || fymax <= it->box.ymin || it->box.ymax <= fymin) continue;
           const int64_t sj = it->slot;
-          if (it + 1 != end) {  // the next candidate's data is scattered over a few arrays: ask for it early
-            const int64_t sn1 = it[1].slot;
-            __builtin_prefetch(cd + sn1 * n);
-            __builtin_prefetch(&geo[sn1]);
-          }
           if (load_state(sj) != 0) continue;
-          const star::PolyGeom& gj = geo[sj];
-          if (gi.xmax <= gj.xmin || gj.xmax <= gi.xmin || gi.ymax <= gj.ymin || gj.ymax <= gi.ymin) continue;
-          decide(sj);
+          __builtin_prefetch(&geo[sj]);
+          for (size_t o = 0; o < sizeof(D) * n; o += 64) __builtin_prefetch(reinterpret_cast<const char*>(cd + sj * n) + o);
+          near.push_back(sj);
         }
       }
+    }
+    for (const int64_t sj : near) {
+      const star::PolyGeom& gj = geo[sj];
+      if (gi.xmax <= gj.xmin || gj.xmax <= gi.xmin || gi.ymax <= gj.ymin || gj.ymax <= gi.ymin) continue;
+      decide(sj);
     }
   };
   // The pair tests of kept candidate si against its undecided later neighbours; suppressed(sj) gets each hit.
   struct Scratch {
     std::vector<double> ay, ax, by, bx;
+    std::vector<int64_t> near;
     explicit Scratch(int n) : ay(n), ax(n), by(n), bx(n) {}
   };
   auto test_all = [&](int64_t i, int64_t si, Scratch& w, NmsStats& st, const auto& suppressed) {
@@ -289,7 +380,7 @@ NmsStats nms_typed(const NmsArgs& a) {
     const star::Verts va{w.ay.data(), w.ax.data()}, vb{w.by.data(), w.bx.data()};
     star::star_vertices(star::v2(0, 0), di, n, sn, cs, w.ay.data(), w.ax.data());
     gi.rin2 = star::clearance2(va, n, star::v2(0, 0));
-    neighbours(i, gi, [&](int64_t sj) {
+    neighbours(i, gi, w.near, [&](int64_t sj) {
       const star::PolyGeom& gj = geo[sj];
       const D* dj = cd + sj * n;
       const star::V2 cb = star::sub(ctr[sj], ci);
@@ -300,36 +391,15 @@ NmsStats nms_typed(const NmsArgs& a) {
     });
   };
 
-  // the local maxima (by slot), in rank order
+  t1 = now_ms();
+  const double ms_buckets = t1 - t0;
+  t0 = t1;
+  // the local maxima (found with the geometry), in rank order
   std::vector<int64_t> maxima;
-  const int nthreads = threads();
-  const bool helper = a.prob != nullptr && nthreads > 1 && count >= kHelperMin;
   if (helper) {
-    uint8_t* is_max = scratch<uint8_t>(11, count);
-    const int64_t y0 = a.win[0], y1 = a.win[1], x0 = a.win[2], x1 = a.win[3], nx = a.nx;
-    auto find_maxima = [&](const auto* prob) {
-      parallel_for(count, 4096, [&](int64_t b, int64_t e) {
-        for (int64_t sl = b; sl < e; ++sl) {
-          const int64_t c = a.cand[rank_of[sl]], cy = c / nx, cx = c % nx;
-          bool top = true;
-          for (int64_t yy = std::max(y0, cy - 1); yy <= std::min(y1 - 1, cy + 1) && top; ++yy)
-            for (int64_t xx = std::max(x0, cx - 1); xx <= std::min(x1 - 1, cx + 1); ++xx) {
-              const int64_t q = yy * nx + xx;  // outranks c: higher probability, ties to the earlier cell
-              if (prob[q] > prob[c] || (prob[q] == prob[c] && q < c)) {
-                top = false;
-                break;
-              }
-            }
-          is_max[sl] = top;
-        }
-      });
-    };
-    if (a.prob_dtype == DType::f64)
-      find_maxima(static_cast<const double*>(a.prob));
-    else
-      find_maxima(static_cast<const float*>(a.prob));
-    for (int64_t r = 0; r < count; ++r)
-      if (is_max[slot_of[r]]) maxima.push_back(r);
+    for (int64_t sl = 0; sl < count; ++sl)
+      if (is_max[sl]) maxima.push_back(rank_of[sl]);
+    std::sort(maxima.begin(), maxima.end());
   }
   // per slot: 0 free, 1 the helper works on it, 2 its list is ready, 3 the sweep took it; lists by slot of the
   // maxima only (index in `maxima` via list_of)
@@ -387,6 +457,9 @@ NmsStats nms_typed(const NmsArgs& a) {
       __atomic_store_n(&claim[si], uint8_t(2), __ATOMIC_RELEASE);
     }
   };
+  t1 = now_ms();
+  const double ms_maxima = t1 - t0;
+  t0 = t1;
   if (helper) {
 #ifdef _OPENMP
 #pragma omp parallel num_threads(2)
@@ -402,6 +475,11 @@ NmsStats nms_typed(const NmsArgs& a) {
   } else {
     sweep();
   }
+  st.ms_order = ms_order;
+  st.ms_geometry = ms_geometry;
+  st.ms_buckets = ms_buckets;
+  st.ms_maxima = ms_maxima;
+  st.ms_sweep = now_ms() - t0;
   st.maxima = int64_t(maxima.size());
   // the helper's pair counts only for lists the sweep used would be exact; report all its work
   st.pairs += st_helper.pairs;

@@ -105,9 +105,9 @@ def non_maximum_suppression(dist, prob, grid=(1, 1), b=2, nms_thresh=0.4, prob_t
         cand = _cuda_candidates(P, prob_thresh, y0, y1, x0, x1)
     else:
         Ph = P.numpy() if _p.is_torch(P) else P
-        n = _C.star_nms_candidates(Ph, prob_thresh, y0, y1, x0, x1)
-        cand = np.empty(n, np.int64)
-        _C.star_nms_candidates(Ph, prob_thresh, y0, y1, x0, x1, cand)
+        # room for the whole window: one pass counts and gathers; only the pages written are ever mapped
+        cand = np.empty(max(0, min(y1, ny) - max(y0, 0)) * max(0, min(x1, nx) - max(x0, 0)), np.int64)
+        cand = cand[:_C.star_nms_candidates(Ph, prob_thresh, y0, y1, x0, x1, cand)]
         if _p.is_torch(P):
             cand = torch.from_numpy(cand)
     count = int(cand.shape[0])
