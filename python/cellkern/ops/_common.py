@@ -14,6 +14,16 @@ except ImportError:  # torch is optional: numpy entry points work without it
     torch = None
 
 
+def batched(x, nd, name="x"):
+    """(x with a leading batch dim, whether one was added): accepts (N, C, *spatial) or (C, *spatial)."""
+    if x.ndim == nd + 2:
+        return x, False
+    if x.ndim == nd + 1:
+        return x[None], True
+    dims = "(N, C, H, W) or (C, H, W)" if nd == 2 else "(N, C, D, H, W) or (C, D, H, W)"
+    raise ValueError(f"{name}: expected a {nd + 2}D or {nd + 1}D array {dims}, got shape {tuple(x.shape)}")
+
+
 def require_torch():
     if torch is None:
         raise ImportError("this needs PyTorch: pip install torch==2.13.0 (or your torch)")

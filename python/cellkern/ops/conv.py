@@ -6,7 +6,8 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from .. import _C
-from ._common import check_device, dl, emu_flag, is_channels_last, memory_format, ntuple, require_torch, stream_of, torch
+from ._common import (batched, check_device, dl, emu_flag, is_channels_last, memory_format, ntuple, require_torch,
+                      stream_of, torch)
 
 __all__ = ["conv2d", "conv3d"]
 
@@ -61,15 +62,6 @@ def _params(nd, weight_shape, stride, padding, dilation, groups, padding_mode, a
     return s, list(lo), list(hi), d, int(groups), PADDING_MODES[padding_mode], act, slope
 
 
-def _batched(x, nd, name="x"):
-    if x.ndim == nd + 2:
-        return x, False
-    if x.ndim == nd + 1:
-        return x[None], True
-    dims = "(N, C, H, W) or (C, H, W)" if nd == 2 else "(N, C, D, H, W) or (C, D, H, W)"
-    raise ValueError(f"{name}: expected a {nd + 2}D or {nd + 1}D array {dims}, got shape {tuple(x.shape)}")
-
-
 def _conv(x, weight, bias, nd, stride, padding, dilation, groups, padding_mode, activation, negative_slope):
     if isinstance(x, np.ndarray):
         return _conv_numpy(x, weight, bias, nd, stride, padding, dilation, groups, padding_mode, activation,
@@ -82,7 +74,7 @@ def _conv(x, weight, bias, nd, stride, padding, dilation, groups, padding_mode, 
         raise TypeError(f"bias: expected a torch.Tensor or None, got {type(bias).__name__}")
     params = _params(nd, tuple(weight.shape), stride, padding, dilation, groups, padding_mode, activation,
                      negative_slope)
-    xb, unbatched = _batched(x, nd)
+    xb, unbatched = batched(x, nd)
     check_device(xb, "x")
     check_device(weight, "weight")
     y = torch.ops.cellkern.conv(xb, weight, bias, *params)
@@ -94,7 +86,7 @@ def _conv_numpy(x, weight, bias, nd, stride, padding, dilation, groups, padding_
         raise TypeError("weight and bias: expected numpy arrays when x is a numpy array")
     s, lo, hi, d, groups, mode, act, slope = _params(nd, weight.shape, stride, padding, dilation, groups,
                                                      padding_mode, activation, negative_slope)
-    xb, unbatched = _batched(x, nd)
+    xb, unbatched = batched(x, nd)
     xb = np.ascontiguousarray(xb)
     w = np.ascontiguousarray(weight)
     b = None if bias is None else np.ascontiguousarray(bias)

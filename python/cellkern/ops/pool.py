@@ -6,8 +6,8 @@ from typing import List, Tuple
 import numpy as np
 
 from .. import _C
-from ._common import (check_device, dense, dl, emu_flag, is_channels_last, memory_format, ntuple, require_torch,
-                      stream_of, torch)
+from ._common import (batched, check_device, dense, dl, emu_flag, is_channels_last, memory_format, ntuple,
+                      require_torch, stream_of, torch)
 
 __all__ = ["max_pool2d", "max_pool3d"]
 
@@ -34,15 +34,6 @@ def _params(nd, kernel_size, stride, padding, dilation):
     return k, s, ntuple(padding, nd, "padding"), ntuple(dilation, nd, "dilation")
 
 
-def _batched(x, nd):
-    if x.ndim == nd + 2:
-        return x, False
-    if x.ndim == nd + 1:
-        return x[None], True
-    dims = "(N, C, H, W) or (C, H, W)" if nd == 2 else "(N, C, D, H, W) or (C, D, H, W)"
-    raise ValueError(f"x: expected a {nd + 2}D or {nd + 1}D array {dims}, got shape {tuple(x.shape)}")
-
-
 def _max_pool(x, nd, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
     k, s, p, d = _params(nd, kernel_size, stride, padding, dilation)
     ceil_mode = bool(ceil_mode)
@@ -51,7 +42,7 @@ def _max_pool(x, nd, kernel_size, stride, padding, dilation, ceil_mode, return_i
     require_torch()
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x: expected a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
-    xb, unbatched = _batched(x, nd)
+    xb, unbatched = batched(x, nd)
     check_device(xb, "x")
     needs_grad = torch.is_grad_enabled() and xb.requires_grad
     if return_indices:
@@ -67,7 +58,7 @@ def _max_pool(x, nd, kernel_size, stride, padding, dilation, ceil_mode, return_i
 
 
 def _max_pool_numpy(x, nd, k, s, p, d, ceil_mode, return_indices):
-    xb, unbatched = _batched(x, nd)
+    xb, unbatched = batched(x, nd)
     xb = np.ascontiguousarray(xb)
     shape = _C.max_pool_output_shape(list(xb.shape), k, s, p, d, ceil_mode)
     out = np.empty(shape, dtype=xb.dtype)
