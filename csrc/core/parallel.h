@@ -15,6 +15,15 @@ void set_num_threads(int n);
 
 CK_NS_BEGIN
 
+// Threads a parallel region opened here would get: 1 inside an enclosing region (no nested teams).
+inline int usable_threads() {
+#ifdef _OPENMP
+  return omp_in_parallel() ? 1 : std::max(1, num_threads());
+#else
+  return 1;
+#endif
+}
+
 // Calls f(begin, end) on contiguous chunks of [0, n), one chunk per thread; serial when the work is small
 // (n <= grain) or when already inside a parallel region (no nested teams).
 template <class F>

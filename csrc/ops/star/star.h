@@ -3,12 +3,29 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/check.h"
 #include "core/cpu_isa.h"
 #include "core/dtypes.h"
 #include "core/registry.h"
 #include "core/tensor_view.h"
 
 namespace ck {
+
+// Calls f(T()) with T the C++ type of an integer label dtype (the CPU kernels and the CUDA launchers).
+template <class F>
+void dispatch_int(DType dt, const F& f) {
+  switch (dt) {
+    case DType::i8: f(int8_t()); break;
+    case DType::i16: f(int16_t()); break;
+    case DType::i32: f(int32_t()); break;
+    case DType::i64: f(int64_t()); break;
+    case DType::u8: f(uint8_t()); break;
+    case DType::u16: f(uint16_t()); break;
+    case DType::u32: f(uint32_t()); break;
+    case DType::u64: f(uint64_t()); break;
+    default: throw ValueError(str("unsupported label dtype ", dtype_name(dt)));
+  }
+}
 
 // ---- star_dist (2D and 3D) ------------------------------------------------------------------------------------
 //

@@ -15,14 +15,6 @@
 CK_NS_BEGIN
 namespace {
 
-int threads() {
-#ifdef _OPENMP
-  return omp_in_parallel() ? 1 : std::max(1, num_threads());
-#else
-  return 1;
-#endif
-}
-
 // Below this much work (elements touched) a call stays on one thread: a parallel region costs little on an idle
 // machine but a whole scheduler time slice (milliseconds) when the cores are oversubscribed.
 constexpr int64_t kSerialWork = int64_t(1) << 20;
@@ -32,7 +24,7 @@ constexpr int64_t kSerialWork = int64_t(1) << 20;
 template <class F>
 void dynamic_for(int64_t n, int64_t work, const F& f) {
 #ifdef _OPENMP
-  const int nt = threads();
+  const int nt = usable_threads();
   if (nt > 1 && n > 1 && work > kSerialWork) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
     for (int64_t i = 0; i < n; ++i) f(i);
@@ -40,22 +32,6 @@ void dynamic_for(int64_t n, int64_t work, const F& f) {
   }
 #endif
   for (int64_t i = 0; i < n; ++i) f(i);
-}
-
-// Calls f.template operator()<T>() with T the C++ type of an integer label dtype.
-template <class F>
-void dispatch_int(DType dt, const F& f) {
-  switch (dt) {
-    case DType::i8: f(int8_t()); break;
-    case DType::i16: f(int16_t()); break;
-    case DType::i32: f(int32_t()); break;
-    case DType::i64: f(int64_t()); break;
-    case DType::u8: f(uint8_t()); break;
-    case DType::u16: f(uint16_t()); break;
-    case DType::u32: f(uint32_t()); break;
-    case DType::u64: f(uint64_t()); break;
-    default: throw ValueError(str("unsupported label dtype ", dtype_name(dt)));
-  }
 }
 
 // ---- star_dist ---------------------------------------------------------------------------------------------
@@ -474,7 +450,7 @@ LabelRange label_range_cpu(DType dt, const void* yt, const void* yp, int64_t n) 
     using T = decltype(tag);
     const T* t = static_cast<const T*>(yt);
     const T* p = static_cast<const T*>(yp);
-    const int nt = std::max(1, threads());
+    const int nt = std::max(1, usable_threads());
     std::vector<LabelRange> part(nt);
     const int64_t chunk = (n + nt - 1) / nt;
     auto work = [&](int w) {
@@ -586,7 +562,7 @@ void label_overlap_cpu(DType dt, const void* yt, const void* yp, int64_t n, int3
     using T = decltype(tag);
     const T* t = static_cast<const T*>(yt);
     const T* p = static_cast<const T*>(yp);
-    const int nt = std::max(1, threads());
+    const int nt = std::max(1, usable_threads());
     const int64_t chunk = (n + nt - 1) / nt;
     // 1. which labels occur (every writer stores the same 1; reading first keeps the hot entries shared)
     std::memset(lut_t, 0, sizeof(int32_t) * (max_t + 1));

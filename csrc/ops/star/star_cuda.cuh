@@ -25,22 +25,6 @@ inline void copy_to_host(void* dst, const void* src, size_t bytes, void* stream)
 #endif
 }
 
-// Calls f(In()) with In the C++ type of an integer label dtype.
-template <class F>
-void dispatch_int(DType dt, const F& f) {
-  switch (dt) {
-    case DType::i8: f(int8_t()); break;
-    case DType::i16: f(int16_t()); break;
-    case DType::i32: f(int32_t()); break;
-    case DType::i64: f(int64_t()); break;
-    case DType::u8: f(uint8_t()); break;
-    case DType::u16: f(uint16_t()); break;
-    case DType::u32: f(uint32_t()); break;
-    case DType::u64: f(uint64_t()); break;
-    default: throw ValueError(str("unsupported label dtype ", dtype_name(dt)));
-  }
-}
-
 // ---- star_dist ---------------------------------------------------------------------------------------------
 
 // The zero-framed copy of the labels (int32 for labels of <= 32 bits: an injective cast; int64 otherwise).

@@ -152,14 +152,6 @@ void radix_sort_u64(uint64_t*& v, uint64_t*& tmp, int64_t n, int lo, int hi) {
   }
 }
 
-int threads() {
-#ifdef _OPENMP
-  return omp_in_parallel() ? 1 : std::max(1, num_threads());
-#else
-  return 1;
-#endif
-}
-
 double now_ms() {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
@@ -239,7 +231,7 @@ NmsStats nms_typed(const NmsArgs& a) {
   t0 = t1;
   // With a second thread and the probabilities, a helper thread works ahead of the sweep on the candidates that
   // are local maxima of the probabilities (see below): is_max by slot, found with the geometry.
-  const bool helper = a.prob != nullptr && threads() > 1 && count >= kHelperMin;
+  const bool helper = a.prob != nullptr && usable_threads() > 1 && count >= kHelperMin;
   uint8_t* is_max = scratch<uint8_t>(11, helper ? count : 0);
   const int64_t wy0 = a.win[0], wy1 = a.win[1], wx0 = a.win[2], wx1 = a.win[3];
   auto local_max = [&](const auto* prob, int64_t c) {
