@@ -26,8 +26,8 @@ namespace {
 // buffers are released after the call.
 constexpr size_t kScratchCap = size_t(256) << 20;
 constexpr size_t kHugePage = size_t(2) << 20;
-// One buffer, 2 MiB aligned and advised into transparent huge pages: the sweep reads the per-slot arrays at
-// scattered slots, and with 4 KiB pages most of those reads also missed the TLB.
+// One buffer, 2 MiB aligned and advised into transparent huge pages: the sweep reads the per-slot arrays (tens
+// of MB on large images) at scattered slots, which 4 KiB pages turn into TLB misses as well as cache misses.
 struct ScratchBuf {
   void* p = nullptr;
   size_t cap = 0;
@@ -271,7 +271,8 @@ NmsStats nms_typed(const NmsArgs& a) {
       if (helper)
         is_max[s] = a.prob_dtype == DType::f64 ? local_max(static_cast<const double*>(a.prob), cell)
                                                : local_max(static_cast<const float*>(a.prob), cell);
-      fbox[s] = FBox{round_down(geo[s].ymin), round_up(geo[s].ymax), round_down(geo[s].xmin), round_up(geo[s].xmax)};
+      const star::PolyGeom& g = geo[s];
+      fbox[s] = FBox{round_down(g.ymin), round_up(g.ymax), round_down(g.xmin), round_up(g.xmax)};
     }
   });
   CK_CHECK_VALUE(bad.load() < 0, "dist: non-finite distances at NMS candidate ", bad.load(), " (rank)");
@@ -320,9 +321,9 @@ NmsStats nms_typed(const NmsArgs& a) {
   auto store_state = [&](int64_t sl, uint8_t v) { __atomic_store_n(&st_slot[sl], v, __ATOMIC_RELAXED); };
 
   // Visits the later candidates whose boxes meet kept polygon si's (rank i); decide(sj) tests one. Two passes:
-  // the first lists the undecided candidates whose float boxes meet and prefetches their data (scattered over
-  // the per-slot arrays: waiting on each in turn was most of the sweep's time); the second tests them. Only
-  // decide(sj) changes a state, and only sj's, so listing first visits the same pairs.
+  // the first lists the undecided candidates whose float boxes meet and prefetches their per-slot data (scattered
+  // over arrays of tens of MB); the second tests them. Only decide(sj) changes a state, and only sj's, so listing
+  // first visits the same pairs.
   auto neighbours = [&](int64_t i, const star::PolyGeom& gi, std::vector<int64_t>& near, const auto& decide) {
     near.clear();
     const int64_t by0 = std::max<int64_t>(0, int64_t(std::floor((gi.ymin - Rmax) / S)));
@@ -344,11 +345,13 @@ NmsStats nms_typed(const NmsArgs& a) {
         it = std::upper_bound(it, end, i, [](int64_t v, const Item& x) { return v < x.rank; });
         for (; it != end; ++it) {
           // the float boxes contain the exact ones: this only rejects boxes that are certainly disjoint
-          if (fxmax <= it->box.xmin || it->box.xmax <= fxmin || fymax <= it->box.ymin || it->box.ymax <= fymin) continue;
+          const FBox& bj = it->box;
+          if (fxmax <= bj.xmin || bj.xmax <= fxmin || fymax <= bj.ymin || bj.ymax <= fymin) continue;
           const int64_t sj = it->slot;
           if (load_state(sj) != 0) continue;
           __builtin_prefetch(&geo[sj]);
-          for (size_t o = 0; o < sizeof(D) * n; o += 64) __builtin_prefetch(reinterpret_cast<const char*>(cd + sj * n) + o);
+          const char* dj = reinterpret_cast<const char*>(cd + sj * n);
+          for (size_t o = 0; o < sizeof(D) * n; o += 64) __builtin_prefetch(dj + o);
           near.push_back(sj);
         }
       }
