@@ -664,12 +664,13 @@ CK_HD bool suppresses(Verts va, const D* da, const PolyGeom& ga, Verts vb, const
   // r from both boundaries) gives inter >= pi r^2. Decides most pairs of one object (the kept centre lies deep
   // inside both) in O(n) flops.
   const V2 origin = v2(0, 0);
-  const bool a_in_b = in_star(vb, cb, n, origin), b_in_a = in_star(va, origin, n, cb);
   {
     const double K = (T + margin) / 3.141592653589793;
-    // ga.rin2 is known (the caller computes it once per kept polygon); B's only when needed
-    if ((a_in_b && ga.rin2 >= K && boundary_clear(vb, n, origin, K)) ||
-        (b_in_a && boundary_clear(va, n, cb, K) && (gb.rin2 >= 0 ? gb.rin2 : clearance2(vb, n, cb)) >= K)) {
+    // ga.rin2 is known (the caller computes it once per kept polygon); B's only when needed. Cheapest tests
+    // first: most pairs of one object pass the first clause, and then B's centre is never located in A.
+    if ((ga.rin2 >= K && in_star(vb, cb, n, origin) && boundary_clear(vb, n, origin, K)) ||
+        (in_star(va, origin, n, cb) && boundary_clear(va, n, cb, K) &&
+         (gb.rin2 >= 0 ? gb.rin2 : clearance2(vb, n, cb)) >= K)) {
       *path = kPathDisk;
       return true;
     }
