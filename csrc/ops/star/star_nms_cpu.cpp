@@ -74,19 +74,23 @@ uint32_t desc_key(float p) {
   return ~asc;
 }
 
+// 11-bit digits: 32-bit keys in 3 passes, the cells of a 2048^2 image in 2; the counts stay in L1.
+constexpr int kRadixBits = 11, kRadix = 1 << kRadixBits;
+
 // Stable LSD radix sort of (key, value) by key: raster order survives among equal probabilities.
 void radix_sort(uint32_t* key, int64_t* val, int64_t n) {
   uint32_t* ka = key;
   uint32_t* kb = scratch<uint32_t>(1, n);
   int64_t* va = val;
   int64_t* vb = scratch<int64_t>(2, n);
-  for (int shift = 0; shift < 32; shift += 8) {
-    int64_t cnt[257] = {0};
-    for (int64_t i = 0; i < n; ++i) ++cnt[((ka[i] >> shift) & 255) + 1];
-    if (cnt[((ka[0] >> shift) & 255) + 1] == n) continue;  // all equal in this digit
-    for (int b = 0; b < 256; ++b) cnt[b + 1] += cnt[b];
+  std::vector<int64_t> cnt(kRadix + 1);
+  for (int shift = 0; shift < 32; shift += kRadixBits) {
+    std::fill(cnt.begin(), cnt.end(), 0);
+    for (int64_t i = 0; i < n; ++i) ++cnt[((ka[i] >> shift) & (kRadix - 1)) + 1];
+    if (cnt[((ka[0] >> shift) & (kRadix - 1)) + 1] == n) continue;  // all equal in this digit
+    for (int b = 0; b < kRadix; ++b) cnt[b + 1] += cnt[b];
     for (int64_t i = 0; i < n; ++i) {
-      const int64_t d = cnt[(ka[i] >> shift) & 255]++;
+      const int64_t d = cnt[(ka[i] >> shift) & (kRadix - 1)]++;
       kb[d] = ka[i];
       vb[d] = va[i];
     }
@@ -141,13 +145,14 @@ int64_t candidates_typed(const P* prob, int64_t nx, P thresh, int64_t y0, int64_
   return n;
 }
 
-// Stable LSD radix sort of 64-bit values by their bits [lo, hi) (8 bits per pass).
+// Stable LSD radix sort of 64-bit values by their bits [lo, hi) (digits may read zero bits past hi).
 void radix_sort_u64(uint64_t*& v, uint64_t*& tmp, int64_t n, int lo, int hi) {
-  for (int shift = lo; shift < hi; shift += 8) {
-    int64_t cnt[257] = {0};
-    for (int64_t i = 0; i < n; ++i) ++cnt[((v[i] >> shift) & 255) + 1];
-    for (int b = 0; b < 256; ++b) cnt[b + 1] += cnt[b];
-    for (int64_t i = 0; i < n; ++i) tmp[cnt[(v[i] >> shift) & 255]++] = v[i];
+  std::vector<int64_t> cnt(kRadix + 1);
+  for (int shift = lo; shift < hi; shift += kRadixBits) {
+    std::fill(cnt.begin(), cnt.end(), 0);
+    for (int64_t i = 0; i < n; ++i) ++cnt[((v[i] >> shift) & (kRadix - 1)) + 1];
+    for (int b = 0; b < kRadix; ++b) cnt[b + 1] += cnt[b];
+    for (int64_t i = 0; i < n; ++i) tmp[cnt[(v[i] >> shift) & (kRadix - 1)]++] = v[i];
     std::swap(v, tmp);
   }
 }
@@ -208,8 +213,8 @@ NmsStats nms_typed(const NmsArgs& a) {
   int64_t* slot_of = scratch<int64_t>(4, count);
   int64_t* cell_of = scratch<int64_t>(15, count);  // slot -> cell, read in slot order (cand[] is by rank)
   {
-    int bits = 8;
-    while (bits < 64 && (uint64_t(a.ny * a.nx) >> bits) != 0) bits += 8;
+    int bits = 1;  // the width of the largest cell index
+    while (bits < 64 && (uint64_t(a.ny * a.nx - 1) >> bits) != 0) ++bits;
     if (bits + 32 <= 64 && count < (int64_t(1) << 32)) {
       uint64_t* key = scratch<uint64_t>(0, count);
       uint64_t* tmp = scratch<uint64_t>(1, count);
