@@ -212,14 +212,16 @@ def test_helper_thread_gives_the_sequential_result():
             _, lbl = synthetic_nuclei((512 * grid, 512 * grid), 200 * grid * grid, seed=seed)
             dist = star_dist(lbl, 32, (grid, grid))
             prob = np.ascontiguousarray(edt_prob_ref(lbl)[::grid, ::grid])  # plateaus: ties between maxima
-            res = {}
-            for nt in (1, 2):
-                cellkern.set_num_threads(nt)
-                res[nt] = non_maximum_suppression(dist, prob, grid=grid, nms_thresh=0.3, return_inds=True)
-                stats = last_nms_stats()
-                assert stats["candidates"] > 8192
-                if nt == 2:
-                    assert stats["maxima"] > 0
-            np.testing.assert_array_equal(res[1][3], res[2][3])
+            for thresh, crit in ((0.3, "smaller"), (0.6, "smaller"), (0.2, "iou")):
+                res = {}
+                for nt in (1, 2):
+                    cellkern.set_num_threads(nt)
+                    res[nt] = non_maximum_suppression(dist, prob, grid=grid, nms_thresh=thresh, criterion=crit,
+                                                      return_inds=True)
+                    stats = last_nms_stats()
+                    assert stats["candidates"] > 8192
+                    if nt == 2:  # the helper's lists were made and used
+                        assert stats["maxima"] > 0 and stats["helped"] > 0
+                np.testing.assert_array_equal(res[1][3], res[2][3])
     finally:
         cellkern.set_num_threads(previous)
