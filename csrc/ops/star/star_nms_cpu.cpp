@@ -467,10 +467,13 @@ NmsStats nms_typed(const NmsArgs& a) {
             listed = true;
             break;
           }
-          if (f == 0 &&
-              __atomic_compare_exchange_n(&claim[si], &f, uint8_t(3), false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-            break;
-          if (f == 1 && !list_next(w, st)) cpu_relax();  // being listed: do queued work meanwhile
+          if (f == 0) {
+            if (__atomic_compare_exchange_n(&claim[si], &f, uint8_t(3), false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+              break;  // ours to test
+            continue;   // the helper took it just now: look again
+          }
+          if (f != 1) break;  // 3 or 4 cannot happen for a kept maximum; never spin on them
+          if (!list_next(w, st)) cpu_relax();  // being listed: do queued work meanwhile
         }
       }
       if (listed) {
