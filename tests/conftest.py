@@ -18,10 +18,11 @@ def _cuda_reason():
 def pytest_collection_modifyitems(config, items):
     reason = _cuda_reason()
     if reason is None:
-        return
-    skip = pytest.mark.skip(reason=f"needs a CUDA GPU: {reason}")
+        skip, marker = pytest.mark.skip(reason="checks behaviour without CUDA; a GPU works here"), "no_gpu"
+    else:
+        skip, marker = pytest.mark.skip(reason=f"needs a CUDA GPU: {reason}"), "gpu"
     for item in items:
-        if "gpu" in item.keywords:
+        if marker in item.keywords:
             item.add_marker(skip)
 
 
@@ -38,10 +39,7 @@ class Backend:
 BACKENDS = ["cpu", "cpu-base", "emu-forward", "emu-reverse", "emu-random", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request, monkeypatch):
-    """Runs the test body with one backend active; tests create their tensors on backend.device."""
-    name = request.param
+def _activate(request, monkeypatch, name):
     if name == "cpu-base":
         previous = _C.cpu_isa()
         assert _C.set_cpu_isa("base")
@@ -52,3 +50,15 @@ def backend(request, monkeypatch):
         token = _ext._use_emu.set(True)
         request.addfinalizer(lambda: _ext._use_emu.reset(token))
     return Backend(name, "cuda" if name == "cuda" else "cpu")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    """Runs the test body with one backend active; tests create their tensors on backend.device."""
+    return _activate(request, monkeypatch, request.param)
+
+
+@pytest.fixture(params=BACKENDS[:-1])
+def host_backend(request, monkeypatch):
+    """The backends that take host data (numpy arrays): all but real CUDA."""
+    return _activate(request, monkeypatch, request.param)

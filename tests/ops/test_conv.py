@@ -316,9 +316,7 @@ def test_opcheck():
 
 
 @pytest.mark.parametrize("nd", [2, 3])
-def test_numpy_in_numpy_out(backend, nd):
-    if backend.device != "cpu":
-        pytest.skip("numpy arrays live on the cpu")
+def test_numpy_in_numpy_out(host_backend, nd):
     rng = np.random.default_rng(4)
     x = rng.standard_normal((2, 3, 6, 9, 11) if nd == 3 else (2, 3, 9, 11)).astype(np.float32)
     w = rng.standard_normal((4, 3) + (3,) * nd).astype(np.float32)
@@ -433,10 +431,9 @@ def _fake_cuda_capsule(shape, keep):
     return new(ctypes.addressof(mt), b"dltensor", None)
 
 
+@pytest.mark.no_gpu
 def test_cuda_tensors_without_cuda_raise_the_reason():
     status = cellkern.cuda_status()
-    if status["available"]:
-        pytest.skip("a CUDA GPU is available here")
     keep = []
     x, w, y = (_fake_cuda_capsule(s, keep) for s in ((1, 2, 6, 6), (3, 2, 3, 3), (1, 3, 6, 6)))
     with pytest.raises(RuntimeError, match="cuda backend is unavailable") as e:

@@ -184,9 +184,7 @@ def test_opcheck():
 
 
 @pytest.mark.parametrize("nd", [2, 3])
-def test_numpy_in_numpy_out(backend, nd):
-    if backend.device != "cpu":
-        pytest.skip("numpy arrays live on the cpu")
+def test_numpy_in_numpy_out(host_backend, nd):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 3, 6, 11, 13)[-(nd + 2):]).astype(np.float32)
     got, idx = _ours(nd)(x, 3, 2, 1, return_indices=True)
@@ -272,10 +270,9 @@ def _fake_cuda_capsule(shape, keep):
     return new(ctypes.addressof(mt), b"dltensor", None)
 
 
+@pytest.mark.no_gpu
 def test_cuda_tensor_without_cuda_raises_the_reason():
     status = cellkern.cuda_status()
-    if status["available"]:
-        pytest.skip("a CUDA GPU is available here")
     keep = []
     x, out = _fake_cuda_capsule((1, 1, 4, 4), keep), _fake_cuda_capsule((1, 1, 2, 2), keep)
     with pytest.raises(RuntimeError, match="cuda backend is unavailable") as e:
