@@ -62,3 +62,13 @@ def backend(request, monkeypatch):
 def host_backend(request, monkeypatch):
     """The backends that take host data (numpy arrays): all but real CUDA."""
     return _activate(request, monkeypatch, request.param)
+
+
+@pytest.fixture
+def two_threads():
+    """cellkern's thread count set to 2 for the test (the threaded paths run even where the default is 1)."""
+    import cellkern
+    previous = cellkern.get_num_threads()
+    cellkern.set_num_threads(2)
+    yield
+    cellkern.set_num_threads(previous)

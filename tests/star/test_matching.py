@@ -126,22 +126,16 @@ def test_round_trip_labels_polygons_labels(seed):
     _assert_same(m, matching_ref(labels, pred, thresh=0.5))
 
 
-def test_large_images_take_the_threaded_paths():
+def test_large_images_take_the_threaded_paths(two_threads):
     # above ~1M pixels the overlap count, rasterisation and star_dist split the work over threads (per-thread
     # hash maps merged, row bands): check those against the oracles too
-    import cellkern
     from cellkern.reference import polygons_to_label_ref
-    previous = cellkern.get_num_threads()
-    cellkern.set_num_threads(2)
-    try:
-        _, y_true = synthetic_nuclei((1100, 1200), 500, seed=3)
-        rng = np.random.default_rng(0)
-        n = 400
-        points = np.stack([rng.integers(0, 1100, n), rng.integers(0, 1200, n)], 1)
-        dist = rng.uniform(2, 14, (n, 32)).astype(np.float32)
-        prob = rng.random(n)
-        y_pred = polygons_to_label(dist, points, prob, y_true.shape)
-        np.testing.assert_array_equal(y_pred, polygons_to_label_ref(dist, points, y_true.shape, prob=prob))
-        _assert_same(matching(y_true, y_pred, THRESHS), matching_ref(y_true, y_pred, THRESHS))
-    finally:
-        cellkern.set_num_threads(previous)
+    _, y_true = synthetic_nuclei((1100, 1200), 500, seed=3)
+    rng = np.random.default_rng(0)
+    n = 400
+    points = np.stack([rng.integers(0, 1100, n), rng.integers(0, 1200, n)], 1)
+    dist = rng.uniform(2, 14, (n, 32)).astype(np.float32)
+    prob = rng.random(n)
+    y_pred = polygons_to_label(dist, points, prob, y_true.shape)
+    np.testing.assert_array_equal(y_pred, polygons_to_label_ref(dist, points, y_true.shape, prob=prob))
+    _assert_same(matching(y_true, y_pred, THRESHS), matching_ref(y_true, y_pred, THRESHS))

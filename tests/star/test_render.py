@@ -40,6 +40,17 @@ def test_polygons_to_label_matches_oracle(backend, n_rays):
             np.testing.assert_array_equal(ours, ref)
 
 
+def test_threads_take_bands_by_output_page(two_threads):
+    # a label image over 16 huge pages: row bands are split between threads along page boundaries
+    rng = np.random.default_rng(5)
+    n, shape = 300, (4096, 2400)
+    points = np.stack([rng.integers(-10, shape[0] + 10, n), rng.integers(-10, shape[1] + 10, n)], 1)
+    dist = rng.uniform(2, 40, (n, 16)).astype(np.float32)
+    prob = rng.random(n)
+    np.testing.assert_array_equal(polygons_to_label(dist, points, prob, shape),
+                                  polygons_to_label_ref(dist, points, shape, prob=prob))
+
+
 def test_dist_to_coord_matches_oracle(backend):
     points, _, dists = _polygons(1)
     for dist in dists:

@@ -83,6 +83,19 @@ def test_out_is_overwritten_and_reused():
     np.testing.assert_array_equal(out, ref)
 
 
+@pytest.mark.parametrize("shift", [0, 4, 12345])
+def test_threads_take_rows_by_output_page(two_threads, shift):
+    # outputs over 16 huge pages (2 MiB) are split between threads along page boundaries; `shift` floats moves the
+    # boundaries to other rows (and mid-row)
+    _, lbl = synthetic_nuclei((600, 700), 150, seed=7)
+    ref = star_dist_ref(lbl, 32)
+    buf = np.full(ref.size + shift, np.nan, np.float32)
+    out = buf[shift:].reshape(ref.shape)
+    star_dist(lbl, 32, out=out)
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(star_dist(lbl, 32), ref)
+
+
 def test_torch_cpu_tensor_in_torch_out():
     lbl = _labels_2d()[0]
     res = star_dist(torch.from_numpy(lbl), 16, (2, 2))

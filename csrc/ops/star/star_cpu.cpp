@@ -255,37 +255,44 @@ void march_row_avx2_16(const StarDistArgs& a, const uint16_t* lab, int64_t oz, i
 #endif
 
 template <class L>
+void star_march_row(const StarDistArgs& a, const L* lab, int64_t r) {
+  const int64_t oz = r / a.osz[1], oy = r % a.osz[1];
+#if CK_SIMD_AVX2
+  // the x grid 1 or 2: 16 (uint16 labels) or 8 (int32) origins per vector
+  if (a.grid[2] == 1 || a.grid[2] == 2) {
+    if (std::is_same<L, uint16_t>::value) {
+      thread_local std::vector<uint16_t> mst;
+      mst.resize(size_t(16) * a.n_rays);
+      const uint16_t* l16 = reinterpret_cast<const uint16_t*>(lab);
+      if (a.grid[2] == 1)
+        march_row_avx2_16<1>(a, l16, oz, oy, 0, a.osz[2], mst.data());
+      else
+        march_row_avx2_16<2>(a, l16, oz, oy, 0, a.osz[2], mst.data());
+      return;
+    }
+    if (std::is_same<L, int32_t>::value) {
+      thread_local std::vector<int32_t> mst;
+      mst.resize(size_t(8) * a.n_rays);
+      const int32_t* l32 = reinterpret_cast<const int32_t*>(lab);
+      if (a.grid[2] == 1)
+        march_row_avx2<1>(a, l32, oz, oy, 0, a.osz[2], mst.data());
+      else
+        march_row_avx2<2>(a, l32, oz, oy, 0, a.osz[2], mst.data());
+      return;
+    }
+  }
+#endif
+  march_row_scalar(a, lab, oz, oy, 0, a.osz[2]);
+}
+
+template <class L>
 void star_march(const StarDistArgs& a) {
   const L* lab = static_cast<const L*>(a.padded);
   const int64_t rows = a.osz[0] * a.osz[1];
-  dynamic_for(rows, rows * a.osz[2] * a.n_rays, [&](int64_t r) {
-    const int64_t oz = r / a.osz[1], oy = r % a.osz[1];
-#if CK_SIMD_AVX2
-    // the x grid 1 or 2: 16 (uint16 labels) or 8 (int32) origins per vector
-    if (a.grid[2] == 1 || a.grid[2] == 2) {
-      if (std::is_same<L, uint16_t>::value) {
-        thread_local std::vector<uint16_t> mst;
-        mst.resize(size_t(16) * a.n_rays);
-        const uint16_t* l16 = reinterpret_cast<const uint16_t*>(lab);
-        if (a.grid[2] == 1)
-          march_row_avx2_16<1>(a, l16, oz, oy, 0, a.osz[2], mst.data());
-        else
-          march_row_avx2_16<2>(a, l16, oz, oy, 0, a.osz[2], mst.data());
-        return;
-      }
-      if (std::is_same<L, int32_t>::value) {
-        thread_local std::vector<int32_t> mst;
-        mst.resize(size_t(8) * a.n_rays);
-        const int32_t* l32 = reinterpret_cast<const int32_t*>(lab);
-        if (a.grid[2] == 1)
-          march_row_avx2<1>(a, l32, oz, oy, 0, a.osz[2], mst.data());
-        else
-          march_row_avx2<2>(a, l32, oz, oy, 0, a.osz[2], mst.data());
-        return;
-      }
-    }
-#endif
-    march_row_scalar(a, lab, oz, oy, 0, a.osz[2]);
+  const std::vector<int64_t> g =
+      page_groups(a.out, a.osz[2] * a.n_rays * int64_t(sizeof(float)), rows, usable_threads());
+  dynamic_for(int64_t(g.size()) - 1, rows * a.osz[2] * a.n_rays, [&](int64_t i) {
+    for (int64_t r = g[i]; r < g[i + 1]; ++r) star_march_row(a, lab, r);
   });
 }
 
@@ -430,14 +437,17 @@ void polygons_to_label_cpu(const PolyArgs& a) {
     if (r0[i] <= r1[i] && c0[i] <= c1[i])
       for (int64_t b = r0[i] / kBand; b <= r1[i] / kBand; ++b) items[fill[b]++] = i;
   }
-  dynamic_for(nb, a.n * a.n_rays * 16 + a.H * a.W / 8, [&](int64_t b) {
+  const std::vector<int64_t> g = page_groups(a.labels, kBand * a.W * int64_t(sizeof(int32_t)), nb, usable_threads());
+  dynamic_for(int64_t(g.size()) - 1, a.n * a.n_rays * 16 + a.H * a.W / 8, [&](int64_t gi) {
     std::vector<Crossing> cr;
-    const int64_t y0 = b * kBand, y1 = std::min(a.H, y0 + kBand);
-    for (int64_t t = start[b]; t < start[b + 1]; ++t) {
-      const int64_t i = items[t];
-      const float* r = a.coord + i * 2 * n;
-      for (int64_t y = std::max(y0, r0[i]); y < std::min(y1, r1[i] + 1); ++y)
-        raster_row(r, r + n, n, y, c0[i], c1[i], int32_t(i + 1), a.labels + y * a.W, cr);
+    for (int64_t b = g[gi]; b < g[gi + 1]; ++b) {
+      const int64_t y0 = b * kBand, y1 = std::min(a.H, y0 + kBand);
+      for (int64_t t = start[b]; t < start[b + 1]; ++t) {
+        const int64_t i = items[t];
+        const float* r = a.coord + i * 2 * n;
+        for (int64_t y = std::max(y0, r0[i]); y < std::min(y1, r1[i] + 1); ++y)
+          raster_row(r, r + n, n, y, c0[i], c1[i], int32_t(i + 1), a.labels + y * a.W, cr);
+      }
     }
   });
 }
