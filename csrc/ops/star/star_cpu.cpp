@@ -91,17 +91,58 @@ void march_row_scalar(const StarDistArgs& a, const L* lab, int64_t oz, int64_t o
   }
 }
 
+// Per ray, the steps whose table offset is kAmbiguousStep, ascending, each list closed by a sentinel n_steps:
+// the vector loop runs check-free between them.
+struct AmbiguousSteps {
+  std::vector<int64_t> first;  // ray k's list starts at steps[first[k]]
+  std::vector<int64_t> steps;
+  explicit AmbiguousSteps(const StarDistArgs& a) : first(size_t(a.n_rays)) {
+    for (int k = 0; k < a.n_rays; ++k) {
+      first[size_t(k)] = int64_t(steps.size());
+      const int64_t* off = a.offs + int64_t(k) * a.n_steps;
+      for (int64_t m = 1; m < a.n_steps; ++m)
+        if (off[m] == kAmbiguousStep) steps.push_back(m);
+      steps.push_back(a.n_steps);
+    }
+  }
+};
+
 #if CK_SIMD_AVX2
-// The labels of 8 origins x, x + gx, ..., x + 7 gx of one padded row (gx = 1 or 2: plain loads, no gathers,
-// which are slow on AMD).
-template <int GX>
-inline __m256i load8(const int32_t* p) {
-  if (GX == 1) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 8));
-  const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
-  return _mm256_blend_epi32(_mm256_permutevar8x32_epi32(a, even), _mm256_permutevar8x32_epi32(b, even), 0xF0);
-}
+// Label lanes of one vector: 16 uint16 or 8 int32 origins of one padded row, x, x + gx, ... (gx = 1 or 2: plain
+// loads, no gathers, which are slow on AMD), with the compare, the count and the lane mask of that width.
+struct U16Lanes {
+  using T = uint16_t;
+  static constexpr int W = 16;
+  template <int GX>
+  static __m256i load(const T* p) {
+    if (GX == 1) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    const __m256i lo = _mm256_set1_epi32(0xFFFF);
+    const __m256i a = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), lo);
+    const __m256i b = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16)), lo);
+    return _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xD8);
+  }
+  static __m256i eq(__m256i a, __m256i b) { return _mm256_cmpeq_epi16(a, b); }
+  static __m256i sub(__m256i a, __m256i b) { return _mm256_sub_epi16(a, b); }
+  static uint32_t bits(__m256i m) {  // bit l set when lane l of the mask is
+    return uint32_t(_mm_movemask_epi8(_mm_packs_epi16(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1))));
+  }
+};
+
+struct I32Lanes {
+  using T = int32_t;
+  static constexpr int W = 8;
+  template <int GX>
+  static __m256i load(const T* p) {
+    if (GX == 1) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 8));
+    const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    return _mm256_blend_epi32(_mm256_permutevar8x32_epi32(a, even), _mm256_permutevar8x32_epi32(b, even), 0xF0);
+  }
+  static __m256i eq(__m256i a, __m256i b) { return _mm256_cmpeq_epi32(a, b); }
+  static __m256i sub(__m256i a, __m256i b) { return _mm256_sub_epi32(a, b); }
+  static uint32_t bits(__m256i m) { return uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(m))); }
+};
 
 // Writes the distances of a block's lanes: lane l stopped on ray k at step mst[W * k + l]. Only lanes in the
 // bit set `lanes` are written (the others are background in an output that is already zero); four rays per
@@ -122,176 +163,99 @@ inline void write_block(const StarDistArgs& a, float* o, const M* mst, uint32_t 
   }
 }
 
-// Eight origins of one row at once, one ray at a time: each step loads the eight labels the ray reaches and
-// compares them with the origins' labels. Instead of recording the stopping step per lane, count the steps each
-// lane survives (subtracting the all-ones alive mask): the stop step is that count + 1, or 0 for background
-// lanes, whose table distance is 0. Two steps per iteration; the step after the last one reads at most two more
-// pixels outwards, inside the 4-pixel zero frame.
-template <int GX>
-void march_row_avx2(const StarDistArgs& a, const int32_t* lab, int64_t oz, int64_t oy, int64_t ox0, int64_t ox1,
-                    int32_t* mst) {
+// W origins of one row at once, one ray at a time: each step loads the W labels the ray reaches and compares
+// them with the origins' labels. Instead of recording the stopping step per lane, count the steps each lane
+// survives (subtracting the all-ones alive mask): the stop step is that count + 1, or 0 for background lanes,
+// whose table distance is 0. Two steps per iteration between ambiguous steps, which are taken one at a time;
+// the step after the last one reads at most two more pixels outwards, inside the 4-pixel zero frame. Counters
+// have the label width, so uint16 needs n_steps < 32768 (checked by the caller).
+template <class V, int GX>
+void march_row_avx2(const StarDistArgs& a, const AmbiguousSteps& amb, const typename V::T* lab, int64_t oz,
+                    int64_t oy, int64_t ox0, int64_t ox1, typename V::T* mst) {
+  using T = typename V::T;
+  constexpr int W = V::W;
   const int64_t z = oz * a.grid[0], y = oy * a.grid[1];
   const int64_t rowbase = ((z + a.pad[0]) * a.pin[1] + (y + a.pad[1])) * a.pin[2] + a.pad[2];
   const int64_t lim = a.n_steps - 2;
-  const __m256i one = _mm256_set1_epi32(1);
   int64_t ox = ox0;
-  for (; ox + 8 <= ox1; ox += 8) {
+  for (; ox + W <= ox1; ox += W) {
     const int64_t x = ox * GX, p0 = rowbase + x;
-    const int32_t* base = lab + p0;
-    const __m256i vals = load8<GX>(base);
-    const __m256i fg = _mm256_xor_si256(_mm256_cmpeq_epi32(vals, _mm256_setzero_si256()), _mm256_set1_epi32(-1));
+    const T* base = lab + p0;
+    const __m256i vals = V::template load<GX>(base);
+    const __m256i fg = _mm256_xor_si256(V::eq(vals, _mm256_setzero_si256()), _mm256_set1_epi32(-1));
     float* o = a.out + ((oz * a.osz[1] + oy) * a.osz[2] + ox) * a.n_rays;
     if (_mm256_testz_si256(fg, fg)) {
-      if (a.zero_background) std::memset(o, 0, sizeof(float) * 8 * a.n_rays);
+      if (a.zero_background) std::memset(o, 0, sizeof(float) * W * a.n_rays);
       continue;
     }
-    // the block's output is written after the march: ask for its cache lines now (the stores would otherwise
-    // wait for them, the largest single cost here)
-    for (int64_t b = 0; b < int64_t(sizeof(float)) * 8 * a.n_rays; b += 64) __builtin_prefetch(reinterpret_cast<char*>(o) + b, 1, 3);
+    // the block's output is written after the march: ask for its cache lines now
+    for (int64_t b = 0; b < int64_t(sizeof(float)) * W * a.n_rays; b += 64)
+      __builtin_prefetch(reinterpret_cast<char*>(o) + b, 1, 3);
     for (int k = 0; k < a.n_rays; ++k) {
       const int64_t* off = a.offs + int64_t(k) * a.n_steps;
+      const int64_t* next_amb = amb.steps.data() + amb.first[size_t(k)];
       __m256i alive = fg, cnt = _mm256_setzero_si256();
       int64_t m = 1;
-      while (m < lim) {
-        const int64_t s0 = off[m], s1 = off[m + 1];
-        if (s0 == kAmbiguousStep || s1 == kAmbiguousStep) {
+      for (;;) {
+        const int64_t end = std::min(lim, *next_amb);  // steps below `end` are plain table steps
+        bool dead = false;
+        while (m + 1 < end) {
+          const __m256i v0 = V::template load<GX>(base + off[m]), v1 = V::template load<GX>(base + off[m + 1]);
+          alive = _mm256_and_si256(alive, V::eq(v0, vals));
+          cnt = V::sub(cnt, alive);
+          alive = _mm256_and_si256(alive, V::eq(v1, vals));
+          cnt = V::sub(cnt, alive);
+          m += 2;
+          if (_mm256_testz_si256(alive, alive)) {
+            dead = true;
+            break;
+          }
+        }
+        // a lane alive past the table cannot happen (the frame is 0 and the table outlasts every march)
+        if (dead || m > lim) break;
+        __m256i v;
+        if (m == *next_amb) {
           // rare: evaluate this step exactly per lane (StarDist's rounding of origin + offset)
-          __m256i v;
-          if (s0 != kAmbiguousStep) {
-            v = load8<GX>(base + s0);
-          } else {
-            alignas(32) int32_t tmp[8];
-            const float* pos = a.pos + (int64_t(k) * a.n_steps + m) * a.nd;
-            for (int l = 0; l < 8; ++l) {
-              int64_t p;
-              tmp[l] = star::exact_step(a, pos, z, y, x + l * GX, p) ? lab[p] : 0;
-            }
-            v = _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp));
+          alignas(32) T tmp[W];
+          const float* pos = a.pos + (int64_t(k) * a.n_steps + m) * a.nd;
+          for (int l = 0; l < W; ++l) {
+            int64_t p;
+            tmp[l] = star::exact_step(a, pos, z, y, x + l * GX, p) ? lab[p] : T(0);
           }
-          alive = _mm256_and_si256(alive, _mm256_cmpeq_epi32(v, vals));
-          cnt = _mm256_sub_epi32(cnt, alive);
-          ++m;
-          if (_mm256_testz_si256(alive, alive)) break;
-          continue;
+          v = _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp));
+          ++next_amb;
+        } else {
+          v = V::template load<GX>(base + off[m]);
         }
-        const __m256i v0 = load8<GX>(base + s0), v1 = load8<GX>(base + s1);
-        alive = _mm256_and_si256(alive, _mm256_cmpeq_epi32(v0, vals));
-        cnt = _mm256_sub_epi32(cnt, alive);
-        alive = _mm256_and_si256(alive, _mm256_cmpeq_epi32(v1, vals));
-        cnt = _mm256_sub_epi32(cnt, alive);
-        m += 2;
+        alive = _mm256_and_si256(alive, V::eq(v, vals));
+        cnt = V::sub(cnt, alive);
+        ++m;
         if (_mm256_testz_si256(alive, alive)) break;
       }
-      // a lane alive past the table cannot happen (the frame is 0 and the table outlasts every march)
-      const __m256i stop = _mm256_and_si256(_mm256_add_epi32(cnt, one), fg);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(mst + 8 * k), stop);
+      const __m256i stop = _mm256_and_si256(V::sub(cnt, _mm256_set1_epi32(-1)), fg);  // count + 1
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(mst + W * k), stop);
     }
-    write_block<8>(a, o, mst, a.zero_background ? 0xFFu : uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(fg))));
-  }
-  march_row_scalar(a, lab, oz, oy, ox, ox1);
-}
-
-// uint16 labels: sixteen origins per vector (see march_row_avx2); the counters are 16-bit too, which needs
-// n_steps < 32768 (checked by the caller).
-template <int GX>
-inline __m256i load16(const uint16_t* p) {
-  if (GX == 1) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  const __m256i lo = _mm256_set1_epi32(0xFFFF);
-  const __m256i a = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), lo);
-  const __m256i b = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16)), lo);
-  return _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xD8);
-}
-
-template <int GX>
-void march_row_avx2_16(const StarDistArgs& a, const uint16_t* lab, int64_t oz, int64_t oy, int64_t ox0,
-                       int64_t ox1, uint16_t* mst) {
-  const int64_t z = oz * a.grid[0], y = oy * a.grid[1];
-  const int64_t rowbase = ((z + a.pad[0]) * a.pin[1] + (y + a.pad[1])) * a.pin[2] + a.pad[2];
-  const int64_t lim = a.n_steps - 2;
-  const __m256i one = _mm256_set1_epi16(1);
-  int64_t ox = ox0;
-  for (; ox + 16 <= ox1; ox += 16) {
-    const int64_t x = ox * GX, p0 = rowbase + x;
-    const uint16_t* base = lab + p0;
-    const __m256i vals = load16<GX>(base);
-    const __m256i fg = _mm256_xor_si256(_mm256_cmpeq_epi16(vals, _mm256_setzero_si256()), _mm256_set1_epi32(-1));
-    float* o = a.out + ((oz * a.osz[1] + oy) * a.osz[2] + ox) * a.n_rays;
-    if (_mm256_testz_si256(fg, fg)) {
-      if (a.zero_background) std::memset(o, 0, sizeof(float) * 16 * a.n_rays);
-      continue;
-    }
-    // the block's output is written after the march: ask for its cache lines now (the stores would otherwise
-    // wait for them, the largest single cost here)
-    for (int64_t b = 0; b < int64_t(sizeof(float)) * 16 * a.n_rays; b += 64) __builtin_prefetch(reinterpret_cast<char*>(o) + b, 1, 3);
-    for (int k = 0; k < a.n_rays; ++k) {
-      const int64_t* off = a.offs + int64_t(k) * a.n_steps;
-      __m256i alive = fg, cnt = _mm256_setzero_si256();
-      int64_t m = 1;
-      while (m < lim) {
-        const int64_t s0 = off[m], s1 = off[m + 1];
-        if (s0 == kAmbiguousStep || s1 == kAmbiguousStep) {
-          __m256i v;
-          if (s0 != kAmbiguousStep) {
-            v = load16<GX>(base + s0);
-          } else {
-            alignas(32) uint16_t tmp[16];
-            const float* pos = a.pos + (int64_t(k) * a.n_steps + m) * a.nd;
-            for (int l = 0; l < 16; ++l) {
-              int64_t p;
-              tmp[l] = star::exact_step(a, pos, z, y, x + l * GX, p) ? lab[p] : 0;
-            }
-            v = _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp));
-          }
-          alive = _mm256_and_si256(alive, _mm256_cmpeq_epi16(v, vals));
-          cnt = _mm256_sub_epi16(cnt, alive);
-          ++m;
-          if (_mm256_testz_si256(alive, alive)) break;
-          continue;
-        }
-        const __m256i v0 = load16<GX>(base + s0), v1 = load16<GX>(base + s1);
-        alive = _mm256_and_si256(alive, _mm256_cmpeq_epi16(v0, vals));
-        cnt = _mm256_sub_epi16(cnt, alive);
-        alive = _mm256_and_si256(alive, _mm256_cmpeq_epi16(v1, vals));
-        cnt = _mm256_sub_epi16(cnt, alive);
-        m += 2;
-        if (_mm256_testz_si256(alive, alive)) break;
-      }
-      const __m256i stop = _mm256_and_si256(_mm256_add_epi16(cnt, one), fg);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(mst + 16 * k), stop);
-    }
-    const __m128i fg8 = _mm_packs_epi16(_mm256_castsi256_si128(fg), _mm256_extracti128_si256(fg, 1));
-    write_block<16>(a, o, mst, a.zero_background ? 0xFFFFu : uint32_t(_mm_movemask_epi8(fg8)));
+    write_block<W>(a, o, mst, a.zero_background ? (1u << W) - 1 : V::bits(fg));
   }
   march_row_scalar(a, lab, oz, oy, ox, ox1);
 }
 #endif
 
 template <class L>
-void star_march_row(const StarDistArgs& a, const L* lab, int64_t r) {
+void star_march_row(const StarDistArgs& a, const AmbiguousSteps& amb, const L* lab, int64_t r) {
   const int64_t oz = r / a.osz[1], oy = r % a.osz[1];
 #if CK_SIMD_AVX2
   // the x grid 1 or 2: 16 (uint16 labels) or 8 (int32) origins per vector
-  if (a.grid[2] == 1 || a.grid[2] == 2) {
-    if (std::is_same<L, uint16_t>::value) {
-      thread_local std::vector<uint16_t> mst;
-      mst.resize(size_t(16) * a.n_rays);
-      const uint16_t* l16 = reinterpret_cast<const uint16_t*>(lab);
-      if (a.grid[2] == 1)
-        march_row_avx2_16<1>(a, l16, oz, oy, 0, a.osz[2], mst.data());
-      else
-        march_row_avx2_16<2>(a, l16, oz, oy, 0, a.osz[2], mst.data());
-      return;
-    }
-    if (std::is_same<L, int32_t>::value) {
-      thread_local std::vector<int32_t> mst;
-      mst.resize(size_t(8) * a.n_rays);
-      const int32_t* l32 = reinterpret_cast<const int32_t*>(lab);
-      if (a.grid[2] == 1)
-        march_row_avx2<1>(a, l32, oz, oy, 0, a.osz[2], mst.data());
-      else
-        march_row_avx2<2>(a, l32, oz, oy, 0, a.osz[2], mst.data());
-      return;
-    }
+  using V = typename std::conditional<std::is_same<L, uint16_t>::value, U16Lanes, I32Lanes>::type;
+  if ((a.grid[2] == 1 || a.grid[2] == 2) && std::is_same<L, typename V::T>::value) {
+    thread_local std::vector<typename V::T> mst;
+    mst.resize(size_t(V::W) * a.n_rays);
+    const auto* l = reinterpret_cast<const typename V::T*>(lab);
+    if (a.grid[2] == 1)
+      march_row_avx2<V, 1>(a, amb, l, oz, oy, 0, a.osz[2], mst.data());
+    else
+      march_row_avx2<V, 2>(a, amb, l, oz, oy, 0, a.osz[2], mst.data());
+    return;
   }
 #endif
   march_row_scalar(a, lab, oz, oy, 0, a.osz[2]);
@@ -301,10 +265,11 @@ template <class L>
 void star_march(const StarDistArgs& a) {
   const L* lab = static_cast<const L*>(a.padded);
   const int64_t rows = a.osz[0] * a.osz[1];
+  const AmbiguousSteps amb(a);
   const std::vector<int64_t> g =
       page_groups(a.out, a.osz[2] * a.n_rays * int64_t(sizeof(float)), rows, usable_threads());
   dynamic_for(int64_t(g.size()) - 1, rows * a.osz[2] * a.n_rays, [&](int64_t i) {
-    for (int64_t r = g[i]; r < g[i + 1]; ++r) star_march_row(a, lab, r);
+    for (int64_t r = g[i]; r < g[i + 1]; ++r) star_march_row(a, amb, lab, r);
   });
 }
 
