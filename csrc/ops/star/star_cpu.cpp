@@ -169,73 +169,112 @@ inline void write_block(const StarDistArgs& a, float* o, const M* mst, uint32_t 
 // whose table distance is 0. Two steps per iteration between ambiguous steps, which are taken one at a time;
 // the step after the last one reads at most two more pixels outwards, inside the 4-pixel zero frame. Counters
 // have the label width, so uint16 needs n_steps < 32768 (checked by the caller).
+template <class V, int GX, int NV>
+void march_block(const StarDistArgs& a, const AmbiguousSteps& amb, const typename V::T* lab, int64_t z, int64_t y,
+                 int64_t x, const __m256i* vals, const __m256i* fg, typename V::T* mst) {
+  using T = typename V::T;
+  constexpr int W = V::W;
+  const T* base = lab + ((z + a.pad[0]) * a.pin[1] + (y + a.pad[1])) * a.pin[2] + a.pad[2] + x;
+  const int64_t lim = a.n_steps - 2;
+  for (int k = 0; k < a.n_rays; ++k) {
+    const int64_t* off = a.offs + int64_t(k) * a.n_steps;
+    const int64_t* next_amb = amb.steps.data() + amb.first[size_t(k)];
+    __m256i alive[NV], cnt[NV];
+    for (int j = 0; j < NV; ++j) alive[j] = fg[j], cnt[j] = _mm256_setzero_si256();
+    auto step = [&](int j, __m256i v) {
+      alive[j] = _mm256_and_si256(alive[j], V::eq(v, vals[j]));
+      cnt[j] = V::sub(cnt[j], alive[j]);
+    };
+    auto all_dead = [&]() {
+      __m256i any = alive[0];
+      for (int j = 1; j < NV; ++j) any = _mm256_or_si256(any, alive[j]);
+      return bool(_mm256_testz_si256(any, any));
+    };
+    int64_t m = 1;
+    for (;;) {
+      const int64_t end = std::min(lim, *next_amb);  // steps below `end` are plain table steps
+      bool dead = false;
+      while (m + 1 < end) {
+        const int64_t s0 = off[m], s1 = off[m + 1];
+        for (int j = 0; j < NV; ++j) step(j, V::template load<GX>(base + j * W * GX + s0));
+        for (int j = 0; j < NV; ++j) step(j, V::template load<GX>(base + j * W * GX + s1));
+        m += 2;
+        if (all_dead()) {
+          dead = true;
+          break;
+        }
+      }
+      // a lane alive past the table cannot happen (the frame is 0 and the table outlasts every march)
+      if (dead || m > lim) break;
+      if (m == *next_amb) {
+        // rare: evaluate this step exactly per lane (StarDist's rounding of origin + offset)
+        const float* pos = a.pos + (int64_t(k) * a.n_steps + m) * a.nd;
+        for (int j = 0; j < NV; ++j) {
+          alignas(32) T tmp[W];
+          for (int l = 0; l < W; ++l) {
+            int64_t p;
+            tmp[l] = star::exact_step(a, pos, z, y, x + (j * W + l) * GX, p) ? lab[p] : T(0);
+          }
+          step(j, _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp)));
+        }
+        ++next_amb;
+      } else {
+        for (int j = 0; j < NV; ++j) step(j, V::template load<GX>(base + j * W * GX + off[m]));
+      }
+      ++m;
+      if (all_dead()) break;
+    }
+    for (int j = 0; j < NV; ++j) {
+      const __m256i stop = _mm256_and_si256(V::sub(cnt[j], _mm256_set1_epi32(-1)), fg[j]);  // count + 1
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(mst + NV * W * k + j * W), stop);
+    }
+  }
+}
+
+// One output row, W origins per vector. Where two neighbouring vectors both hold foreground, they march together:
+// half the ray loops, whose unpredictable exits cost more than the extra steps of the shorter-lived vector
+// (2048^2: 1.6M -> 1.2M loop exits). A lane keeps stepping while any lane of its block lives, at most 2 W GX
+// pixels beyond the image sideways (wrapping into the 4-row zero frame above or below, never past the buffer).
 template <class V, int GX>
 void march_row_avx2(const StarDistArgs& a, const AmbiguousSteps& amb, const typename V::T* lab, int64_t oz,
                     int64_t oy, int64_t ox0, int64_t ox1, typename V::T* mst) {
   using T = typename V::T;
   constexpr int W = V::W;
   const int64_t z = oz * a.grid[0], y = oy * a.grid[1];
-  const int64_t rowbase = ((z + a.pad[0]) * a.pin[1] + (y + a.pad[1])) * a.pin[2] + a.pad[2];
-  const int64_t lim = a.n_steps - 2;
+  const T* row = lab + ((z + a.pad[0]) * a.pin[1] + (y + a.pad[1])) * a.pin[2] + a.pad[2];
+  const int64_t nr = a.n_rays;
+  float* orow = a.out + (oz * a.osz[1] + oy) * a.osz[2] * nr;
+  auto load_fg = [&](int64_t ox, __m256i& vals, __m256i& fg) {
+    vals = V::template load<GX>(row + ox * GX);
+    fg = _mm256_xor_si256(V::eq(vals, _mm256_setzero_si256()), _mm256_set1_epi32(-1));
+    return !_mm256_testz_si256(fg, fg);
+  };
+  // the block's output is written after the march: ask for its cache lines now
+  auto prefetch = [&](float* o, int n) {
+    for (int64_t b = 0; b < int64_t(sizeof(float)) * n * nr; b += 64) __builtin_prefetch(reinterpret_cast<char*>(o) + b, 1, 3);
+  };
+  const uint32_t all = uint32_t((uint64_t(1) << W) - 1);
   int64_t ox = ox0;
-  for (; ox + W <= ox1; ox += W) {
-    const int64_t x = ox * GX, p0 = rowbase + x;
-    const T* base = lab + p0;
-    const __m256i vals = V::template load<GX>(base);
-    const __m256i fg = _mm256_xor_si256(V::eq(vals, _mm256_setzero_si256()), _mm256_set1_epi32(-1));
-    float* o = a.out + ((oz * a.osz[1] + oy) * a.osz[2] + ox) * a.n_rays;
-    if (_mm256_testz_si256(fg, fg)) {
-      if (a.zero_background) std::memset(o, 0, sizeof(float) * W * a.n_rays);
+  while (ox + W <= ox1) {
+    __m256i vals[2], fg[2];
+    float* o = orow + ox * nr;
+    if (!load_fg(ox, vals[0], fg[0])) {
+      if (a.zero_background) std::memset(o, 0, sizeof(float) * W * nr);
+      ox += W;
       continue;
     }
-    // the block's output is written after the march: ask for its cache lines now
-    for (int64_t b = 0; b < int64_t(sizeof(float)) * W * a.n_rays; b += 64)
-      __builtin_prefetch(reinterpret_cast<char*>(o) + b, 1, 3);
-    for (int k = 0; k < a.n_rays; ++k) {
-      const int64_t* off = a.offs + int64_t(k) * a.n_steps;
-      const int64_t* next_amb = amb.steps.data() + amb.first[size_t(k)];
-      __m256i alive = fg, cnt = _mm256_setzero_si256();
-      int64_t m = 1;
-      for (;;) {
-        const int64_t end = std::min(lim, *next_amb);  // steps below `end` are plain table steps
-        bool dead = false;
-        while (m + 1 < end) {
-          const __m256i v0 = V::template load<GX>(base + off[m]), v1 = V::template load<GX>(base + off[m + 1]);
-          alive = _mm256_and_si256(alive, V::eq(v0, vals));
-          cnt = V::sub(cnt, alive);
-          alive = _mm256_and_si256(alive, V::eq(v1, vals));
-          cnt = V::sub(cnt, alive);
-          m += 2;
-          if (_mm256_testz_si256(alive, alive)) {
-            dead = true;
-            break;
-          }
-        }
-        // a lane alive past the table cannot happen (the frame is 0 and the table outlasts every march)
-        if (dead || m > lim) break;
-        __m256i v;
-        if (m == *next_amb) {
-          // rare: evaluate this step exactly per lane (StarDist's rounding of origin + offset)
-          alignas(32) T tmp[W];
-          const float* pos = a.pos + (int64_t(k) * a.n_steps + m) * a.nd;
-          for (int l = 0; l < W; ++l) {
-            int64_t p;
-            tmp[l] = star::exact_step(a, pos, z, y, x + l * GX, p) ? lab[p] : T(0);
-          }
-          v = _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp));
-          ++next_amb;
-        } else {
-          v = V::template load<GX>(base + off[m]);
-        }
-        alive = _mm256_and_si256(alive, V::eq(v, vals));
-        cnt = V::sub(cnt, alive);
-        ++m;
-        if (_mm256_testz_si256(alive, alive)) break;
-      }
-      const __m256i stop = _mm256_and_si256(V::sub(cnt, _mm256_set1_epi32(-1)), fg);  // count + 1
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(mst + W * k), stop);
+    if (ox + 2 * W <= ox1 && load_fg(ox + W, vals[1], fg[1])) {
+      prefetch(o, 2 * W);
+      march_block<V, GX, 2>(a, amb, lab, z, y, ox * GX, vals, fg, mst);
+      const uint32_t bits = a.zero_background ? 0xFFFFFFFFu : V::bits(fg[0]) | (V::bits(fg[1]) << W);
+      write_block<2 * W>(a, o, mst, W == 16 ? bits : bits & 0xFFFFu);
+      ox += 2 * W;
+      continue;
     }
-    write_block<W>(a, o, mst, a.zero_background ? (1u << W) - 1 : V::bits(fg));
+    prefetch(o, W);
+    march_block<V, GX, 1>(a, amb, lab, z, y, ox * GX, vals, fg, mst);
+    write_block<W>(a, o, mst, a.zero_background ? all : V::bits(fg[0]));
+    ox += W;
   }
   march_row_scalar(a, lab, oz, oy, ox, ox1);
 }
@@ -249,7 +288,7 @@ void star_march_row(const StarDistArgs& a, const AmbiguousSteps& amb, const L* l
   using V = typename std::conditional<std::is_same<L, uint16_t>::value, U16Lanes, I32Lanes>::type;
   if ((a.grid[2] == 1 || a.grid[2] == 2) && std::is_same<L, typename V::T>::value) {
     thread_local std::vector<typename V::T> mst;
-    mst.resize(size_t(V::W) * a.n_rays);
+    mst.resize(size_t(2 * V::W) * a.n_rays);
     const auto* l = reinterpret_cast<const typename V::T*>(lab);
     if (a.grid[2] == 1)
       march_row_avx2<V, 1>(a, amb, l, oz, oy, 0, a.osz[2], mst.data());
