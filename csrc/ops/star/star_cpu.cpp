@@ -251,7 +251,8 @@ void march_row_avx2(const StarDistArgs& a, const AmbiguousSteps& amb, const type
   };
   // the block's output is written after the march: ask for its cache lines now
   auto prefetch = [&](float* o, int n) {
-    for (int64_t b = 0; b < int64_t(sizeof(float)) * n * nr; b += 64) __builtin_prefetch(reinterpret_cast<char*>(o) + b, 1, 3);
+    for (int64_t b = 0; b < int64_t(sizeof(float)) * n * nr; b += 64)
+      __builtin_prefetch(reinterpret_cast<char*>(o) + b, 1, 3);
   };
   const uint32_t all = uint32_t((uint64_t(1) << W) - 1);
   int64_t ox = ox0;
