@@ -48,10 +48,10 @@ void parallel_for(int64_t n, int64_t grain, const F& f) {
 }
 
 // Splits rows [0, n) of an output whose row r starts at base + r * row_bytes into groups [g[i], g[i + 1]) of the
-// rows whose middle byte lies on the same 2 MiB page. Threads that take whole groups first-touch
-// different transparent huge pages: the kernel zeroes a fresh 2 MiB page while a second thread faulting on it
-// waits, so interleaving the rows of one page between threads serialises the zeroing (star_dist 2048^2 on 2
-// threads: 63 -> 53 ms). Too few groups to balance `threads` falls back to one row per group.
+// rows whose middle byte lies on the same 2 MiB page. Threads that take whole groups first-touch different
+// transparent huge pages: the kernel zeroes a fresh 2 MiB page while a second thread faulting on it waits, so
+// interleaving the rows of one page between threads serialises the zeroing (star_dist 2048^2 on 2 threads, fresh
+// output: 60 -> 52 ms, minima of 12). Too few groups to balance `threads` falls back to one row per group.
 inline std::vector<int64_t> page_groups(const void* base, int64_t row_bytes, int64_t n, int threads) {
   constexpr uint64_t kPage = uint64_t(2) << 20;
   std::vector<int64_t> g{0};

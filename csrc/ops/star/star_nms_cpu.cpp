@@ -347,7 +347,7 @@ NmsStats nms_typed(const NmsArgs& a) {
   // Visits the later candidates whose boxes meet kept polygon si's (rank i); decide(sj) tests one. Two passes:
   // the first lists the undecided candidates whose float boxes meet, the second tests them, prefetching the
   // per-slot data (scattered over arrays of tens of MB) kPrefetchAhead entries ahead: prefetching the whole list
-  // while listing it (~80 entries, 240 lines, most not yet arrived when tested) made the sweep 4-7% slower.
+  // while listing it (~80 entries, 240 cache lines) made the sweep 4-7% slower.
   // Only decide(sj) changes a state, and only sj's, so listing first visits the same pairs.
   auto prefetch_slot = [&](int64_t sj) {
     __builtin_prefetch(&geo[sj]);
