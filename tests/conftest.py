@@ -72,3 +72,36 @@ def two_threads():
     cellkern.set_num_threads(2)
     yield
     cellkern.set_num_threads(previous)
+
+
+@pytest.fixture
+def fake_cuda_capsule():
+    """Makes legacy DLPack capsules that claim float32 CUDA memory (a real one needs CUDA), to test what an op
+    does with CUDA data on a machine without it. Their buffers live until the test ends."""
+    import ctypes
+
+    import numpy as np
+
+    class DLTensor(ctypes.Structure):
+        _fields_ = [("data", ctypes.c_void_p), ("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32),
+                    ("ndim", ctypes.c_int32), ("code", ctypes.c_uint8), ("bits", ctypes.c_uint8),
+                    ("lanes", ctypes.c_uint16), ("shape", ctypes.POINTER(ctypes.c_int64)),
+                    ("strides", ctypes.c_void_p), ("byte_offset", ctypes.c_uint64)]
+
+    class DLManagedTensor(ctypes.Structure):
+        _fields_ = [("dl_tensor", DLTensor), ("manager_ctx", ctypes.c_void_p), ("deleter", ctypes.c_void_p)]
+
+    keep = []
+    new = ctypes.pythonapi.PyCapsule_New
+    new.restype, new.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+
+    def make(shape):
+        dims = (ctypes.c_int64 * len(shape))(*shape)
+        buf = ctypes.create_string_buffer(4 * int(np.prod(shape)))
+        mt = DLManagedTensor(DLTensor(ctypes.cast(buf, ctypes.c_void_p), 2, 0, len(shape), 2, 32, 1, dims, None, 0),
+                             None, None)
+        keep.extend([dims, buf, mt])
+        return new(ctypes.addressof(mt), b"dltensor", None)
+
+    yield make
+    keep.clear()

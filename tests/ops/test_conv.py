@@ -408,34 +408,10 @@ def test_low_level_api_validates_outputs():
         _C.conv_act_grad(gy, gy.copy(), gy.copy(), 0, 0.0)
 
 
-def _fake_cuda_capsule(shape, keep):
-    """A legacy DLPack capsule claiming float32 CUDA memory (a real one needs CUDA)."""
-    import ctypes
-
-    class DLTensor(ctypes.Structure):
-        _fields_ = [("data", ctypes.c_void_p), ("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32),
-                    ("ndim", ctypes.c_int32), ("code", ctypes.c_uint8), ("bits", ctypes.c_uint8),
-                    ("lanes", ctypes.c_uint16), ("shape", ctypes.POINTER(ctypes.c_int64)),
-                    ("strides", ctypes.c_void_p), ("byte_offset", ctypes.c_uint64)]
-
-    class DLManagedTensor(ctypes.Structure):
-        _fields_ = [("dl_tensor", DLTensor), ("manager_ctx", ctypes.c_void_p), ("deleter", ctypes.c_void_p)]
-
-    dims = (ctypes.c_int64 * len(shape))(*shape)
-    buf = ctypes.create_string_buffer(4 * int(np.prod(shape)))
-    mt = DLManagedTensor(DLTensor(ctypes.cast(buf, ctypes.c_void_p), 2, 0, len(shape), 2, 32, 1, dims, None, 0),
-                         None, None)
-    keep += [dims, buf, mt]
-    new = ctypes.pythonapi.PyCapsule_New
-    new.restype, new.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
-    return new(ctypes.addressof(mt), b"dltensor", None)
-
-
 @pytest.mark.no_gpu
-def test_cuda_tensors_without_cuda_raise_the_reason():
+def test_cuda_tensors_without_cuda_raise_the_reason(fake_cuda_capsule):
     status = cellkern.cuda_status()
-    keep = []
-    x, w, y = (_fake_cuda_capsule(s, keep) for s in ((1, 2, 6, 6), (3, 2, 3, 3), (1, 3, 6, 6)))
+    x, w, y = (fake_cuda_capsule(s) for s in ((1, 2, 6, 6), (3, 2, 3, 3), (1, 3, 6, 6)))
     with pytest.raises(RuntimeError, match="cuda backend is unavailable") as e:
         _C.conv_forward(x, w, None, y, [1, 1], [1, 1], [1, 1], [1, 1], 1, 0, 0, 0.0)
     assert status["reason"] in str(e.value)

@@ -1,5 +1,4 @@
 """max_pool2d/3d against torch's own op: values and indices exactly, gradients, autograd, compile, numpy, errors."""
-import ctypes
 
 import numpy as np
 import pytest
@@ -247,34 +246,10 @@ def test_low_level_api_validates_outputs():
         _C.max_pool_backward(g, np.full((1, 2, 4, 4), 10**6, np.int64), np.zeros_like(x), *args, 2)
 
 
-class _DLTensor(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_void_p), ("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32),
-                ("ndim", ctypes.c_int32), ("code", ctypes.c_uint8), ("bits", ctypes.c_uint8),
-                ("lanes", ctypes.c_uint16), ("shape", ctypes.POINTER(ctypes.c_int64)),
-                ("strides", ctypes.c_void_p), ("byte_offset", ctypes.c_uint64)]
-
-
-class _DLManagedTensor(ctypes.Structure):
-    _fields_ = [("dl_tensor", _DLTensor), ("manager_ctx", ctypes.c_void_p), ("deleter", ctypes.c_void_p)]
-
-
-def _fake_cuda_capsule(shape, keep):
-    """A legacy DLPack capsule that claims to hold float32 CUDA memory (we cannot make a real one without CUDA)."""
-    dims = (ctypes.c_int64 * len(shape))(*shape)
-    buf = ctypes.create_string_buffer(4 * int(np.prod(shape)))
-    mt = _DLManagedTensor(_DLTensor(ctypes.cast(buf, ctypes.c_void_p), 2, 0, len(shape), 2, 32, 1, dims, None, 0),
-                          None, None)
-    keep += [dims, buf, mt]
-    new = ctypes.pythonapi.PyCapsule_New
-    new.restype, new.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
-    return new(ctypes.addressof(mt), b"dltensor", None)
-
-
 @pytest.mark.no_gpu
-def test_cuda_tensor_without_cuda_raises_the_reason():
+def test_cuda_tensor_without_cuda_raises_the_reason(fake_cuda_capsule):
     status = cellkern.cuda_status()
-    keep = []
-    x, out = _fake_cuda_capsule((1, 1, 4, 4), keep), _fake_cuda_capsule((1, 1, 2, 2), keep)
+    x, out = fake_cuda_capsule((1, 1, 4, 4)), fake_cuda_capsule((1, 1, 2, 2))
     with pytest.raises(RuntimeError, match="cuda backend is unavailable") as e:
         _C.max_pool_forward(x, out, None, [2, 2], [2, 2], [0, 0], [1, 1], False, 0)
     assert status["reason"] in str(e.value)
