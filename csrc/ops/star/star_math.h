@@ -377,6 +377,28 @@ CK_HD bool in_kernel(Verts v, int n, V2 o) {
   return true;
 }
 
+#if CK_STAR_AVX2
+// The per-edge terms of boundary_clear_edge and seg_dist2 for the four edges l - 1 -> l, ..., l + 2 -> l + 3,
+// relative to the point (oy, ox): the same operations as the scalar forms, so the same bits.
+struct EdgeTerms4 {
+  __m256d aa, bb, ee, t, c;  // |a|^2, |b|^2, |e|^2, -dot(a, e), cross(a, b)
+};
+inline EdgeTerms4 edge_terms4(Verts v, int l, __m256d oy, __m256d ox) {
+  const __m256d ay = _mm256_sub_pd(_mm256_loadu_pd(v.y + l - 1), oy);
+  const __m256d ax = _mm256_sub_pd(_mm256_loadu_pd(v.x + l - 1), ox);
+  const __m256d by = _mm256_sub_pd(_mm256_loadu_pd(v.y + l), oy);
+  const __m256d bx = _mm256_sub_pd(_mm256_loadu_pd(v.x + l), ox);
+  const __m256d ey = _mm256_sub_pd(by, ay), ex = _mm256_sub_pd(bx, ax);
+  EdgeTerms4 e;
+  e.aa = _mm256_add_pd(_mm256_mul_pd(ax, ax), _mm256_mul_pd(ay, ay));
+  e.bb = _mm256_add_pd(_mm256_mul_pd(bx, bx), _mm256_mul_pd(by, by));
+  e.ee = _mm256_add_pd(_mm256_mul_pd(ex, ex), _mm256_mul_pd(ey, ey));
+  e.t = _mm256_sub_pd(_mm256_setzero_pd(), _mm256_add_pd(_mm256_mul_pd(ax, ex), _mm256_mul_pd(ay, ey)));
+  e.c = _mm256_sub_pd(_mm256_mul_pd(ax, by), _mm256_mul_pd(ay, bx));
+  return e;
+}
+#endif
+
 // Whether every boundary segment of the polygon v is at squared distance >= K from o (division-free and
 // branch-free: same-object pairs pass it, so an early exit would only add mispredictions).
 CK_HD bool boundary_clear_edge(double ay, double ax, double by, double bx, double K) {
@@ -400,19 +422,10 @@ CK_HD bool boundary_clear(Verts v, int n, V2 o, double K) {
   const __m256d zero = _mm256_setzero_pd();
   __m256d all = _mm256_castsi256_pd(_mm256_set1_epi64x(-1));
   for (; l + 4 <= n; l += 4) {
-    const __m256d ay = _mm256_sub_pd(_mm256_loadu_pd(v.y + l - 1), oy);
-    const __m256d ax = _mm256_sub_pd(_mm256_loadu_pd(v.x + l - 1), ox);
-    const __m256d by = _mm256_sub_pd(_mm256_loadu_pd(v.y + l), oy);
-    const __m256d bx = _mm256_sub_pd(_mm256_loadu_pd(v.x + l), ox);
-    const __m256d ey = _mm256_sub_pd(by, ay), ex = _mm256_sub_pd(bx, ax);
-    const __m256d aa = _mm256_add_pd(_mm256_mul_pd(ax, ax), _mm256_mul_pd(ay, ay));
-    const __m256d bb = _mm256_add_pd(_mm256_mul_pd(bx, bx), _mm256_mul_pd(by, by));
-    const __m256d ee = _mm256_add_pd(_mm256_mul_pd(ex, ex), _mm256_mul_pd(ey, ey));
-    const __m256d t = _mm256_sub_pd(zero, _mm256_add_pd(_mm256_mul_pd(ax, ex), _mm256_mul_pd(ay, ey)));
-    const __m256d c = _mm256_sub_pd(_mm256_mul_pd(ax, by), _mm256_mul_pd(ay, bx));
-    const __m256d at_a = _mm256_cmp_pd(t, zero, _CMP_LE_OQ), at_b = _mm256_cmp_pd(t, ee, _CMP_GE_OQ);
-    const __m256d pass_a = _mm256_cmp_pd(aa, vk, _CMP_GE_OQ), pass_b = _mm256_cmp_pd(bb, vk, _CMP_GE_OQ);
-    const __m256d pass_m = _mm256_cmp_pd(_mm256_mul_pd(c, c), _mm256_mul_pd(vk, ee), _CMP_GE_OQ);
+    const EdgeTerms4 e = edge_terms4(v, l, oy, ox);
+    const __m256d at_a = _mm256_cmp_pd(e.t, zero, _CMP_LE_OQ), at_b = _mm256_cmp_pd(e.t, e.ee, _CMP_GE_OQ);
+    const __m256d pass_a = _mm256_cmp_pd(e.aa, vk, _CMP_GE_OQ), pass_b = _mm256_cmp_pd(e.bb, vk, _CMP_GE_OQ);
+    const __m256d pass_m = _mm256_cmp_pd(_mm256_mul_pd(e.c, e.c), _mm256_mul_pd(vk, e.ee), _CMP_GE_OQ);
     all = _mm256_and_pd(all, _mm256_blendv_pd(_mm256_blendv_pd(pass_m, pass_b, at_b), pass_a, at_a));
   }
   ok &= _mm256_movemask_pd(all) == 0xF;
@@ -573,20 +586,11 @@ CK_HD double clearance2(Verts v, int n, V2 o) {
   const __m256d oy = _mm256_set1_pd(o.y), ox = _mm256_set1_pd(o.x), zero = _mm256_setzero_pd();
   __m256d mv = _mm256_set1_pd(1e300);
   for (; k + 4 <= n; k += 4) {
-    const __m256d ay = _mm256_sub_pd(_mm256_loadu_pd(v.y + k - 1), oy);
-    const __m256d ax = _mm256_sub_pd(_mm256_loadu_pd(v.x + k - 1), ox);
-    const __m256d by = _mm256_sub_pd(_mm256_loadu_pd(v.y + k), oy);
-    const __m256d bx = _mm256_sub_pd(_mm256_loadu_pd(v.x + k), ox);
-    const __m256d ey = _mm256_sub_pd(by, ay), ex = _mm256_sub_pd(bx, ax);
-    const __m256d aa = _mm256_add_pd(_mm256_mul_pd(ax, ax), _mm256_mul_pd(ay, ay));
-    const __m256d bb = _mm256_add_pd(_mm256_mul_pd(bx, bx), _mm256_mul_pd(by, by));
-    const __m256d ee = _mm256_add_pd(_mm256_mul_pd(ex, ex), _mm256_mul_pd(ey, ey));
-    const __m256d t = _mm256_sub_pd(zero, _mm256_add_pd(_mm256_mul_pd(ax, ex), _mm256_mul_pd(ay, ey)));
-    const __m256d c = _mm256_sub_pd(_mm256_mul_pd(ax, by), _mm256_mul_pd(ay, bx));
-    const __m256d mid = _mm256_blendv_pd(aa, _mm256_div_pd(_mm256_mul_pd(c, c), ee),
-                                         _mm256_cmp_pd(ee, zero, _CMP_GT_OQ));
-    const __m256d d = _mm256_blendv_pd(_mm256_blendv_pd(mid, bb, _mm256_cmp_pd(t, ee, _CMP_GE_OQ)), aa,
-                                       _mm256_cmp_pd(t, zero, _CMP_LE_OQ));
+    const EdgeTerms4 e = edge_terms4(v, k, oy, ox);
+    const __m256d mid = _mm256_blendv_pd(e.aa, _mm256_div_pd(_mm256_mul_pd(e.c, e.c), e.ee),
+                                         _mm256_cmp_pd(e.ee, zero, _CMP_GT_OQ));
+    const __m256d d = _mm256_blendv_pd(_mm256_blendv_pd(mid, e.bb, _mm256_cmp_pd(e.t, e.ee, _CMP_GE_OQ)), e.aa,
+                                       _mm256_cmp_pd(e.t, zero, _CMP_LE_OQ));
     mv = _mm256_min_pd(mv, d);
   }
   alignas(32) double mm[4];
