@@ -284,13 +284,12 @@ class PanelRows {
 
 // ---- the forward micro-kernel: MO output channels x NV column vectors ---------------------------------------
 
+// acc[i][j] += sum over the E input rows and their taps of w * x: the loop both micro-kernels below run.
 template <class T, int NV, int KW>
-void micro_fwd(const T* const* rows, int64_t E, int64_t col, int64_t kw_rt, const int64_t* offs, const T* wp,
-               Vec<T> (&out)[MO][MV]) {
+__attribute__((always_inline)) inline void accumulate_fwd(const T* const* rows, int64_t E, int64_t col,
+                                                          int64_t kw_rt, const int64_t* offs, const T* wp,
+                                                          Vec<T> (&acc)[MO][NV]) {
   using V = Vec<T>;
-  V acc[MO][NV];
-  for (int i = 0; i < MO; ++i)
-    for (int j = 0; j < NV; ++j) acc[i][j] = out[i][j];
   const int64_t taps = KW ? KW : kw_rt;
   int64_t off[KW ? KW : 1];
   if (KW)
@@ -311,6 +310,16 @@ void micro_fwd(const T* const* rows, int64_t E, int64_t col, int64_t kw_rt, cons
       wp += MO;
     }
   }
+}
+
+template <class T, int NV, int KW>
+void micro_fwd(const T* const* rows, int64_t E, int64_t col, int64_t kw_rt, const int64_t* offs, const T* wp,
+               Vec<T> (&out)[MO][MV]) {
+  using V = Vec<T>;
+  V acc[MO][NV];
+  for (int i = 0; i < MO; ++i)
+    for (int j = 0; j < NV; ++j) acc[i][j] = out[i][j];
+  accumulate_fwd<T, NV, KW>(rows, E, col, kw_rt, offs, wp, acc);
   for (int i = 0; i < MO; ++i)
     for (int j = 0; j < NV; ++j) out[i][j] = acc[i][j];
 }
@@ -327,24 +336,7 @@ void tile_fwd(const T* const* rows, int64_t E, int64_t col, int64_t kw_rt, const
     const V b = V::set1(bias ? bias[i] : T(0));
     for (int j = 0; j < MV; ++j) acc[i][j] = b;
   }
-  const int64_t taps = KW ? KW : kw_rt;
-  int64_t off[KW ? KW : 1];
-  if (KW)
-    for (int t = 0; t < KW; ++t) off[t] = offs[t] + col;
-  for (int64_t e = 0; e < E; ++e) {
-    const T* p = rows[e];
-#pragma GCC unroll 1
-    for (int64_t t = 0; t < taps; ++t) {
-      const T* q = p + (KW ? off[t] : offs[t] + col);
-      V x[MV];
-      for (int j = 0; j < MV; ++j) x[j] = V::load(q + j * V::N);
-      for (int i = 0; i < MO; ++i) {
-        const V w = V::set1(wp[i]);
-        for (int j = 0; j < MV; ++j) acc[i][j] = V::fmadd(w, x[j], acc[i][j]);
-      }
-      wp += MO;
-    }
-  }
+  accumulate_fwd<T, MV, KW>(rows, E, col, kw_rt, offs, wp, acc);
   const V zero = V::zero(), slope = V::set1(slope_s);
   for (int i = 0; i < MO; ++i)
     for (int j = 0; j < MV; ++j) {
