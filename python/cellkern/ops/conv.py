@@ -1,4 +1,5 @@
-"""Convolution 2D/3D: numpy and torch entry points; torch custom ops with autograd and fake kernels."""
+"""Convolution and transposed convolution 2D/3D: numpy and torch entry points; torch custom ops with autograd and
+fake kernels."""
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
@@ -9,7 +10,7 @@ from .. import _C
 from ._common import (batched, check_device, dl, emu_flag, is_channels_last, memory_format, ntuple, require_torch,
                       stream_of, torch)
 
-__all__ = ["conv2d", "conv3d"]
+__all__ = ["conv2d", "conv3d", "conv_transpose2d", "conv_transpose3d"]
 
 PADDING_MODES = {"zeros": 0, "reflect": 1, "replicate": 2, "circular": 3}
 ACTIVATIONS = {None: 0, "none": 0, "relu": 1, "leaky_relu": 2}
@@ -63,6 +64,8 @@ def _params(nd, weight_shape, stride, padding, dilation, groups, padding_mode, a
 
 
 def _conv(x, weight, bias, nd, stride, padding, dilation, groups, padding_mode, activation, negative_slope):
+    if isinstance(x, (list, tuple)):
+        x = _concat_parts(x, nd)
     if isinstance(x, np.ndarray):
         return _conv_numpy(x, weight, bias, nd, stride, padding, dilation, groups, padding_mode, activation,
                            negative_slope)
@@ -79,6 +82,22 @@ def _conv(x, weight, bias, nd, stride, padding, dilation, groups, padding_mode, 
     check_device(weight, "weight")
     y = torch.ops.cellkern.conv(xb, weight, bias, *params)
     return y[0] if unbatched else y
+
+
+def _concat_parts(parts, nd):
+    """PROVISIONAL: the parts of a channel-split input, concatenated (the kernels will read them in place)."""
+    if not all(isinstance(p, np.ndarray) or (torch is not None and isinstance(p, torch.Tensor)) for p in parts):
+        raise TypeError("x: expected a torch.Tensor or numpy.ndarray, or a list of them (channel parts), got "
+                        f"a {type(parts).__name__} of {sorted({type(p).__name__ for p in parts})}")
+    if len(parts) == 0:
+        raise ValueError("x: expected a tensor or a non-empty list of tensors")
+    if all(isinstance(p, np.ndarray) for p in parts):
+        return np.concatenate([batched(p, nd, f"x[{i}]")[0] for i, p in enumerate(parts)], axis=1)[
+            0 if parts[0].ndim == nd + 1 else slice(None)]
+    require_torch()
+    if not all(isinstance(p, torch.Tensor) for p in parts):
+        raise TypeError("x: a list input must hold only torch tensors or only numpy arrays")
+    return torch.cat(parts, dim=-nd - 1)
 
 
 def _conv_numpy(x, weight, bias, nd, stride, padding, dilation, groups, padding_mode, activation, negative_slope):
@@ -205,3 +224,128 @@ if torch is not None:
         return gx, gw, gb, None, None, None, None, None, None, None, None
 
     torch.library.register_autograd("cellkern::conv", _backward, setup_context=_setup_context)
+
+
+# ---- transposed convolution ----------------------------------------------------------------------------------
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """2D transposed convolution with ``torch.nn.functional.conv_transpose2d``'s arguments and semantics
+    (``weight`` of shape (C_in, C_out / groups, kH, kW)): the gradient of conv2d with respect to its input, plus
+    bias. Torch tensors (differentiable in x, weight and bias) or numpy arrays (forward only)."""
+    return _conv_transpose(x, weight, bias, 2, stride, padding, output_padding, groups, dilation)
+
+
+def conv_transpose3d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """3D transposed convolution with ``torch.nn.functional.conv_transpose3d``'s arguments; see conv_transpose2d."""
+    return _conv_transpose(x, weight, bias, 3, stride, padding, output_padding, groups, dilation)
+
+
+def _transpose_params(nd, stride, padding, output_padding, groups, dilation):
+    s = ntuple(stride, nd, "stride")
+    p = ntuple(padding, nd, "padding")
+    op = ntuple(output_padding, nd, "output_padding")
+    d = ntuple(dilation, nd, "dilation")
+    if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool):
+        raise ValueError(f"groups: expected an int, got {groups!r}")
+    for i in range(nd):
+        if s[i] < 1 or d[i] < 1 or p[i] < 0:
+            raise ValueError(f"stride and dilation must be positive and padding non-negative, got stride={s}, "
+                             f"padding={p}, dilation={d}")
+        if not 0 <= op[i] < max(s[i], d[i]):
+            raise ValueError(f"output_padding must be smaller than either stride or dilation, got "
+                             f"output_padding={op}, stride={s}, dilation={d}")
+        if op[i] >= s[i]:  # PROVISIONAL: lifted when the transposed kernels take the output shape directly
+            raise ValueError(f"output_padding >= stride is not supported yet, got output_padding={op}, stride={s}")
+    return s, p, op, d, int(groups)
+
+
+def _transpose_shape(nd, x_shape, w_shape, s, p, op, d, groups):
+    if len(x_shape) != nd + 2:
+        raise ValueError(f"x: expected a {nd + 2}D tensor, got shape {tuple(x_shape)}")
+    if len(w_shape) != nd + 2:
+        raise ValueError(f"weight: expected a {nd + 2}D tensor (C_in, C_out / groups, k...), got {tuple(w_shape)}")
+    if w_shape[0] != x_shape[1]:
+        raise ValueError(f"weight: expected {x_shape[1]} input channels (x has {x_shape[1]}), got weight of shape "
+                         f"{tuple(w_shape)}")
+    if groups < 1 or x_shape[1] % groups:
+        raise ValueError(f"groups: {x_shape[1]} input channels are not divisible by groups={groups}")
+    out = [(x_shape[2 + i] - 1) * s[i] - 2 * p[i] + d[i] * (w_shape[2 + i] - 1) + op[i] + 1 for i in range(nd)]
+    if any(o <= 0 for o in out):
+        raise ValueError(f"the output would be empty: input {tuple(x_shape)}, kernel {tuple(w_shape[2:])}, "
+                         f"stride {s}, padding {p}")
+    return [x_shape[0], w_shape[1] * groups] + out
+
+
+def _conv_transpose(x, weight, bias, nd, stride, padding, output_padding, groups, dilation):
+    s, p, op, d, groups = _transpose_params(nd, stride, padding, output_padding, groups, dilation)
+    if isinstance(x, np.ndarray):
+        if not isinstance(weight, np.ndarray) or (bias is not None and not isinstance(bias, np.ndarray)):
+            raise TypeError("weight and bias: expected numpy arrays when x is a numpy array")
+        xb, unbatched = batched(x, nd)
+        xb, w = np.ascontiguousarray(xb), np.ascontiguousarray(weight)
+        out = np.empty(_transpose_shape(nd, xb.shape, w.shape, s, p, op, d, groups), dtype=xb.dtype)
+        _C.conv_grad_input(xb, w, out, None, s, p, p, d, groups, 0, 0, 0.0, emu_flag(xb), 0)
+        if bias is not None:
+            out += np.asarray(bias, dtype=out.dtype).reshape((1, -1) + (1,) * nd)
+        return out[0] if unbatched else out
+    require_torch()
+    for name, t in (("x", x), ("weight", weight)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor or numpy.ndarray, got {type(t).__name__}")
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise TypeError(f"bias: expected a torch.Tensor or None, got {type(bias).__name__}")
+    xb, unbatched = batched(x, nd)
+    check_device(xb, "x")
+    check_device(weight, "weight")
+    _transpose_shape(nd, tuple(xb.shape), tuple(weight.shape), s, p, op, d, groups)
+    y = torch.ops.cellkern.conv_transpose(xb, weight, bias, s, p, op, d, groups)
+    return y[0] if unbatched else y
+
+
+if torch is not None:
+
+    @torch.library.custom_op("cellkern::conv_transpose", mutates_args=())
+    def _conv_transpose_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: List[int],
+                           padding: List[int], output_padding: List[int], dilation: List[int],
+                           groups: int) -> torch.Tensor:
+        nd = len(stride)
+        cl = is_channels_last(x, nd)
+        shape = _transpose_shape(nd, tuple(x.shape), tuple(weight.shape), stride, padding, output_padding, dilation,
+                                 groups)
+        y = torch.empty(shape, dtype=x.dtype, device=x.device)
+        _C.conv_grad_input(dl(_dense(x)), dl(_dense(weight)), dl(y), None, stride, padding, padding, dilation,
+                           groups, 0, 0, 0.0, emu_flag(x), stream_of(x))
+        if bias is not None:
+            y += bias.view((1, -1) + (1,) * nd)  # PROVISIONAL: to be fused into the kernel's stores
+        return y.contiguous(memory_format=memory_format(True, nd)) if cl else y
+
+    @_conv_transpose_op.register_fake
+    def _(x, weight, bias, stride, padding, output_padding, dilation, groups):
+        nd = len(stride)
+        shape = [x.shape[0], weight.shape[1] * groups] + [
+            (x.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (weight.shape[2 + i] - 1)
+            + output_padding[i] + 1 for i in range(nd)]
+        return torch.empty(shape, dtype=x.dtype, device=x.device,
+                           memory_format=memory_format(is_channels_last(x, nd), nd))
+
+    def _transpose_setup_context(ctx, inputs, output):
+        x, weight, bias, stride, padding, output_padding, dilation, groups = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.args = (stride, padding, padding, dilation, groups, 0)
+        ctx.has_bias = bias is not None
+
+    def _transpose_backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        nd = x.dim() - 2
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            # The transposed convolution's input gradient is the convolution itself.
+            gx = torch.ops.cellkern.conv(grad_out, weight, None, *ctx.args, 0, 0.0)
+        if ctx.needs_input_grad[1]:
+            gw, _ = torch.ops.cellkern.conv_grad_weight(x, grad_out, list(weight.shape), False, *ctx.args)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = grad_out.sum(dim=[0] + list(range(2, nd + 2)))  # PROVISIONAL: a cellkern reduction kernel
+        return gx, gw, gb, None, None, None, None, None
+
+    torch.library.register_autograd("cellkern::conv_transpose", _transpose_backward,
+                                    setup_context=_transpose_setup_context)
