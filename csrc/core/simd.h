@@ -31,6 +31,8 @@ struct Scalar {
     p[0] = a.v;
     p[1] = b.v;
   }
+  static void stream_interleaved(T* p, Scalar a, Scalar b) { store_interleaved(p, a, b); }
+  static void stream_fence() {}
   static void take_max(Scalar& m, Scalar& idx, Scalar x, Scalar k) {
     if (x.v > m.v || std::isnan(x.v)) {
       m.v = x.v;
@@ -83,6 +85,14 @@ struct Avx2<float> {
     _mm256_storeu_ps(p, _mm256_permute2f128_ps(lo, hi, 0x20));
     _mm256_storeu_ps(p + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
   }
+  // The same with non-temporal stores (p 32-byte aligned): outputs written once and far larger than the caches
+  // skip the read for ownership. stream_fence() orders them before the caller's thread finishes.
+  static void stream_interleaved(float* p, Avx2 a, Avx2 b) {
+    __m256 lo = _mm256_unpacklo_ps(a.v, b.v), hi = _mm256_unpackhi_ps(a.v, b.v);
+    _mm256_stream_ps(p, _mm256_permute2f128_ps(lo, hi, 0x20));
+    _mm256_stream_ps(p + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+  }
+  static void stream_fence() { _mm_sfence(); }
   // torch's max-pool rule, lane-wise: take (x, k) where x > m or x is NaN.
   static void take_max(Avx2& m, Avx2& idx, Avx2 x, Avx2 k) {
     __m256 take = _mm256_or_ps(_mm256_cmp_ps(x.v, m.v, _CMP_GT_OQ), _mm256_cmp_ps(x.v, x.v, _CMP_UNORD_Q));
@@ -147,6 +157,12 @@ struct Avx2<double> {
     _mm256_storeu_pd(p, _mm256_permute2f128_pd(lo, hi, 0x20));
     _mm256_storeu_pd(p + 4, _mm256_permute2f128_pd(lo, hi, 0x31));
   }
+  static void stream_interleaved(double* p, Avx2 a, Avx2 b) {
+    __m256d lo = _mm256_unpacklo_pd(a.v, b.v), hi = _mm256_unpackhi_pd(a.v, b.v);
+    _mm256_stream_pd(p, _mm256_permute2f128_pd(lo, hi, 0x20));
+    _mm256_stream_pd(p + 4, _mm256_permute2f128_pd(lo, hi, 0x31));
+  }
+  static void stream_fence() { _mm_sfence(); }
   static void take_max(Avx2& m, Avx2& idx, Avx2 x, Avx2 k) {
     __m256d take = _mm256_or_pd(_mm256_cmp_pd(x.v, m.v, _CMP_GT_OQ), _mm256_cmp_pd(x.v, x.v, _CMP_UNORD_Q));
     m.v = _mm256_blendv_pd(m.v, x.v, take);

@@ -304,15 +304,20 @@ def test_opcheck():
     w = torch.randn(4, 3, 3, 3, requires_grad=True)
     b = torch.randn(4, requires_grad=True)
     utils = ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")
-    torch.library.opcheck(torch.ops.cellkern.conv.default, (x, w, b, [1, 1], [1, 1], [1, 1], [1, 1], 1, 1, 2, 0.1),
+    torch.library.opcheck(torch.ops.cellkern.conv.default, ([x], w, b, [1, 1], [1, 1], [1, 1], [1, 1], 1, 1, 2, 0.1),
                           test_utils=utils)
-    torch.library.opcheck(torch.ops.cellkern.conv.default, (x, w, None, [2, 1], [0, 1], [1, 1], [1, 2], 1, 0, 0, 0.0),
+    torch.library.opcheck(torch.ops.cellkern.conv.default, ([x], w, None, [2, 1], [0, 1], [1, 1], [1, 2], 1, 0, 0, 0.0),
                           test_utils=utils)
+    x1, x2 = x.detach()[:, :1].clone().requires_grad_(True), x.detach()[:, 1:].clone().requires_grad_(True)
+    torch.library.opcheck(torch.ops.cellkern.conv.default, ([x1, x2], w, b, [1, 1], [1, 1], [1, 1], [1, 1], 1, 0, 1,
+                                                            0.0), test_utils=utils)
     gy = torch.randn(2, 4, 9, 10)
     torch.library.opcheck(torch.ops.cellkern.conv_grad_input.default,
-                          (gy, w.detach(), [2, 3, 9, 10], [1, 1], [1, 1], [1, 1], [1, 1], 1, 1), test_utils=utils)
+                          (gy, w.detach(), [2, 3, 9, 10], [1, 1], [1, 1], [1, 1], [1, 1], 1, 1, 0), test_utils=utils)
+    torch.library.opcheck(torch.ops.cellkern.conv_grad_input.default,
+                          (gy, w.detach(), [2, 2, 9, 10], [1, 1], [1, 1], [1, 1], [1, 1], 1, 1, 1), test_utils=utils)
     torch.library.opcheck(torch.ops.cellkern.conv_grad_weight.default,
-                          (gy, x.detach(), [4, 3, 3, 3], True, [1, 1], [1, 1], [1, 1], [1, 1], 1, 0), test_utils=utils)
+                          (gy, [x.detach()], [4, 3, 3, 3], True, [1, 1], [1, 1], [1, 1], [1, 1], 1, 0), test_utils=utils)
 
 
 @pytest.mark.parametrize("nd", [2, 3])
@@ -428,3 +433,97 @@ def test_cuda_matches_cpu():
         yc = _reference(x, w, b, s, p, d, g, mode, act)
         _close(y.cpu(), yc, torch.float32, str(case))
         y.sum().backward()
+
+
+# ---- an input given as channel parts (a concatenation that is never materialised) ---------------------------
+
+# (part channels, out channels, spatial, kernel, padding, padding_mode, activation)
+PARTS_CASES = [
+    ((3, 2), 4, (9, 11), 3, 1, "zeros", "relu"),
+    ((1, 5, 2), 3, (8, 7), 3, 1, "reflect", None),
+    ((4, 4), 6, (6, 5, 7), 3, 1, "zeros", "leaky_relu"),     # 3D
+    ((17, 16), 16, (12, 13), 3, 1, "zeros", "relu"),         # Winograd on the CPU (>= 16 channels)
+    ((2, 3), 2, (7, 9), 1, 0, "zeros", None),                # 1x1
+]
+
+
+@pytest.mark.parametrize("case", PARTS_CASES, ids=lambda c: f"{len(c[2])}d-{'+'.join(map(str, c[0]))}-{c[5]}")
+def test_channel_parts_match_torch_cat(backend, case):
+    chans, cout, sp, k, p, mode, act = case
+    nd = len(sp)
+    gen = torch.Generator().manual_seed(8)
+    for dtype in (torch.float32, torch.float64):
+        xs = [torch.randn((2, c) + sp, generator=gen, dtype=dtype).to(backend.device).requires_grad_(True)
+              for c in chans]
+        w = torch.randn((cout, sum(chans)) + (k,) * nd, generator=gen, dtype=dtype).to(backend.device)
+        w.requires_grad_(True)
+        b = torch.randn(cout, generator=gen, dtype=dtype).to(backend.device).requires_grad_(True)
+        want = _reference(torch.cat(xs, 1), w, b, 1, p, 1, 1, mode, act)
+        got = _ours(nd)(xs, w, b, 1, p, 1, 1, mode, act, SLOPE)
+        _close(got, want, dtype, f"forward {case}")
+        gy = torch.randn(want.shape, generator=gen, dtype=dtype).to(backend.device)
+        names = [f"x[{i}]" for i in range(len(xs))] + ["weight", "bias"]
+        for name, a, c in zip(names, torch.autograd.grad(got, (*xs, w, b), gy),
+                              torch.autograd.grad(want, (*xs, w, b), gy)):
+            _close(a, c, dtype, f"grad {name} {case} {dtype}")
+        if backend.is_emu:
+            break  # float64 on the emulator adds little and costs a lot
+
+
+def test_channel_parts_gradcheck_and_partial_grads():
+    gen = torch.Generator().manual_seed(9)
+    a = torch.randn(1, 2, 6, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(1, 3, 6, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 5, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, w, c: conv2d([a, b], w, c, 1, 1, activation="relu"), (a, b, w, bias))
+    assert torch.autograd.gradcheck(lambda a, b, w: conv2d((a, b), w, None, 2, 1, padding_mode="replicate"), (a, b, w))
+    # Only the skip part needs a gradient (the other is a constant): only its gradient is computed.
+    skip = b.detach().clone().requires_grad_(True)
+    conv2d([a.detach(), skip], w.detach(), None, 1, 1).sum().backward()
+    ref = skip.detach().clone().requires_grad_(True)
+    F.conv2d(torch.cat([a.detach(), ref], 1), w.detach(), None, 1, 1).sum().backward()
+    torch.testing.assert_close(skip.grad, ref.grad)
+
+
+def test_channel_parts_numpy_and_layouts():
+    rng = np.random.default_rng(10)
+    a, b = (rng.standard_normal((1, c, 8, 9)).astype(np.float32) for c in (2, 3))
+    w = rng.standard_normal((4, 5, 3, 3)).astype(np.float32)
+    want = F.conv2d(torch.from_numpy(np.concatenate([a, b], 1)), torch.from_numpy(w), None, 1, 1).numpy()
+    np.testing.assert_allclose(conv2d([a, b], w, None, 1, 1), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(conv2d([a[0], b[0]], w, None, 1, 1), want[0], rtol=1e-4, atol=1e-4)  # unbatched
+    # channels_last and strided parts are made dense; the output takes the first part's layout.
+    ta = torch.from_numpy(a).contiguous(memory_format=torch.channels_last)
+    tb = torch.from_numpy(b).transpose(2, 3).contiguous().transpose(2, 3)
+    got = conv2d([ta, tb], torch.from_numpy(w), None, 1, 1)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: conv2d([X, torch.zeros(1, 2, 8, 9)], torch.zeros(4, 5, 3, 3)), ValueError,
+     r"x\[1\]: channel parts must agree in every dim but the channels"),
+    (lambda: conv2d([X, torch.zeros(2, 2, 8, 8)], torch.zeros(4, 5, 3, 3)), ValueError, "must agree"),
+    (lambda: conv2d([X, X], torch.zeros(4, 3, 3, 3), groups=2), ValueError, "channel parts needs groups=1"),
+    (lambda: conv2d([X, X.double()], torch.zeros(4, 6, 3, 3)), TypeError, r"x\[1\]: expected dtype float32"),
+    (lambda: conv2d([X, np.zeros((1, 3, 8, 8), np.float32)], torch.zeros(4, 6, 3, 3)), TypeError,
+     "all torch tensors or all numpy arrays"),
+    (lambda: conv2d([X] * 5, torch.zeros(4, 15, 3, 3)), ValueError, "at most 4 channel parts"),
+    (lambda: conv2d([], W), ValueError, "non-empty list"),
+    (lambda: conv2d([X, torch.zeros(1, 2, 8, 8)], W), ValueError, "weight: expected 5 input channels"),
+    (lambda: conv2d([X, torch.zeros(3, 8, 8)], torch.zeros(4, 6, 3, 3)), ValueError, "mix batched and unbatched"),
+    (lambda: conv2d([X, torch.zeros(1, 0, 8, 8)], W), ValueError, "a channel part must have channels"),
+])
+def test_channel_parts_bad_input(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_channel_part_gradient_low_level_validates():
+    gy, w = np.zeros((1, 4, 8, 8), np.float32), np.zeros((4, 5, 3, 3), np.float32)
+    p = ([1, 1], [1, 1], [1, 1], [1, 1], 1, 0, 0, 0.0)
+    with pytest.raises(ValueError, match=r"channels \[3, 6\) are not input channels of the weight"):
+        _C.conv_grad_input(gy, w, np.zeros((1, 3, 8, 8), np.float32), None, *p, channel_offset=3)
+    with pytest.raises(ValueError, match=r"channels \[-1, 1\)"):
+        _C.conv_grad_input(gy, w, np.zeros((1, 2, 8, 8), np.float32), None, *p, channel_offset=-1)

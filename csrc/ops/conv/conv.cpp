@@ -174,6 +174,121 @@ ConvAlgo conv_set_algorithm(ConvAlgo a) {
 }
 ConvAlgo conv_algorithm() { return ConvAlgo(g_algo.load()); }
 
+// ---- channel parts and transposed geometry ------------------------------------------------------------------
+
+namespace {
+
+std::vector<std::string> part_names(size_t n) {
+  std::vector<std::string> names;
+  for (size_t i = 0; i < n; ++i) names.push_back(n == 1 ? std::string("x") : str("x[", i, "]"));
+  return names;
+}
+
+// The shape of the input the parts form together (channels added up); every part is checked against the first.
+Shape parts_shape(const std::vector<TensorView>& xs, const std::vector<std::string>& names, const ConvParams& p) {
+  CK_CHECK_VALUE(!xs.empty() && xs.size() <= size_t(kMaxParts), "x: expected 1 to ", kMaxParts,
+                 " channel parts, got ", xs.size());
+  CK_CHECK_VALUE(xs.size() == 1 || p.groups == 1, "groups: an input given as channel parts needs groups=1, got ",
+                 p.groups);
+  const TensorView& x0 = xs[0];
+  check_dtype(x0, names[0].c_str(), {DType::f32, DType::f64});
+  Shape s = shape_of(x0);
+  for (size_t i = 1; i < xs.size(); ++i) {
+    const TensorView& xi = xs[i];
+    const char* n = names[i].c_str();
+    check_same_dtype(xi, n, x0, names[0].c_str());
+    check_same_device(xi, n, x0, names[0].c_str());
+    bool same = xi.ndim == x0.ndim && x0.ndim >= 2 && xi.shape[0] == x0.shape[0];
+    for (int d = 2; same && d < x0.ndim; ++d) same = xi.shape[d] == x0.shape[d];
+    CK_CHECK_VALUE(same, n, ": channel parts must agree in every dim but the channels, got ", shape_str(xi),
+                   " and ", names[0], " ", shape_str(x0));
+    CK_CHECK_VALUE(xi.shape[1] > 0, n, ": a channel part must have channels, got shape ", shape_str(xi));
+    s.s[1] += xi.shape[1];
+  }
+  if (xs.size() > 1) CK_CHECK_VALUE(x0.shape[1] > 0, names[0], ": a channel part must have channels, got shape ",
+                                    shape_str(x0));
+  for (size_t i = 0; i < xs.size(); ++i) check_dense(xs[i], names[i].c_str());
+  return s;
+}
+
+// The parts as a ConvInput for group gi (one part when groups > 1).
+ConvInput input_of(const std::vector<TensorView>& xs, const ConvGeom& g, int64_t gi) {
+  ConvInput in;
+  in.parts = int(xs.size());
+  for (size_t i = 0; i < xs.size(); ++i) {
+    in.data[i] = offset(static_cast<const void*>(xs[i].data), gi * g.Cin * plane_in(g), xs[i].dtype);
+    in.bs[i] = xs[i].shape[1] * plane_in(g);
+    in.c_begin[i + 1] = in.c_begin[i] + (xs.size() == 1 ? g.Cin : xs[i].shape[1]);
+  }
+  return in;
+}
+
+void check_output_parts(const TensorView& y, const char* name, const std::vector<TensorView>& xs,
+                        const std::vector<std::string>& names,
+                        std::initializer_list<std::pair<const TensorView*, const char*>> others) {
+  check_output(y, name, others);
+  for (size_t i = 0; i < xs.size(); ++i) check_no_overlap(y, name, xs[i], names[i].c_str());
+}
+
+// The problem of the gradient of one channel part: gx covers the weight's input channels [c0, c0 + its channels).
+// Validated as the whole input, then narrowed to the part.
+Problem part_problem(const Shape& gx_shape, const char* name, const Shape& w_shape, const ConvParams& p, int64_t c0,
+                     int64_t* w_cin) {
+  Shape whole = gx_shape;
+  const bool part = c0 != 0 || (gx_shape.ndim >= 2 && w_shape.ndim >= 2 && gx_shape.s[1] != w_shape.s[1] * p.groups);
+  if (part) {
+    CK_CHECK_VALUE(p.groups == 1, "groups: the gradient of a channel part needs groups=1, got ", p.groups);
+    CK_CHECK_VALUE(gx_shape.ndim >= 2 && w_shape.ndim >= 2 && c0 >= 0 && gx_shape.s[1] > 0 &&
+                       c0 + gx_shape.s[1] <= w_shape.s[1],
+                   name, ": channels [", c0, ", ", c0 + (gx_shape.ndim >= 2 ? gx_shape.s[1] : 0),
+                   ") are not input channels of the weight ", str_shape(w_shape));
+    whole.s[1] = w_shape.s[1];
+  }
+  Problem r = make_problem(whole, name, w_shape, p);
+  *w_cin = r.g.Cin;
+  if (part) {
+    r.cin_total = r.g.Cin = gx_shape.s[1];
+    r.g.x_bs = r.cin_total * plane_in(r.g);
+  }
+  return r;
+}
+
+// The transposed convolution x -> y as the convolution y -> x it is the input gradient of: g.in = y's spatial
+// size, g.out = x's, g.Cin = y's channels per group, g.Cout = x's. Validates y's size against torch's rule.
+Problem transposed_problem(const Shape& xs, const Shape& ws, const Shape& ys, const ConvParams& p) {
+  check_params(p);
+  const int nd = p.nd;
+  CK_CHECK_VALUE(p.pad_mode == PadMode::zeros, "padding_mode: a transposed convolution supports only zeros");
+  const char* dims = nd == 2 ? "(N, C, H, W)" : "(N, C, D, H, W)";
+  CK_CHECK_VALUE(xs.ndim == nd + 2, "x: expected a ", nd + 2, "D tensor ", dims, ", got shape ", str_shape(xs));
+  CK_CHECK_VALUE(ws.ndim == nd + 2, "weight: expected a ", nd + 2, "D tensor (C_in, C_out / groups, ",
+                 nd == 2 ? "kH, kW" : "kD, kH, kW", "), got shape ", str_shape(ws));
+  CK_CHECK_VALUE(xs.s[1] > 0 && xs.s[1] % p.groups == 0, "x: ", xs.s[1], " input channels, not a positive multiple of "
+                 "groups=", p.groups);
+  CK_CHECK_VALUE(ws.s[0] == xs.s[1], "weight: expected ", xs.s[1], " input channels (the channels of x), got weight "
+                 "of shape ", str_shape(ws));
+  CK_CHECK_VALUE(ws.s[1] > 0, "weight: the output-channel dimension is empty, shape ", str_shape(ws));
+  CK_CHECK_VALUE(ys.ndim == nd + 2 && ys.s[0] == xs.s[0] && ys.s[1] == ws.s[1] * p.groups, "out: expected shape (",
+                 xs.s[0], ", ", ws.s[1] * p.groups, ", ...), got ", str_shape(ys));
+  // Validated as the convolution y -> x (the weight is that convolution's), then its output sized from x.
+  Problem r = make_problem(ys, "out", ws, p);
+  for (int i = 0; i < nd; ++i) {
+    const int a = 3 - nd + i;
+    const int64_t base = (xs.s[2 + i] - 1) * r.g.s[a] - 2 * r.g.lo[a] + r.g.d[a] * (r.g.k[a] - 1) + 1;
+    const int64_t extra = std::max(r.g.s[a], r.g.d[a]);
+    CK_CHECK_VALUE(xs.s[2 + i] > 0 && ys.s[2 + i] >= base && ys.s[2 + i] < base + extra, "out: size ", ys.s[2 + i],
+                   " along dim ", kDims[nd - 2][i], " is not (in - 1) * stride - 2 * padding + dilation * (kernel - 1)"
+                   " + output_padding + 1 with 0 <= output_padding < max(stride, dilation) for input size ",
+                   xs.s[2 + i]);
+    r.g.out[a] = xs.s[2 + i];
+    r.out_shape[2 + i] = xs.s[2 + i];
+  }
+  r.g.y_bs = checked_mul(xs.s[1], plane_out(r.g), "the input size");
+  return r;
+}
+
+}  // namespace
+
 std::vector<int64_t> conv_output_shape(const std::vector<int64_t>& x_shape, const std::vector<int64_t>& w_shape,
                                        const ConvParams& p) {
   Problem r = make_problem(shape_of(x_shape, "x"), "x", shape_of(w_shape, "weight"), p);
@@ -181,8 +296,10 @@ std::vector<int64_t> conv_output_shape(const std::vector<int64_t>& x_shape, cons
 }
 
 std::vector<int64_t> conv_grad_input_workspace_shape(const std::vector<int64_t>& x_shape,
-                                                     const std::vector<int64_t>& w_shape, const ConvParams& p) {
-  Problem r = make_problem(shape_of(x_shape, "x"), "x", shape_of(w_shape, "weight"), p);
+                                                     const std::vector<int64_t>& w_shape, const ConvParams& p,
+                                                     int64_t channel_offset) {
+  int64_t w_cin = 0;
+  Problem r = part_problem(shape_of(x_shape, "x"), "x", shape_of(w_shape, "weight"), p, channel_offset, &w_cin);
   if (p.pad_mode == PadMode::zeros) return {};
   std::vector<int64_t> s = {r.g.N, r.cin_total};
   for (int i = 0; i < p.nd; ++i) {
@@ -192,20 +309,47 @@ std::vector<int64_t> conv_grad_input_workspace_shape(const std::vector<int64_t>&
   return s;
 }
 
-void conv_forward(const TensorView& x, const TensorView& w, const TensorView& b, const TensorView& y,
+std::vector<int64_t> conv_transpose_output_shape(const std::vector<int64_t>& x_shape,
+                                                 const std::vector<int64_t>& w_shape, const ConvParams& p,
+                                                 const std::vector<int64_t>& output_padding) {
+  const Shape xs = shape_of(x_shape, "x"), ws = shape_of(w_shape, "weight");
+  CK_CHECK_VALUE(int(output_padding.size()) == p.nd, "output_padding: expected ", p.nd, " values, got ",
+                 output_padding.size());
+  CK_CHECK_VALUE(xs.ndim == p.nd + 2 && ws.ndim == p.nd + 2, "x and weight: expected ", p.nd + 2, "D shapes, got ",
+                 str_shape(xs), " and ", str_shape(ws));
+  Shape ys = xs;
+  ys.s[1] = checked_mul(ws.s[1], p.groups, "the output channels");
+  for (int i = 0; i < p.nd; ++i) {
+    const int64_t s = p.stride[i], d = p.dilation[i], k = ws.s[2 + i], op = output_padding[i];
+    CK_CHECK_VALUE(op >= 0 && op < std::max(s, d), "output_padding: must be smaller than either stride or dilation, "
+                   "got ", op, " with stride ", s, " and dilation ", d, " for dim ", kDims[p.nd - 2][i]);
+    CK_CHECK_VALUE(k > 0 && k < kMaxParam && s > 0 && s < kMaxParam && d > 0 && d < kMaxParam,
+                   "weight, stride, dilation: expected positive sizes, got kernel ", k, ", stride ", s, ", dilation ", d);
+    const int64_t y = checked_mul(xs.s[2 + i] - 1, s, "the output size") - 2 * p.pad_lo[i] +
+                      checked_mul(d, k - 1, "the output size") + op + 1;
+    CK_CHECK_VALUE(xs.s[2 + i] > 0 && y > 0, "the output would be empty along dim ", kDims[p.nd - 2][i], " (input ",
+                   xs.s[2 + i], ", kernel ", k, ", stride ", s, ", padding ", p.pad_lo[i], ", dilation ", d, ")");
+    ys.s[2 + i] = y;
+  }
+  transposed_problem(xs, ws, ys, p);  // every other check, as the op will run it
+  return std::vector<int64_t>(ys.s, ys.s + ys.ndim);
+}
+
+void conv_forward(const std::vector<TensorView>& xs, const TensorView& w, const TensorView& b, const TensorView& y,
                   const ConvParams& p, bool use_emu, void* stream) {
-  check_dtype(x, "x", {DType::f32, DType::f64});
-  Problem r = make_problem(shape_of(x), "x", shape_of(w), p);
-  check_dense(x, "x");
-  check_same_dtype(w, "weight", x, "x");
-  check_same_device(w, "weight", x, "x");
+  const std::vector<std::string> names = part_names(xs.size());
+  Shape whole = parts_shape(xs, names, p);
+  const TensorView& x = xs[0];
+  Problem r = make_problem(whole, names[0].c_str(), shape_of(w), p);
+  check_same_dtype(w, "weight", x, names[0].c_str());
+  check_same_device(w, "weight", x, names[0].c_str());
   check_dense(w, "weight");
   if (b.ndim) {
     const int64_t bs[1] = {r.cout_total};
-    check_tensor(b, "bias", bs, 1, x, "x");
+    check_tensor(b, "bias", bs, 1, x, names[0].c_str());
   }
-  check_tensor(y, "out", r.out_shape, p.nd + 2, x, "x");
-  check_output(y, "out", {{&x, "x"}, {&w, "weight"}, {&b, "bias"}});
+  check_tensor(y, "out", r.out_shape, p.nd + 2, x, names[0].c_str());
+  check_output_parts(y, "out", xs, names, {{&w, "weight"}, {&b, "bias"}});
   Backend be = pick_backend(x, use_emu);
   const ConvGeom& g = r.g;
   if (g.N == 0) return;
@@ -213,7 +357,7 @@ void conv_forward(const TensorView& x, const TensorView& w, const TensorView& b,
   for (int64_t gi = 0; gi < r.groups; ++gi) {
     ConvForwardArgs a{g,
                       x.dtype,
-                      offset(static_cast<const void*>(x.data), gi * g.Cin * plane_in(g), x.dtype),
+                      input_of(xs, g, gi),
                       offset(static_cast<const void*>(w.data), gi * wg, x.dtype),
                       b.ndim ? offset(static_cast<const void*>(b.data), gi * g.Cout, x.dtype) : nullptr,
                       offset(y.data, gi * g.Cout * plane_out(g), x.dtype),
@@ -228,32 +372,16 @@ void conv_forward(const TensorView& x, const TensorView& w, const TensorView& b,
   }
 }
 
-void conv_grad_input(const TensorView& gy, const TensorView& w, const TensorView& gx, const TensorView& workspace,
-                     const ConvParams& p, bool use_emu, void* stream) {
-  check_dtype(gx, "grad_input", {DType::f32, DType::f64});
-  Problem r = make_problem(shape_of(gx), "grad_input", shape_of(w), p);
-  check_dense(gx, "grad_input");
-  check_tensor(gy, "grad_output", r.out_shape, p.nd + 2, gx, "grad_input");
-  check_same_dtype(w, "weight", gx, "grad_input");
-  check_same_device(w, "weight", gx, "grad_input");
-  check_dense(w, "weight");
-  check_output(gx, "grad_input", {{&gy, "grad_output"}, {&w, "weight"}});
+namespace {
+
+// The gradient of the input for a validated problem r (gx one part of width r.cin_total, weight rows w_cin wide,
+// starting at input channel c0), with the fold of non-zero padding modes through `workspace`; b (per gx channel,
+// may be null) is added: the transposed convolution.
+void grad_input_run(const Problem& r, const ConvParams& p, const TensorView& gy, const TensorView& w, int64_t w_cin,
+                    int64_t c0, const void* b, const TensorView& gx, const TensorView& workspace, Backend be,
+                    void* stream) {
   ConvGeom g = r.g;
   const bool padded = p.pad_mode != PadMode::zeros;
-  int64_t ws_shape[5] = {g.N, r.cin_total, 1, 1, 1};
-  if (padded) {
-    for (int i = 0; i < p.nd; ++i) {
-      const int a = 3 - p.nd + i;
-      ws_shape[2 + i] = g.in[a] + g.lo[a] + r.hi[a];
-    }
-    CK_CHECK_VALUE(workspace.ndim, "workspace: padding_mode ", int(p.pad_mode),
-                   " needs a workspace of the padded input's shape for the gradient of the input");
-    check_tensor(workspace, "workspace", ws_shape, p.nd + 2, gx, "grad_input");
-    check_output(workspace, "workspace", {{&gy, "grad_output"}, {&w, "weight"}, {&gx, "grad_input"}});
-  } else {
-    CK_CHECK_VALUE(workspace.ndim == 0, "workspace: given, but zero padding needs none");
-  }
-  Backend be = pick_backend(gx, use_emu);
   if (g.N == 0) return;
   ConvFoldArgs fold{};
   void* target = gx.data;
@@ -276,12 +404,14 @@ void conv_grad_input(const TensorView& gy, const TensorView& w, const TensorView
     g.x_bs = r.cin_total * plane_in(g);
     target = workspace.data;
   }
-  const int64_t wg = g.Cout * g.Cin * r.k_elems;
+  const int64_t wg = g.Cout * w_cin * r.k_elems;
   for (int64_t gi = 0; gi < r.groups; ++gi) {
     ConvGradInputArgs a{g,
                         gx.dtype,
                         offset(static_cast<const void*>(gy.data), gi * g.Cout * plane_out(g), gx.dtype),
-                        offset(static_cast<const void*>(w.data), gi * wg, gx.dtype),
+                        offset(static_cast<const void*>(w.data), gi * wg + c0 * r.k_elems, gx.dtype),
+                        w_cin,
+                        offset(b, gi * g.Cin, gx.dtype),
                         offset(target, gi * g.Cin * plane_in(g), gx.dtype),
                         conv_algorithm(),
                         gx.device.index};
@@ -298,37 +428,167 @@ void conv_grad_input(const TensorView& gy, const TensorView& w, const TensorView
   }
 }
 
-void conv_grad_weight(const TensorView& gy, const TensorView& x, const TensorView& gw, const TensorView& gb,
-                      const ConvParams& p, bool use_emu, void* stream) {
-  check_dtype(x, "x", {DType::f32, DType::f64});
-  Problem r = make_problem(shape_of(x), "x", shape_of(gw), p);
-  check_dense(x, "x");
-  check_tensor(gy, "grad_output", r.out_shape, p.nd + 2, x, "x");
-  check_same_dtype(gw, "grad_weight", x, "x");
-  check_same_device(gw, "grad_weight", x, "x");
-  check_dense(gw, "grad_weight");
-  check_output(gw, "grad_weight", {{&gy, "grad_output"}, {&x, "x"}});
-  if (gb.ndim) {
-    const int64_t bs[1] = {r.cout_total};
-    check_tensor(gb, "grad_bias", bs, 1, x, "x");
-    check_output(gb, "grad_bias", {{&gy, "grad_output"}, {&x, "x"}, {&gw, "grad_weight"}});
-  }
-  Backend be = pick_backend(x, use_emu);
+// The weight gradient for a validated problem r over input parts `in_of(gi)`; gb may be null.
+template <class InputOf>
+void grad_weight_run(const Problem& r, const TensorView& gy, const InputOf& in_of, const TensorView& gw, void* gb,
+                     Backend be, void* stream) {
   const ConvGeom& g = r.g;
   const int64_t wg = g.Cout * g.Cin * r.k_elems;
   for (int64_t gi = 0; gi < r.groups; ++gi) {
     ConvGradWeightArgs a{g,
-                         x.dtype,
-                         offset(static_cast<const void*>(gy.data), gi * g.Cout * plane_out(g), x.dtype),
-                         offset(static_cast<const void*>(x.data), gi * g.Cin * plane_in(g), x.dtype),
-                         offset(gw.data, gi * wg, x.dtype),
-                         gb.ndim ? offset(gb.data, gi * g.Cout, x.dtype) : nullptr,
-                         x.device.index};
+                         gw.dtype,
+                         offset(static_cast<const void*>(gy.data), gi * g.Cout * plane_out(g), gw.dtype),
+                         in_of(gi),
+                         offset(gw.data, gi * wg, gw.dtype),
+                         offset(gb, gi * g.Cout, gw.dtype),
+                         gw.device.index};
     if (be == Backend::cpu)
       CK_CPU_CALL(conv_grad_weight_cpu, a);
     else
       kernels<ConvKernels>(be, "conv").grad_weight(a, stream);
   }
+}
+
+}  // namespace
+
+void conv_grad_input(const TensorView& gy, const TensorView& w, const TensorView& gx, const TensorView& workspace,
+                     const ConvParams& p, bool use_emu, void* stream, int64_t channel_offset) {
+  check_dtype(gx, "grad_input", {DType::f32, DType::f64});
+  int64_t w_cin = 0;
+  Problem r = part_problem(shape_of(gx), "grad_input", shape_of(w), p, channel_offset, &w_cin);
+  check_dense(gx, "grad_input");
+  check_tensor(gy, "grad_output", r.out_shape, p.nd + 2, gx, "grad_input");
+  check_same_dtype(w, "weight", gx, "grad_input");
+  check_same_device(w, "weight", gx, "grad_input");
+  check_dense(w, "weight");
+  check_output(gx, "grad_input", {{&gy, "grad_output"}, {&w, "weight"}});
+  if (p.pad_mode != PadMode::zeros) {
+    int64_t ws_shape[5] = {r.g.N, r.cin_total, 1, 1, 1};
+    for (int i = 0; i < p.nd; ++i) {
+      const int a = 3 - p.nd + i;
+      ws_shape[2 + i] = r.g.in[a] + r.g.lo[a] + r.hi[a];
+    }
+    CK_CHECK_VALUE(workspace.ndim, "workspace: padding_mode ", int(p.pad_mode),
+                   " needs a workspace of the padded input's shape for the gradient of the input");
+    check_tensor(workspace, "workspace", ws_shape, p.nd + 2, gx, "grad_input");
+    check_output(workspace, "workspace", {{&gy, "grad_output"}, {&w, "weight"}, {&gx, "grad_input"}});
+  } else {
+    CK_CHECK_VALUE(workspace.ndim == 0, "workspace: given, but zero padding needs none");
+  }
+  Backend be = pick_backend(gx, use_emu);
+  grad_input_run(r, p, gy, w, w_cin, channel_offset, nullptr, gx, workspace, be, stream);
+}
+
+void conv_grad_weight(const TensorView& gy, const std::vector<TensorView>& xs, const TensorView& gw,
+                      const TensorView& gb, const ConvParams& p, bool use_emu, void* stream) {
+  const std::vector<std::string> names = part_names(xs.size());
+  Shape whole = parts_shape(xs, names, p);
+  const TensorView& x = xs[0];
+  const char* xn = names[0].c_str();
+  Problem r = make_problem(whole, xn, shape_of(gw), p);
+  check_tensor(gy, "grad_output", r.out_shape, p.nd + 2, x, xn);
+  check_same_dtype(gw, "grad_weight", x, xn);
+  check_same_device(gw, "grad_weight", x, xn);
+  check_dense(gw, "grad_weight");
+  check_output_parts(gw, "grad_weight", xs, names, {{&gy, "grad_output"}});
+  if (gb.ndim) {
+    const int64_t bs[1] = {r.cout_total};
+    check_tensor(gb, "grad_bias", bs, 1, x, xn);
+    check_output_parts(gb, "grad_bias", xs, names, {{&gy, "grad_output"}, {&gw, "grad_weight"}});
+  }
+  Backend be = pick_backend(x, use_emu);
+  grad_weight_run(r, gy, [&](int64_t gi) { return input_of(xs, r.g, gi); }, gw, gb.ndim ? gb.data : nullptr, be,
+                  stream);
+}
+
+void conv_transpose_forward(const TensorView& x, const TensorView& w, const TensorView& b, const TensorView& y,
+                            const ConvParams& p, bool use_emu, void* stream) {
+  check_dtype(x, "x", {DType::f32, DType::f64});
+  check_dense(x, "x");
+  Problem r = transposed_problem(shape_of(x), shape_of(w), shape_of(y), p);
+  check_same_dtype(w, "weight", x, "x");
+  check_same_device(w, "weight", x, "x");
+  check_dense(w, "weight");
+  if (b.ndim) {
+    const int64_t bs[1] = {y.shape[1]};
+    check_tensor(b, "bias", bs, 1, x, "x");
+  }
+  check_tensor(y, "out", y.shape, y.ndim, x, "x");
+  check_output(y, "out", {{&x, "x"}, {&w, "weight"}, {&b, "bias"}});
+  Backend be = pick_backend(x, use_emu);
+  grad_input_run(r, p, x, w, r.g.Cin, 0, b.ndim ? b.data : nullptr, y, TensorView{}, be, stream);
+}
+
+void conv_transpose_grad_input(const TensorView& gy, const TensorView& w, const TensorView& gx, const ConvParams& p,
+                               bool use_emu, void* stream) {
+  check_dtype(gx, "grad_input", {DType::f32, DType::f64});
+  check_dense(gx, "grad_input");
+  check_dense(gy, "grad_output");
+  Problem r = transposed_problem(shape_of(gx), shape_of(w), shape_of(gy), p);
+  check_tensor(gy, "grad_output", gy.shape, gy.ndim, gx, "grad_input");
+  check_same_dtype(w, "weight", gx, "grad_input");
+  check_same_device(w, "weight", gx, "grad_input");
+  check_dense(w, "weight");
+  check_output(gx, "grad_input", {{&gy, "grad_output"}, {&w, "weight"}});
+  Backend be = pick_backend(gx, use_emu);
+  const ConvGeom& g = r.g;
+  if (g.N == 0) return;
+  // The convolution y -> x: forward kernels with the transposed problem's geometry.
+  const int64_t wg = g.Cout * g.Cin * r.k_elems;
+  for (int64_t gi = 0; gi < r.groups; ++gi) {
+    ConvForwardArgs a{g,
+                      gx.dtype,
+                      single_input(offset(static_cast<const void*>(gy.data), gi * g.Cin * plane_in(g), gx.dtype),
+                                   g.x_bs, g.Cin),
+                      offset(static_cast<const void*>(w.data), gi * wg, gx.dtype),
+                      nullptr,
+                      offset(gx.data, gi * g.Cout * plane_out(g), gx.dtype),
+                      Act::none,
+                      0.0,
+                      conv_algorithm(),
+                      gx.device.index};
+    if (be == Backend::cpu)
+      CK_CPU_CALL(conv_forward_cpu, a);
+    else
+      kernels<ConvKernels>(be, "conv").forward(a, stream);
+  }
+}
+
+void conv_transpose_grad_weight(const TensorView& gy, const TensorView& x, const TensorView& gw,
+                                const ConvParams& p, bool use_emu, void* stream) {
+  check_dtype(x, "x", {DType::f32, DType::f64});
+  check_dense(x, "x");
+  check_dense(gy, "grad_output");
+  Problem r = transposed_problem(shape_of(x), shape_of(gw), shape_of(gy), p);
+  check_tensor(gy, "grad_output", gy.shape, gy.ndim, x, "x");
+  check_same_dtype(gw, "grad_weight", x, "x");
+  check_same_device(gw, "grad_weight", x, "x");
+  check_dense(gw, "grad_weight");
+  check_output(gw, "grad_weight", {{&gy, "grad_output"}, {&x, "x"}});
+  Backend be = pick_backend(x, use_emu);
+  // The convolution y -> x's weight gradient: its input is gy (the transposed output), its output gradient x.
+  const ConvGeom& g = r.g;
+  grad_weight_run(r, x, [&](int64_t gi) {
+    return single_input(offset(static_cast<const void*>(gy.data), gi * g.Cin * plane_in(g), gy.dtype), g.x_bs, g.Cin);
+  }, gw, nullptr, be, stream);
+}
+
+void conv_bias_grad(const TensorView& gy, const TensorView& gb, bool use_emu, void* stream) {
+  check_dtype(gy, "grad_output", {DType::f32, DType::f64});
+  CK_CHECK_VALUE(gy.ndim >= 2, "grad_output: expected (N, C, ...), got shape ", shape_str(gy));
+  check_dense(gy, "grad_output");
+  const int64_t bs[1] = {gy.shape[1]};
+  check_tensor(gb, "grad_bias", bs, 1, gy, "grad_output");
+  check_output(gb, "grad_bias", {{&gy, "grad_output"}});
+  Backend be = pick_backend(gy, use_emu);
+  int64_t plane = 1;
+  for (int i = 2; i < gy.ndim; ++i) plane = checked_mul(plane, gy.shape[i], "the plane size");
+  ConvBiasGradArgs a{gy.shape[0], gy.shape[1], plane, gy.dtype, gy.data, gb.data, gy.device.index};
+  if (a.C == 0) return;
+  if (be == Backend::cpu)
+    CK_CPU_CALL(conv_bias_grad_cpu, a);
+  else
+    kernels<ConvKernels>(be, "conv").bias_grad(a, stream);
 }
 
 void conv_act_grad(const TensorView& gy, const TensorView& y, const TensorView& gz, const ConvParams& p,

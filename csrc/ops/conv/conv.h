@@ -1,4 +1,5 @@
-// Convolution 2D/3D: parameters, the argument blocks every backend receives, and the C++ API.
+// Convolution and transposed convolution 2D/3D: parameters, the argument blocks every backend receives, and the
+// C++ API.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -40,11 +41,31 @@ struct ConvGeom {
   PadMode pad = PadMode::zeros;
 };
 
+// The input side of a convolution, read in place from up to kMaxParts tensors that together are its channels (a
+// torch.cat along dim 1 that is never materialised: a U-Net decoder's [upsampled, skip]). Channel c of batch item n
+// lives in the part p with c_begin[p] <= c < c_begin[p + 1], at data[p] + n * bs[p] + (c - c_begin[p]) * plane.
+constexpr int kMaxParts = 4;
+struct ConvInput {
+  int parts = 1;
+  const void* data[kMaxParts] = {};
+  int64_t bs[kMaxParts] = {};  // batch strides (elements)
+  int64_t c_begin[kMaxParts + 1] = {};
+};
+
+// A one-part input: `channels` planes per batch item at data, batch stride bs.
+inline ConvInput single_input(const void* data, int64_t bs, int64_t channels) {
+  ConvInput in;
+  in.data[0] = data;
+  in.bs[0] = bs;
+  in.c_begin[1] = channels;
+  return in;
+}
+
 // y = act(conv(x, w) + b). x: (N, Cin, in), w: (Cout, Cin, k), b: (Cout) or null, y: (N, Cout, out).
 struct ConvForwardArgs {
   ConvGeom g;
   DType dtype;
-  const void* x;
+  ConvInput x;
   const void* w;
   const void* b;
   void* y;
@@ -54,13 +75,17 @@ struct ConvForwardArgs {
   int device;
 };
 
-// gx = d(sum(gy * conv(x, w))) / dx with zero padding: gy (N, Cout, out), gx (N, Cin, in). For the other
-// padding modes the dispatch asks for the gradient of the padded input (in + lo + hi, lo = 0) and folds it.
+// gx = d(sum(gy * conv(x, w))) / dx + b with zero padding: gy (N, Cout, out), gx (N, Cin, in), w[o][c][k] at
+// w + (o * w_cin + c) * K + k (w_cin > Cin when gx is one channel part of a wider input), b (Cin) or null. With
+// b it is the transposed convolution of gy. For the other padding modes the dispatch asks for the gradient of the
+// padded input (in + lo + hi, lo = 0) and folds it.
 struct ConvGradInputArgs {
   ConvGeom g;
   DType dtype;
   const void* gy;
   const void* w;
+  int64_t w_cin;
+  const void* b;
   void* gx;
   ConvAlgo algo;
   int device;
@@ -72,7 +97,7 @@ struct ConvGradWeightArgs {
   ConvGeom g;
   DType dtype;
   const void* gy;
-  const void* x;
+  ConvInput x;
   void* gw;
   void* gb;
   int device;
@@ -102,6 +127,15 @@ struct ConvFoldArgs {
   int device;
 };
 
+// gb[c] = sum over n and the plane of gy[n][c] (a transposed convolution's bias gradient). gy: (N, C, plane).
+struct ConvBiasGradArgs {
+  int64_t N, C, plane;
+  DType dtype;
+  const void* gy;
+  void* gb;
+  int device;
+};
+
 // The launchers a device backend (cuda, emu) registers under the name "conv".
 struct ConvKernels {
   void (*forward)(const ConvForwardArgs&, void* stream);
@@ -109,14 +143,12 @@ struct ConvKernels {
   void (*grad_weight)(const ConvGradWeightArgs&, void* stream);
   void (*act_grad)(const ConvActGradArgs&, void* stream);
   void (*fold)(const ConvFoldArgs&, void* stream);
+  void (*bias_grad)(const ConvBiasGradArgs&, void* stream);
 };
 
 // Output shape for input/weight shapes; validates shapes and parameters (ValueError naming the argument).
 std::vector<int64_t> conv_output_shape(const std::vector<int64_t>& x_shape, const std::vector<int64_t>& w_shape,
                                        const ConvParams& p);
-// Shape of the workspace conv_grad_input needs (the padded input's shape), or {} for zero padding.
-std::vector<int64_t> conv_grad_input_workspace_shape(const std::vector<int64_t>& x_shape,
-                                                     const std::vector<int64_t>& w_shape, const ConvParams& p);
 
 // The CPU algorithm choice (process-wide; tests force each path). Returns the previous one.
 ConvAlgo conv_set_algorithm(ConvAlgo a);
@@ -124,15 +156,40 @@ ConvAlgo conv_algorithm();
 
 // Every call validates all arguments, then runs on the backend the device implies (cuda tensors -> cuda; cpu
 // tensors -> cpu, or emu when use_emu). Empty views (ndim 0) mean "absent" for b, gw, gb and the workspace.
-void conv_forward(const TensorView& x, const TensorView& w, const TensorView& b, const TensorView& y,
+// The input x of conv_forward / conv_grad_weight is a list of 1..kMaxParts channel parts (groups must be 1 for
+// more than one); conv_grad_input computes the gradient of one part: gx covers the weight's input channels
+// [channel_offset, channel_offset + gx channels).
+void conv_forward(const std::vector<TensorView>& x, const TensorView& w, const TensorView& b, const TensorView& y,
                   const ConvParams& p, bool use_emu, void* stream);
 void conv_grad_input(const TensorView& gy, const TensorView& w, const TensorView& gx, const TensorView& workspace,
-                     const ConvParams& p, bool use_emu, void* stream);
-void conv_grad_weight(const TensorView& gy, const TensorView& x, const TensorView& gw, const TensorView& gb,
-                      const ConvParams& p, bool use_emu, void* stream);
+                     const ConvParams& p, bool use_emu, void* stream, int64_t channel_offset = 0);
+// Shape of the workspace conv_grad_input needs for the gradient of x (x_shape: the part's shape) with padding
+// modes other than zeros (the padded part's shape), or {} for zero padding.
+std::vector<int64_t> conv_grad_input_workspace_shape(const std::vector<int64_t>& x_shape,
+                                                     const std::vector<int64_t>& w_shape, const ConvParams& p,
+                                                     int64_t channel_offset);
+void conv_grad_weight(const TensorView& gy, const std::vector<TensorView>& x, const TensorView& gw,
+                      const TensorView& gb, const ConvParams& p, bool use_emu, void* stream);
 // gz = gy * act'(y) for the fused activation of p (the first step of the backward when an activation is fused).
 void conv_act_grad(const TensorView& gy, const TensorView& y, const TensorView& gz, const ConvParams& p,
                    bool use_emu, void* stream);
+
+// Transposed convolution (torch.nn.functional.conv_transpose2d/3d): the gradient of the input of the convolution
+// from y to x with the same stride, padding (p.pad_lo; zeros only), dilation and groups, plus a bias. x: (N, Cin,
+// in), w: (Cin, Cout / groups, k), y: (N, Cout, out) with out = (in - 1) s - 2 p + d (k - 1) + output_padding + 1
+// and 0 <= output_padding < max(s, d). Its backward: the convolution itself for x, the convolution's weight
+// gradient with the roles of x and y swapped for w, and per-channel sums of gy for the bias.
+std::vector<int64_t> conv_transpose_output_shape(const std::vector<int64_t>& x_shape,
+                                                 const std::vector<int64_t>& w_shape, const ConvParams& p,
+                                                 const std::vector<int64_t>& output_padding);
+void conv_transpose_forward(const TensorView& x, const TensorView& w, const TensorView& b, const TensorView& y,
+                            const ConvParams& p, bool use_emu, void* stream);
+void conv_transpose_grad_input(const TensorView& gy, const TensorView& w, const TensorView& gx, const ConvParams& p,
+                               bool use_emu, void* stream);
+void conv_transpose_grad_weight(const TensorView& gy, const TensorView& x, const TensorView& gw,
+                                const ConvParams& p, bool use_emu, void* stream);
+// gb = gy summed over every dim but dim 1 (gy dense, (N, C, ...)).
+void conv_bias_grad(const TensorView& gy, const TensorView& gb, bool use_emu, void* stream);
 
 }  // namespace ck
 
@@ -141,3 +198,4 @@ CK_CPU_DECLARE(void conv_grad_input_cpu(const ConvGradInputArgs& a))
 CK_CPU_DECLARE(void conv_grad_weight_cpu(const ConvGradWeightArgs& a))
 CK_CPU_DECLARE(void conv_act_grad_cpu(const ConvActGradArgs& a))
 CK_CPU_DECLARE(void conv_fold_cpu(const ConvFoldArgs& a))
+CK_CPU_DECLARE(void conv_bias_grad_cpu(const ConvBiasGradArgs& a))

@@ -65,7 +65,7 @@ template <class T>
 class PanelRows {
  public:
   using V = Vec<T>;
-  PanelRows(const ConvGeom& g, const T* x, int64_t cw, int64_t rb)
+  PanelRows(const ConvGeom& g, const ConvInput& x, int64_t cw, int64_t rb)
       : g_(g), x_(x), cw_(cw), rb_(rb), KD_(g.k[0]), KH_(g.k[1]), KW_(g.k[2]), S_(g.s[2]) {
     const int64_t span = (KW_ - 1) * g.d[2];
     cwin_ = (cw_ - 1) * S_ + span + 1;
@@ -144,9 +144,8 @@ class PanelRows {
       keys_[size_t(free_slot)] = need_[size_t(u)];
       const int64_t key = need_[size_t(u)], ih = key % g.in[1], id = (key / g.in[1]) % g.in[0];
       const int64_t nn = key / (g.in[1] * g.in[0]);
-      const int64_t plane = g.in[0] * g.in[1] * g.in[2];
-      const T* src = x_ + nn * g.x_bs + (id * g.in[1] + ih) * g.in[2];
-      for (int64_t c = 0; c < g.Cin; ++c) copy_row(src + c * plane, slot_ptr(c, free_slot));
+      const int64_t plane = g.in[0] * g.in[1] * g.in[2], row = (id * g.in[1] + ih) * g.in[2];
+      for (int64_t c = 0; c < g.Cin; ++c) copy_row(conv::input_plane<T>(x_, nn, c, plane) + row, slot_ptr(c, free_slot));
     }
     for (int64_t j = 0; j < nr; ++j)
       for (int64_t c = 0; c < g.Cin; ++c)
@@ -175,8 +174,9 @@ class PanelRows {
         if (id < 0 || ih < 0) continue;
         const int64_t key = (n * g.in[0] + id) * g.in[1] + ih;
         if (std::find(keys_.begin(), keys_.end(), key) != keys_.end()) continue;
-        const char* base = reinterpret_cast<const char*>(x_ + n * g.x_bs + (id * g.in[1] + ih) * g.in[2] + c0);
-        for (int64_t c = 0; c < g.Cin; ++c) queue(base + c * plane * int64_t(sizeof(T)), (c1 - c0) * int64_t(sizeof(T)));
+        const int64_t at = (id * g.in[1] + ih) * g.in[2] + c0;
+        for (int64_t c = 0; c < g.Cin; ++c)
+          queue(conv::input_plane<T>(x_, n, c, plane) + at, (c1 - c0) * int64_t(sizeof(T)));
       }
     }
   }
@@ -270,7 +270,7 @@ class PanelRows {
   }
 
   const ConvGeom& g_;
-  const T* x_;
+  ConvInput x_;
   int64_t cw_, rb_, KD_, KH_, KW_, S_;
   int64_t cwin_ = 0, phase_ = 0, row_len_ = 0, cap_ = 0, in0_ = 0, in_valid_ = 0;
   std::vector<int64_t> off_;  // panel offset of each tap kw
@@ -608,7 +608,7 @@ bool use_winograd(const ConvGeom& g, ConvAlgo algo) {
 }
 
 // The forward through Winograd: x with geometry g into o (RowOut over g.out); U from wino::transform_weights.
-void winograd_forward(const ConvGeom& g, const float* x, const std::vector<float>& U, const RowOut<float>& o) {
+void winograd_forward(const ConvGeom& g, const ConvInput& x, const std::vector<float>& U, const RowOut<float>& o) {
   using V = Vec<float>;
   const int64_t E = g.Cin * g.k[0], OB = ceil_div(g.Cout, MO);
   const int64_t TH = ceil_div(g.out[1], 4), TWt = ceil_div(g.out[2], 4);
@@ -768,7 +768,7 @@ void forward_typed(const ConvForwardArgs& a) {
   // although a plain streaming loop reaches 22 GB/s here; so the direct path stores normally.
   RowOut<T> o{static_cast<T*>(a.y), g.Cout, {g.N, g.out[0], g.out[1]}, g.out[2],
               g.out[0] * g.out[1] * g.out[2], g.y_bs, static_cast<const T*>(a.b), a.act, T(a.slope)};
-  const T* x = static_cast<const T*>(a.x);
+  const ConvInput& x = a.x;
 #if CK_SIMD_AVX2
   if constexpr (std::is_same<T, float>::value) {
     if (use_winograd(g, a.algo)) {
@@ -783,17 +783,138 @@ void forward_typed(const ConvForwardArgs& a) {
                             [&](int64_t cw) { return PanelRows<T>(g, x, cw, 1); });
 }
 
-// The gradient of the input. Stride 1: a forward convolution of gy with the flipped, transposed kernel
-// (padding d * (k - 1) - lo on each side), on Winograd or the direct kernel. Otherwise one stride-1
-// correlation per phase of gx (below).
+// Kernel equal to the stride along every dim, dilation 1, stride 2 along w (the U-Net's 2x2 / stride-2
+// upsampling, and the input gradient of a 2x2 / stride-2 convolution): every gx position receives exactly one
+// tap, and gx row (n, id, ih) is a 1x1 convolution of the one gy row (n, od, oh) it comes from, with the taps
+// (kd, kh, kw = 0 and 1). The forward micro-kernel computes MO / 2 gx channels for both kw at once (its MO
+// "output channels" are the pairs (channel, kw)); the epilogue interleaves the two kw results into consecutive
+// columns. (The phase-by-phase path below stores every other column one element at a time.)
+bool disjoint_taps(const ConvGeom& g) {
+  for (int a = 0; a < 3; ++a)
+    if (g.k[a] != g.s[a] || (g.k[a] > 1 && g.d[a] != 1)) return false;
+  return g.s[2] == 2;
+}
+
+template <class T>
+void grad_input_disjoint(const ConvGradInputArgs& a, const RowOut<T>& o) {
+  using V = Vec<T>;
+  constexpr int N = V::N, CB = MO / 2;  // gx channels per micro-kernel call
+  const ConvGeom& g = a.g;
+  const T* w = static_cast<const T*>(a.w);
+  const T* gy = static_cast<const T*>(a.gy);
+  const int64_t K = g.k[0] * g.k[1] * 2, taps = g.k[0] * g.k[1], CBn = ceil_div(g.Cin, CB);
+  // wp[tap][cb][o][c * 2 + kw] = w[o][cb * CB + c][tap][kw]: the micro-kernel's broadcast order.
+  std::vector<T> wp(size_t(taps * CBn * g.Cout * MO), T(0));
+  for (int64_t tap = 0; tap < taps; ++tap)
+    for (int64_t cb = 0; cb < CBn; ++cb)
+      for (int64_t oc = 0; oc < g.Cout; ++oc)
+        for (int c = 0; c < CB && cb * CB + c < g.Cin; ++c)
+          for (int kw = 0; kw < 2; ++kw)
+            wp[size_t(((tap * CBn + cb) * g.Cout + oc) * MO + c * 2 + kw)] = w[(oc * a.w_cin + cb * CB + c) * K + tap * 2 + kw];
+  auto bias_of = [&](int64_t c) { return o.bias ? o.bias[c] : T(0); };
+  const int64_t OW = g.out[2], W = g.in[2], lo = g.lo[2], plane_y = g.out[0] * g.out[1] * OW;
+  const int64_t covered_w = std::min(W, std::max<int64_t>(0, 2 * OW - lo));  // columns a tap reaches
+  // gx rows no gy row reaches (output_padding beyond the last tap): the bias only.
+  const int64_t gx_rows = g.N * g.in[0] * g.in[1];
+  parallel_for(gx_rows, 256, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t ih = r % g.in[1], id = (r / g.in[1]) % g.in[0], n = r / (g.in[1] * g.in[0]);
+      if ((id + g.lo[0]) / g.s[0] < g.out[0] && (ih + g.lo[1]) / g.s[1] < g.out[1]) continue;
+      for (int64_t c = 0; c < g.Cin; ++c) {
+        T* row = o.y + n * o.bs + c * o.plane + (id * g.in[1] + ih) * W;
+        std::fill(row, row + W, bias_of(c));
+      }
+    }
+  });
+  // Per gy row and tile of TW columns: the tile is packed contiguously ([o][TW], at most ~24 KiB for 256 channels)
+  // and every (tap, channel block) runs on it from L1, the weights streaming in order. (Channel blocks outside the
+  // tiles re-read the whole row panel from L2 for each block: 70% of peak against 9x% here.)
+  const int64_t TW = MV * N;
+  const int64_t n_rows = g.N * g.out[0] * g.out[1];
+  // Outputs beyond the caches are written once, in whole lines: streaming stores skip reading them first.
+  const bool stream = g.N * o.bs * int64_t(sizeof(T)) > (int64_t(16) << 20);
+  parallel_for(n_rows, 1, [&](int64_t b, int64_t e) {
+    std::vector<T> packed(size_t(g.Cout * TW));
+    std::vector<const T*> rows(static_cast<size_t>(g.Cout));
+    for (int64_t oc = 0; oc < g.Cout; ++oc) rows[size_t(oc)] = packed.data() + oc * TW;
+    static const int64_t zero_off[1] = {0};
+    const MicroFwd<T> micro_full = pick_micro_fwd<T>(MV, 1);
+    alignas(32) T tmp[2 * N];
+    for (int64_t it = b; it < e; ++it) {
+      const int64_t oh = it % g.out[1], od = (it / g.out[1]) % g.out[0], n = it / (g.out[1] * g.out[0]);
+      const T* gyrow = gy + n * g.y_bs + (od * g.out[1] + oh) * OW;
+      for (int64_t j0 = 0; j0 < OW; j0 += TW) {
+        const int64_t valid = std::min(TW, OW - j0);
+        const int nv = int(ceil_div(valid, N));
+        for (int64_t oc = 0; oc < g.Cout; ++oc) {
+          T* dst = packed.data() + oc * TW;
+          std::memcpy(dst, gyrow + oc * plane_y + j0, sizeof(T) * size_t(valid));
+          std::fill(dst + valid, dst + TW, T(0));
+        }
+        // The next tile's rows (the next gy row's first at the row end), spread over this tile's micro-kernel calls.
+        const T* next = j0 + TW < OW ? gyrow + j0 + TW : it + 1 < e ? gy + ((it + 1) / (g.out[1] * g.out[0])) * g.y_bs +
+                        ((((it + 1) / g.out[1]) % g.out[0]) * g.out[1] + (it + 1) % g.out[1]) * OW : nullptr;
+        const int64_t calls = taps * CBn, per_call = next ? ceil_div(g.Cout, calls) : 0;
+        int64_t pf = 0;
+        for (int64_t tap = 0; tap < taps; ++tap) {
+          const int64_t id = od * g.s[0] - g.lo[0] + tap / g.k[1], ih = oh * g.s[1] - g.lo[1] + tap % g.k[1];
+          const bool inside = id >= 0 && id < g.in[0] && ih >= 0 && ih < g.in[1];
+          T* gxrow = o.y + n * o.bs + (id * g.in[1] + ih) * W;
+          for (int64_t cb = 0; cb < CBn; ++cb) {
+            for (int64_t q = 0; q < per_call && pf < g.Cout; ++q, ++pf) {
+              __builtin_prefetch(next + pf * plane_y, 0, 3);
+              __builtin_prefetch(next + pf * plane_y + TW - 1, 0, 3);
+            }
+            if (!inside) continue;
+            V acc[MO][MV];
+            for (int i = 0; i < MO; ++i)
+              for (int jj = 0; jj < MV; ++jj) acc[i][jj] = V::zero();
+            (nv == MV ? micro_full : pick_micro_fwd<T>(nv, 1))(rows.data(), g.Cout, 0, 1, zero_off,
+                                                              wp.data() + (tap * CBn + cb) * g.Cout * MO, acc);
+            for (int c = 0; c < CB && cb * CB + c < g.Cin; ++c) {
+              const V bias = V::set1(bias_of(cb * CB + c));
+              T* dst = gxrow + (cb * CB + c) * o.plane;
+              for (int jj = 0; jj < nv; ++jj) {
+                const int64_t first = 2 * (j0 + jj * N) - lo;  // gx column of kw = 0 of the first lane
+                const int64_t count = 2 * std::min<int64_t>(N, valid - jj * N);
+                const V v0 = acc[2 * c][jj] + bias, v1 = acc[2 * c + 1][jj] + bias;
+                if (first >= 0 && count == 2 * N && first + 2 * N <= W) {
+                  if (stream && (reinterpret_cast<uintptr_t>(dst + first) & 31) == 0)
+                    V::stream_interleaved(dst + first, v0, v1);
+                  else
+                    V::store_interleaved(dst + first, v0, v1);
+                  continue;
+                }
+                V::store_interleaved(tmp, v0, v1);
+                for (int64_t l = std::max<int64_t>(0, -first); l < count && first + l < W; ++l) dst[first + l] = tmp[l];
+              }
+            }
+          }
+          if (inside && j0 + TW >= OW && covered_w < W)  // after the last tile: the columns no tap reaches
+            for (int64_t c = 0; c < g.Cin; ++c)
+              std::fill(gxrow + c * o.plane + covered_w, gxrow + c * o.plane + W, bias_of(c));
+        }
+      }
+    }
+    if (stream) V::stream_fence();
+  });
+}
+
+// The gradient of the input (plus a bias: the transposed convolution). Stride 1: a forward convolution of gy with
+// the flipped, transposed kernel (padding d * (k - 1) - lo on each side), on Winograd or the direct kernel. Kernel
+// equal to the stride: grad_input_disjoint. Otherwise one stride-1 correlation per phase of gx (below).
 template <class T>
 void grad_input_typed(const ConvGradInputArgs& a) {
   const ConvGeom& g = a.g;
   const T* w = static_cast<const T*>(a.w);
-  const T* gy = static_cast<const T*>(a.gy);
-  const int64_t K = g.k[0] * g.k[1] * g.k[2];
+  const ConvInput gy = single_input(a.gy, g.y_bs, g.Cout);
+  const int64_t K = g.k[0] * g.k[1] * g.k[2], wc = a.w_cin;
   RowOut<T> o{static_cast<T*>(a.gx), g.Cin, {g.N, g.in[0], g.in[1]}, g.in[2], g.in[0] * g.in[1] * g.in[2],
-              g.x_bs, nullptr, Act::none, T(0)};
+              g.x_bs, static_cast<const T*>(a.b), Act::none, T(0)};
+  if (disjoint_taps(g)) {
+    grad_input_disjoint<T>(a, o);
+    return;
+  }
   if (g.s[0] == 1 && g.s[1] == 1 && g.s[2] == 1) {
     ConvGeom t = g;
     t.Cin = g.Cout;
@@ -810,7 +931,7 @@ void grad_input_typed(const ConvGradInputArgs& a) {
     if constexpr (std::is_same<T, float>::value) {
       if (use_winograd(t, a.algo)) {
         const std::vector<float> U = wino::transform_weights(w, g.Cin, g.Cout * g.k[0], ceil_div(g.Cin, MO), true,
-                                                             g.Cin, g.k[0]);
+                                                             wc, g.k[0]);
         winograd_forward(t, gy, U, o);
         return;
       }
@@ -819,7 +940,7 @@ void grad_input_typed(const ConvGradInputArgs& a) {
     // wt[c][o][k'] = w[o][c][K - 1 - k'] (all three kernel dims reversed at once).
     const std::vector<T> wp = pack_weights<T>(g.Cin, g.Cout * K, [&](int64_t c, int64_t e) {
       const int64_t oc = e / K, k = e % K;
-      return w[(oc * g.Cin + c) * K + (K - 1 - k)];
+      return w[(oc * wc + c) * K + (K - 1 - k)];
     });
     run_rows<T, PanelRows<T>>(o, wp.data(), panel_rows_of(t, 1),
                               [&](int64_t cw) { return PanelRows<T>(t, gy, cw, 1); });
@@ -854,10 +975,12 @@ void grad_input_typed(const ConvGradInputArgs& a) {
   bool all_phases_hit = true;
   for (int a = 0; a < 3; ++a)
     for (int64_t r = 0; r < std::min(g.s[a], g.in[a]); ++r) all_phases_hit = all_phases_hit && taps_of(a, r).n > 0;
-  if (!all_phases_hit)  // some input positions receive no gradient: zero, then the phases overwrite theirs
-    parallel_for(g.N, 1, [&](int64_t b, int64_t e) {
-      for (int64_t n = b; n < e; ++n)
-        std::fill(o.y + n * g.x_bs, o.y + n * g.x_bs + g.Cin * o.plane, T(0));
+  if (!all_phases_hit)  // some input positions receive no gradient: zero (or the bias), the phases overwrite theirs
+    parallel_for(g.N * g.Cin, 1, [&](int64_t b, int64_t e) {
+      for (int64_t nc = b; nc < e; ++nc) {
+        T* p = o.y + (nc / g.Cin) * g.x_bs + (nc % g.Cin) * o.plane;
+        std::fill(p, p + o.plane, o.bias ? o.bias[nc % g.Cin] : T(0));
+      }
     });
   for (int64_t r0 = 0; r0 < std::min(g.s[0], g.in[0]); ++r0)
     for (int64_t r1 = 0; r1 < std::min(g.s[1], g.in[1]); ++r1)
@@ -888,7 +1011,7 @@ void grad_input_typed(const ConvGradInputArgs& a) {
           const int64_t tw = kt % t.k[2], th = (kt / t.k[2]) % t.k[1], td = kt / (t.k[2] * t.k[1]);
           const int64_t kd = tp[0].k_first - td * tp[0].k_step, kh = tp[1].k_first - th * tp[1].k_step;
           const int64_t kw = tp[2].k_first - tw * tp[2].k_step;
-          return w[(oc * g.Cin + c) * K + (kd * g.k[1] + kh) * g.k[2] + kw];
+          return w[(oc * wc + c) * K + (kd * g.k[1] + kh) * g.k[2] + kw];
         });
         RowOut<T> op = o;
         op.rows[1] = t.out[0];
@@ -958,7 +1081,6 @@ void grad_weight_typed(const ConvGradWeightArgs& a) {
   constexpr int N = V::N;
   const ConvGeom& g = a.g;
   const T* gy = static_cast<const T*>(a.gy);
-  const T* x = static_cast<const T*>(a.x);
   const int64_t K = g.k[0] * g.k[1] * g.k[2], E = g.Cin * K;
   const int64_t OB = ceil_div(g.Cout, MO), CP = OB * MO;
   const int64_t OW = g.out[2], n_rows = g.N * g.out[0] * g.out[1];
@@ -978,7 +1100,7 @@ void grad_weight_typed(const ConvGradWeightArgs& a) {
       std::vector<T>& bpart = bparts[size_t(slot)];
       part.assign(size_t(OB * EP * MO), T(0));
       bpart.assign(size_t(CP), T(0));
-      PanelRows<T> src(g, x, L, RB);
+      PanelRows<T> src(g, a.x, L, RB);
       const int64_t R = src.entries(), KW = src.taps();
       const int64_t* offs = src.tap_offsets();
       std::vector<T> gt(size_t(CP * RB * L));
@@ -1076,6 +1198,29 @@ void act_grad_typed(const ConvActGradArgs& a) {
   });
 }
 
+// Per-channel sums over batch and plane (a transposed convolution's bias gradient); fixed order per channel.
+template <class T>
+void bias_grad_typed(const ConvBiasGradArgs& a) {
+  using V = Vec<T>;
+  constexpr int N = V::N;
+  const T* gy = static_cast<const T*>(a.gy);
+  T* gb = static_cast<T*>(a.gb);
+  parallel_for(a.C, 1, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c) {
+      V acc[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
+      T tail = T(0);
+      for (int64_t n = 0; n < a.N; ++n) {
+        const T* p = gy + (n * a.C + c) * a.plane;
+        int64_t i = 0;
+        for (; i + 4 * N <= a.plane; i += 4 * N)
+          for (int k = 0; k < 4; ++k) acc[k] = acc[k] + V::load(p + i + k * N);
+        for (; i < a.plane; ++i) tail += p[i];
+      }
+      gb[c] = ((acc[0] + acc[1]) + (acc[2] + acc[3])).hsum() + tail;
+    }
+  });
+}
+
 // The adjoint of padding on the CPU: copy each input's own position, then add every padded position onto the
 // input it reads (serial within a plane, so the sum order is fixed).
 template <class T>
@@ -1127,5 +1272,6 @@ void conv_grad_weight_cpu(const ConvGradWeightArgs& a) {
 }
 void conv_act_grad_cpu(const ConvActGradArgs& a) { CK_DISPATCH_FLOAT(a.dtype, act_grad_typed<scalar_t>(a)); }
 void conv_fold_cpu(const ConvFoldArgs& a) { CK_DISPATCH_FLOAT(a.dtype, fold_typed<scalar_t>(a)); }
+void conv_bias_grad_cpu(const ConvBiasGradArgs& a) { CK_DISPATCH_FLOAT(a.dtype, bias_grad_typed<scalar_t>(a)); }
 
 CK_NS_END

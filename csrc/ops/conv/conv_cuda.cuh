@@ -1,7 +1,8 @@
 // Convolution CUDA kernels and launchers (nvcc builds them into _cuda, g++ with the emulator into _emu): one
 // shared-memory tiled implicit GEMM, C[m][n] = sum_k A(m, k) B(k, n), whose operands are gathered on the fly
 // by three problem types (forward, gradient of the input, gradient of the weight and bias), float32 or
-// float64 accumulating in the input's type; plus the elementwise activation gradient and padding fold.
+// float64 accumulating in the input's type (the gradient of the input with a bias is the transposed
+// convolution); plus the elementwise activation gradient, the padding fold and per-channel bias sums.
 #pragma once
 #include "cuda/launch.cuh"
 #include "ops/conv/conv.h"
@@ -30,7 +31,7 @@ CK_HD Pos unravel(int64_t p, const int64_t* sz) {
 template <class T>
 struct ForwardProblem {
   ConvGeom g;
-  const T* x;
+  ConvInput x;
   const T* w;
   const T* b;
   T* y;
@@ -43,7 +44,7 @@ struct ForwardProblem {
   __device__ T bval(int64_t k, int64_t n) const {
     const int64_t c = k / kvol, t = k % kvol, nb = n / pout;
     const Pos o = unravel(n % pout, g.out), kk = unravel(t, g.k);
-    return conv::input_tap(x + nb * g.x_bs + c * pin, g, o.d, o.h, o.w, kk.d, kk.h, kk.w);
+    return conv::input_tap(conv::input_plane<T>(x, nb, c, pin), g, o.d, o.h, o.w, kk.d, kk.h, kk.w);
   }
   __device__ void store(int64_t m, int64_t n, T v) const {
     if (b) v += b[m];
@@ -52,19 +53,22 @@ struct ForwardProblem {
   }
 };
 
-// Gradient of the input (zero padding): m = input channel, k = (o, kd, kh, kw), n = (batch, input position).
+// Gradient of the input (zero padding), plus a bias for the transposed convolution: m = input channel,
+// k = (o, kd, kh, kw), n = (batch, input position); weight rows are w_cin channels wide.
 template <class T>
 struct GradInputProblem {
   ConvGeom g;
   const T* gy;
   const T* w;
+  const T* b;
   T* gx;
+  int64_t w_cin;
   int64_t M, N, K;
   int64_t kvol, pin, pout;
 
   __device__ T a(int64_t m, int64_t k) const {
     const int64_t o = k / kvol, t = k % kvol;
-    return w[(o * g.Cin + m) * kvol + t];
+    return w[(o * w_cin + m) * kvol + t];
   }
   __device__ T bval(int64_t k, int64_t n) const {
     const int64_t o = k / kvol, t = k % kvol, nb = n / pin;
@@ -73,7 +77,7 @@ struct GradInputProblem {
   }
   __device__ void store(int64_t m, int64_t n, T v) const {
     const int64_t nb = n / pin;
-    gx[nb * g.x_bs + m * pin + n % pin] = v;
+    gx[nb * g.x_bs + m * pin + n % pin] = b ? v + b[m] : v;
   }
 };
 
@@ -83,7 +87,7 @@ template <class T>
 struct GradWeightProblem {
   ConvGeom g;
   const T* gy;
-  const T* x;
+  ConvInput x;
   T* gw;
   T* gb;
   int64_t M, N, K;
@@ -97,7 +101,7 @@ struct GradWeightProblem {
     if (n == E) return T(1);
     const int64_t c = n / kvol, t = n % kvol, nb = k / pout;
     const Pos o = unravel(k % pout, g.out), kk = unravel(t, g.k);
-    return conv::input_tap(x + nb * g.x_bs + c * pin, g, o.d, o.h, o.w, kk.d, kk.h, kk.w);
+    return conv::input_tap(conv::input_plane<T>(x, nb, c, pin), g, o.d, o.h, o.w, kk.d, kk.h, kk.w);
   }
   __device__ void store(int64_t m, int64_t n, T v) const {
     if (n < E)
@@ -166,7 +170,7 @@ inline int64_t plane(const int64_t* s) { return s[0] * s[1] * s[2]; }
 template <class T>
 void forward_typed(const ConvForwardArgs& a, void* stream) {
   const ConvGeom& g = a.g;
-  ForwardProblem<T> p{g, static_cast<const T*>(a.x), static_cast<const T*>(a.w), static_cast<const T*>(a.b),
+  ForwardProblem<T> p{g, a.x, static_cast<const T*>(a.w), static_cast<const T*>(a.b),
                       static_cast<T*>(a.y), a.act, T(a.slope), g.Cout, g.N * plane(g.out), g.Cin * kvol(g),
                       kvol(g), plane(g.in), plane(g.out)};
   launch_gemm<T>(p, p.K, stream);
@@ -175,8 +179,9 @@ void forward_typed(const ConvForwardArgs& a, void* stream) {
 template <class T>
 void grad_input_typed(const ConvGradInputArgs& a, void* stream) {
   const ConvGeom& g = a.g;
-  GradInputProblem<T> p{g, static_cast<const T*>(a.gy), static_cast<const T*>(a.w), static_cast<T*>(a.gx), g.Cin,
-                        g.N * plane(g.in), g.Cout * kvol(g), kvol(g), plane(g.in), plane(g.out)};
+  GradInputProblem<T> p{g, static_cast<const T*>(a.gy), static_cast<const T*>(a.w), static_cast<const T*>(a.b),
+                        static_cast<T*>(a.gx), a.w_cin, g.Cin, g.N * plane(g.in), g.Cout * kvol(g), kvol(g),
+                        plane(g.in), plane(g.out)};
   launch_gemm<T>(p, p.K, stream);
 }
 
@@ -186,7 +191,7 @@ void grad_weight_typed(const ConvGradWeightArgs& a, void* stream) {
   const int64_t E = g.Cin * kvol(g);
   cuda::memset_async(a.gw, 0, size_t(g.Cout * E) * sizeof(T), stream);
   if (a.gb) cuda::memset_async(a.gb, 0, size_t(g.Cout) * sizeof(T), stream);
-  GradWeightProblem<T> p{g, static_cast<const T*>(a.gy), static_cast<const T*>(a.x), static_cast<T*>(a.gw),
+  GradWeightProblem<T> p{g, static_cast<const T*>(a.gy), a.x, static_cast<T*>(a.gw),
                          static_cast<T*>(a.gb), g.Cout, E + 1, g.N * plane(g.out), kvol(g), plane(g.in),
                          plane(g.out), E};
   // Split the long pixel reduction so that enough blocks run; chunks stay whole BK steps.
@@ -228,6 +233,35 @@ __global__ void fold_kernel(const T* __restrict__ gp, T* __restrict__ gx, ConvFo
   }
 }
 
+// One block per channel: each thread sums a strided share of the channel's values, then a shared-memory tree
+// (fixed order: deterministic).
+template <class T>
+__global__ void __launch_bounds__(kThreads) bias_grad_kernel(const T* __restrict__ gy, T* __restrict__ gb, int64_t N,
+                                                             int64_t C, int64_t plane) {
+  __shared__ T part[kThreads];
+  const int64_t c = blockIdx.x;
+  T s = T(0);
+  for (int64_t n = 0; n < N; ++n) {
+    const T* p = gy + (n * C + c) * plane;
+    for (int64_t i = threadIdx.x; i < plane; i += kThreads) s += p[i];
+  }
+  part[threadIdx.x] = s;
+  __syncthreads();
+  for (int h = kThreads / 2; h > 0; h /= 2) {
+    if (int(threadIdx.x) < h) part[threadIdx.x] += part[threadIdx.x + h];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) gb[c] = part[0];
+}
+
+template <class T>
+void bias_grad_typed(const ConvBiasGradArgs& a, void* stream) {
+  CK_CHECK(a.C <= (int64_t(1) << 31) - 1, "too many channels for one CUDA grid");
+  auto k = &bias_grad_kernel<T>;
+  CK_LAUNCH(k, dim3(unsigned(a.C)), kThreads, 0, stream, static_cast<const T*>(a.gy), static_cast<T*>(a.gb), a.N, a.C,
+            a.plane);
+}
+
 template <class T>
 void act_grad_typed(const ConvActGradArgs& a, void* stream) {
   auto k = &act_grad_kernel<T>;
@@ -262,6 +296,10 @@ inline void act_grad(const ConvActGradArgs& a, void* stream) {
 inline void fold(const ConvFoldArgs& a, void* stream) {
   cuda::set_device(a.device);
   CK_DISPATCH_FLOAT(a.dtype, fold_typed<scalar_t>(a, stream));
+}
+inline void bias_grad(const ConvBiasGradArgs& a, void* stream) {
+  cuda::set_device(a.device);
+  CK_DISPATCH_FLOAT(a.dtype, bias_grad_typed<scalar_t>(a, stream));
 }
 
 }  // namespace conv_cuda

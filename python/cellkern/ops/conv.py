@@ -23,7 +23,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, padd
     'leaky_relu' with ``negative_slope`` >= 0). ``padding`` is an int, a pair, 'valid' or 'same'.
 
     Takes torch tensors (differentiable in x, weight and bias; (N, C, H, W) or (C, H, W); any layout, channels_last
-    in gives channels_last out) or numpy arrays (forward only, returns numpy)."""
+    in gives channels_last out) or numpy arrays (forward only, returns numpy).
+
+    ``x`` may also be a list (or tuple) of up to 4 tensors or arrays that agree in every dim but the channels: the
+    convolution of their concatenation along the channels, which is never materialised (the kernels read each part
+    in place; gradients flow to every part). A U-Net decoder's [upsampled, skip]. Needs ``groups=1``."""
     return _conv(x, weight, bias, 2, stride, padding, dilation, groups, padding_mode, activation, negative_slope)
 
 
@@ -63,55 +67,79 @@ def _params(nd, weight_shape, stride, padding, dilation, groups, padding_mode, a
     return s, list(lo), list(hi), d, int(groups), PADDING_MODES[padding_mode], act, slope
 
 
+def _parts(x, nd):
+    """(list of parts, is_numpy): x itself as one part, or the parts of a list input (types checked)."""
+    if not isinstance(x, (list, tuple)):
+        return [x], isinstance(x, np.ndarray)
+    arrays = all(isinstance(p, np.ndarray) for p in x)
+    tensors = torch is not None and all(isinstance(p, torch.Tensor) for p in x)
+    if not (arrays or tensors) or len(x) == 0:
+        kinds = sorted({type(p).__name__ for p in x})
+        if len(x) and not any(isinstance(p, np.ndarray) or (torch is not None and isinstance(p, torch.Tensor))
+                              for p in x):
+            raise TypeError(f"x: expected a torch.Tensor or numpy.ndarray, or a list of them (channel parts), got a "
+                            f"{type(x).__name__} of {kinds}")
+        if len(x) == 0:
+            raise ValueError("x: expected a tensor or a non-empty list of channel parts")
+        raise TypeError(f"x: the channel parts must be all torch tensors or all numpy arrays, got {kinds}")
+    if len(x) > 4:
+        raise ValueError(f"x: at most 4 channel parts are supported, got {len(x)}")
+    return list(x), arrays
+
+
+def _batched_parts(xs, nd):
+    """The parts with a batch dim, and whether one was added (the same for every part)."""
+    out = [batched(p, nd, "x" if len(xs) == 1 else f"x[{i}]") for i, p in enumerate(xs)]
+    if len({u for _, u in out}) > 1:
+        raise ValueError(f"x: channel parts mix batched and unbatched shapes: {[tuple(p.shape) for p in xs]}")
+    return [p for p, _ in out], out[0][1]
+
+
+def _whole_shape(xs):
+    """The shape of the parts' concatenation along dim 1 (the kernels check that the other dims agree)."""
+    shape = list(xs[0].shape)
+    shape[1] = sum(int(p.shape[1]) for p in xs)
+    return shape
+
+
+def _dl_parts(xs):
+    return dl(xs[0]) if len(xs) == 1 else [dl(p) for p in xs]
+
+
 def _conv(x, weight, bias, nd, stride, padding, dilation, groups, padding_mode, activation, negative_slope):
-    if isinstance(x, (list, tuple)):
-        x = _concat_parts(x, nd)
-    if isinstance(x, np.ndarray):
-        return _conv_numpy(x, weight, bias, nd, stride, padding, dilation, groups, padding_mode, activation,
+    xs, numpy_in = _parts(x, nd)
+    if numpy_in:
+        return _conv_numpy(xs, weight, bias, nd, stride, padding, dilation, groups, padding_mode, activation,
                            negative_slope)
     require_torch()
-    for name, t in (("x", x), ("weight", weight)):
+    for name, t in (("x", xs[0]), ("weight", weight)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor or numpy.ndarray, got {type(t).__name__}")
     if bias is not None and not isinstance(bias, torch.Tensor):
         raise TypeError(f"bias: expected a torch.Tensor or None, got {type(bias).__name__}")
     params = _params(nd, tuple(weight.shape), stride, padding, dilation, groups, padding_mode, activation,
                      negative_slope)
-    xb, unbatched = batched(x, nd)
-    check_device(xb, "x")
+    xbs, unbatched = _batched_parts(xs, nd)
+    for i, xb in enumerate(xbs):
+        check_device(xb, "x" if len(xbs) == 1 else f"x[{i}]")
     check_device(weight, "weight")
-    y = torch.ops.cellkern.conv(xb, weight, bias, *params)
+    y = torch.ops.cellkern.conv(xbs, weight, bias, *params)
     return y[0] if unbatched else y
 
 
-def _concat_parts(parts, nd):
-    """PROVISIONAL: the parts of a channel-split input, concatenated (the kernels will read them in place)."""
-    if not all(isinstance(p, np.ndarray) or (torch is not None and isinstance(p, torch.Tensor)) for p in parts):
-        raise TypeError("x: expected a torch.Tensor or numpy.ndarray, or a list of them (channel parts), got "
-                        f"a {type(parts).__name__} of {sorted({type(p).__name__ for p in parts})}")
-    if len(parts) == 0:
-        raise ValueError("x: expected a tensor or a non-empty list of tensors")
-    if all(isinstance(p, np.ndarray) for p in parts):
-        return np.concatenate([batched(p, nd, f"x[{i}]")[0] for i, p in enumerate(parts)], axis=1)[
-            0 if parts[0].ndim == nd + 1 else slice(None)]
-    require_torch()
-    if not all(isinstance(p, torch.Tensor) for p in parts):
-        raise TypeError("x: a list input must hold only torch tensors or only numpy arrays")
-    return torch.cat(parts, dim=-nd - 1)
-
-
-def _conv_numpy(x, weight, bias, nd, stride, padding, dilation, groups, padding_mode, activation, negative_slope):
+def _conv_numpy(xs, weight, bias, nd, stride, padding, dilation, groups, padding_mode, activation, negative_slope):
     if not isinstance(weight, np.ndarray) or (bias is not None and not isinstance(bias, np.ndarray)):
         raise TypeError("weight and bias: expected numpy arrays when x is a numpy array")
     s, lo, hi, d, groups, mode, act, slope = _params(nd, weight.shape, stride, padding, dilation, groups,
                                                      padding_mode, activation, negative_slope)
-    xb, unbatched = batched(x, nd)
-    xb = np.ascontiguousarray(xb)
+    xbs, unbatched = _batched_parts(xs, nd)
+    xbs = [np.ascontiguousarray(p) for p in xbs]
     w = np.ascontiguousarray(weight)
     b = None if bias is None else np.ascontiguousarray(bias)
-    shape = _C.conv_output_shape(list(xb.shape), list(w.shape), s, lo, hi, d, groups, mode)
-    out = np.empty(shape, dtype=xb.dtype)
-    _C.conv_forward(xb, w, b, out, s, lo, hi, d, groups, mode, act, slope, emu_flag(xb), 0)
+    shape = _C.conv_output_shape(_whole_shape(xbs), list(w.shape), s, lo, hi, d, groups, mode)
+    out = np.empty(shape, dtype=xbs[0].dtype)
+    _C.conv_forward(xbs[0] if len(xbs) == 1 else xbs, w, b, out, s, lo, hi, d, groups, mode, act, slope,
+                    emu_flag(xbs[0]), 0)
     return out[0] if unbatched else out
 
 
@@ -129,25 +157,27 @@ def _dense(t):
 if torch is not None:
 
     @torch.library.custom_op("cellkern::conv", mutates_args=())
-    def _conv_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: List[int],
+    def _conv_op(xs: List[torch.Tensor], weight: torch.Tensor, bias: Optional[torch.Tensor], stride: List[int],
                  padding_lo: List[int], padding_hi: List[int], dilation: List[int], groups: int, padding_mode: int,
                  activation: int, negative_slope: float) -> torch.Tensor:
         nd = len(stride)
+        x = xs[0]
         cl = is_channels_last(x, nd)
-        xc, wc = _dense(x), _dense(weight)
+        xc, wc = [_dense(p) for p in xs], _dense(weight)
         bc = None if bias is None else _dense(bias)
-        shape = _C.conv_output_shape(list(xc.shape), list(wc.shape), stride, padding_lo, padding_hi, dilation, groups,
-                                     padding_mode)
+        shape = _C.conv_output_shape(_whole_shape(xc), list(wc.shape), stride, padding_lo, padding_hi, dilation,
+                                     groups, padding_mode)
         y = torch.empty(shape, dtype=x.dtype, device=x.device)
-        _C.conv_forward(dl(xc), dl(wc), dl(bc), dl(y), stride, padding_lo, padding_hi, dilation, groups, padding_mode,
-                        activation, negative_slope, emu_flag(xc), stream_of(xc))
+        _C.conv_forward(_dl_parts(xc), dl(wc), dl(bc), dl(y), stride, padding_lo, padding_hi, dilation, groups,
+                        padding_mode, activation, negative_slope, emu_flag(x), stream_of(x))
         # The kernels compute NC(D)HW; channels_last callers get their layout back (as torch's conv does).
         return y.contiguous(memory_format=memory_format(True, nd)) if cl else y
 
     @_conv_op.register_fake
-    def _(x, weight, bias, stride, padding_lo, padding_hi, dilation, groups, padding_mode, activation,
+    def _(xs, weight, bias, stride, padding_lo, padding_hi, dilation, groups, padding_mode, activation,
           negative_slope):
         nd = len(stride)
+        x = xs[0]
         shape = [x.shape[0], weight.shape[0]] + [
             _out_size(x.shape[2 + i], weight.shape[2 + i], stride[i], dilation[i], padding_lo[i], padding_hi[i])
             for i in range(nd)]
@@ -157,33 +187,34 @@ if torch is not None:
     @torch.library.custom_op("cellkern::conv_grad_input", mutates_args=())
     def _conv_grad_input_op(grad_out: torch.Tensor, weight: torch.Tensor, input_shape: List[int], stride: List[int],
                             padding_lo: List[int], padding_hi: List[int], dilation: List[int], groups: int,
-                            padding_mode: int) -> torch.Tensor:
+                            padding_mode: int, channel_offset: int) -> torch.Tensor:
         gy, wc = _dense(grad_out), _dense(weight)
         gx = torch.empty(input_shape, dtype=gy.dtype, device=gy.device)
         ws_shape = _C.conv_grad_input_workspace_shape(input_shape, list(wc.shape), stride, padding_lo, padding_hi,
-                                                      dilation, groups, padding_mode)
+                                                      dilation, groups, padding_mode, channel_offset)
         ws = torch.empty(ws_shape, dtype=gy.dtype, device=gy.device) if ws_shape else None
         _C.conv_grad_input(dl(gy), dl(wc), dl(gx), dl(ws), stride, padding_lo, padding_hi, dilation, groups,
-                           padding_mode, 0, 0.0, emu_flag(gy), stream_of(gy))
+                           padding_mode, 0, 0.0, emu_flag(gy), stream_of(gy), channel_offset)
         return gx
 
     @_conv_grad_input_op.register_fake
-    def _(grad_out, weight, input_shape, stride, padding_lo, padding_hi, dilation, groups, padding_mode):
+    def _(grad_out, weight, input_shape, stride, padding_lo, padding_hi, dilation, groups, padding_mode,
+          channel_offset):
         return torch.empty(input_shape, dtype=grad_out.dtype, device=grad_out.device)
 
     @torch.library.custom_op("cellkern::conv_grad_weight", mutates_args=())
-    def _conv_grad_weight_op(grad_out: torch.Tensor, x: torch.Tensor, weight_shape: List[int], with_bias: bool,
-                             stride: List[int], padding_lo: List[int], padding_hi: List[int], dilation: List[int],
-                             groups: int, padding_mode: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        gy, xc = _dense(grad_out), _dense(x)
+    def _conv_grad_weight_op(grad_out: torch.Tensor, xs: List[torch.Tensor], weight_shape: List[int],
+                             with_bias: bool, stride: List[int], padding_lo: List[int], padding_hi: List[int],
+                             dilation: List[int], groups: int, padding_mode: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        gy, xc = _dense(grad_out), [_dense(p) for p in xs]
         gw = torch.empty(weight_shape, dtype=gy.dtype, device=gy.device)
         gb = torch.empty(weight_shape[0] if with_bias else 0, dtype=gy.dtype, device=gy.device)
-        _C.conv_grad_weight(dl(gy), dl(xc), dl(gw), dl(gb) if with_bias else None, stride, padding_lo, padding_hi,
-                            dilation, groups, padding_mode, 0, 0.0, emu_flag(gy), stream_of(gy))
+        _C.conv_grad_weight(dl(gy), _dl_parts(xc), dl(gw), dl(gb) if with_bias else None, stride, padding_lo,
+                            padding_hi, dilation, groups, padding_mode, 0, 0.0, emu_flag(gy), stream_of(gy))
         return gw, gb
 
     @_conv_grad_weight_op.register_fake
-    def _(grad_out, x, weight_shape, with_bias, stride, padding_lo, padding_hi, dilation, groups, padding_mode):
+    def _(grad_out, xs, weight_shape, with_bias, stride, padding_lo, padding_hi, dilation, groups, padding_mode):
         gw = torch.empty(weight_shape, dtype=grad_out.dtype, device=grad_out.device)
         return gw, torch.empty(weight_shape[0] if with_bias else 0, dtype=grad_out.dtype, device=grad_out.device)
 
@@ -200,28 +231,33 @@ if torch is not None:
         return torch.empty_like(grad_out, memory_format=torch.contiguous_format)
 
     def _setup_context(ctx, inputs, output):
-        x, weight, bias, stride, lo, hi, dilation, groups, mode, act, slope = inputs
+        xs, weight, bias, stride, lo, hi, dilation, groups, mode, act, slope = inputs
         # A fused activation's gradient is read from the output, so only then is the output kept alive.
-        ctx.save_for_backward(x, weight, output if act else None)
+        ctx.save_for_backward(weight, output if act else None, *xs)
         ctx.args = (stride, lo, hi, dilation, groups, mode)
         ctx.act = (act, slope)
         ctx.has_bias = bias is not None
 
     def _backward(ctx, grad_out):
-        x, weight, y = ctx.saved_tensors
+        weight, y, *xs = ctx.saved_tensors
         act, slope = ctx.act
         if act:
             grad_out = torch.ops.cellkern.conv_act_grad(grad_out, y, act, slope)
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            gx = torch.ops.cellkern.conv_grad_input(grad_out, weight, list(x.shape), *ctx.args)
+        needs_x = ctx.needs_input_grad[0]
+        gxs = [None] * len(xs)
+        offset = 0
+        for i, x in enumerate(xs):  # one pass per part, each from the weight's matching input channels
+            if needs_x[i]:
+                gxs[i] = torch.ops.cellkern.conv_grad_input(grad_out, weight, list(x.shape), *ctx.args, offset)
+            offset += x.shape[1]
+        gw = gb = None
         if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
-            gw, gb = torch.ops.cellkern.conv_grad_weight(grad_out, x, list(weight.shape), ctx.has_bias, *ctx.args)
+            gw, gb = torch.ops.cellkern.conv_grad_weight(grad_out, xs, list(weight.shape), ctx.has_bias, *ctx.args)
             if not ctx.needs_input_grad[1]:
                 gw = None
             if not (ctx.has_bias and ctx.needs_input_grad[2]):
                 gb = None
-        return gx, gw, gb, None, None, None, None, None, None, None, None
+        return gxs, gw, gb, None, None, None, None, None, None, None, None
 
     torch.library.register_autograd("cellkern::conv", _backward, setup_context=_setup_context)
 
@@ -229,9 +265,11 @@ if torch is not None:
 # ---- transposed convolution ----------------------------------------------------------------------------------
 
 def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
-    """2D transposed convolution with ``torch.nn.functional.conv_transpose2d``'s arguments and semantics
-    (``weight`` of shape (C_in, C_out / groups, kH, kW)): the gradient of conv2d with respect to its input, plus
-    bias. Torch tensors (differentiable in x, weight and bias) or numpy arrays (forward only)."""
+    """2D transposed convolution with ``torch.nn.functional.conv_transpose2d``'s arguments and semantics (``weight``
+    of shape (C_in, C_out / groups, kH, kW); output size (in - 1) * stride - 2 * padding + dilation * (k - 1) +
+    output_padding + 1): the gradient of conv2d with respect to its input, plus the bias, on the same kernels.
+    Kernel == stride (the U-Net's 2x2 / stride-2 upsampling) has its own CPU path. Torch tensors (differentiable in
+    x, weight and bias; channels_last in gives channels_last out) or numpy arrays (forward only)."""
     return _conv_transpose(x, weight, bias, 2, stride, padding, output_padding, groups, dilation)
 
 
@@ -241,39 +279,10 @@ def conv_transpose3d(x, weight, bias=None, stride=1, padding=0, output_padding=0
 
 
 def _transpose_params(nd, stride, padding, output_padding, groups, dilation):
-    s = ntuple(stride, nd, "stride")
-    p = ntuple(padding, nd, "padding")
-    op = ntuple(output_padding, nd, "output_padding")
-    d = ntuple(dilation, nd, "dilation")
     if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool):
         raise ValueError(f"groups: expected an int, got {groups!r}")
-    for i in range(nd):
-        if s[i] < 1 or d[i] < 1 or p[i] < 0:
-            raise ValueError(f"stride and dilation must be positive and padding non-negative, got stride={s}, "
-                             f"padding={p}, dilation={d}")
-        if not 0 <= op[i] < max(s[i], d[i]):
-            raise ValueError(f"output_padding must be smaller than either stride or dilation, got "
-                             f"output_padding={op}, stride={s}, dilation={d}")
-        if op[i] >= s[i]:  # PROVISIONAL: lifted when the transposed kernels take the output shape directly
-            raise ValueError(f"output_padding >= stride is not supported yet, got output_padding={op}, stride={s}")
-    return s, p, op, d, int(groups)
-
-
-def _transpose_shape(nd, x_shape, w_shape, s, p, op, d, groups):
-    if len(x_shape) != nd + 2:
-        raise ValueError(f"x: expected a {nd + 2}D tensor, got shape {tuple(x_shape)}")
-    if len(w_shape) != nd + 2:
-        raise ValueError(f"weight: expected a {nd + 2}D tensor (C_in, C_out / groups, k...), got {tuple(w_shape)}")
-    if w_shape[0] != x_shape[1]:
-        raise ValueError(f"weight: expected {x_shape[1]} input channels (x has {x_shape[1]}), got weight of shape "
-                         f"{tuple(w_shape)}")
-    if groups < 1 or x_shape[1] % groups:
-        raise ValueError(f"groups: {x_shape[1]} input channels are not divisible by groups={groups}")
-    out = [(x_shape[2 + i] - 1) * s[i] - 2 * p[i] + d[i] * (w_shape[2 + i] - 1) + op[i] + 1 for i in range(nd)]
-    if any(o <= 0 for o in out):
-        raise ValueError(f"the output would be empty: input {tuple(x_shape)}, kernel {tuple(w_shape[2:])}, "
-                         f"stride {s}, padding {p}")
-    return [x_shape[0], w_shape[1] * groups] + out
+    return (ntuple(stride, nd, "stride"), ntuple(padding, nd, "padding"), ntuple(output_padding, nd, "output_padding"),
+            ntuple(dilation, nd, "dilation"), int(groups))
 
 
 def _conv_transpose(x, weight, bias, nd, stride, padding, output_padding, groups, dilation):
@@ -283,10 +292,10 @@ def _conv_transpose(x, weight, bias, nd, stride, padding, output_padding, groups
             raise TypeError("weight and bias: expected numpy arrays when x is a numpy array")
         xb, unbatched = batched(x, nd)
         xb, w = np.ascontiguousarray(xb), np.ascontiguousarray(weight)
-        out = np.empty(_transpose_shape(nd, xb.shape, w.shape, s, p, op, d, groups), dtype=xb.dtype)
-        _C.conv_grad_input(xb, w, out, None, s, p, p, d, groups, 0, 0, 0.0, emu_flag(xb), 0)
-        if bias is not None:
-            out += np.asarray(bias, dtype=out.dtype).reshape((1, -1) + (1,) * nd)
+        b = None if bias is None else np.ascontiguousarray(bias)
+        out = np.empty(_C.conv_transpose_output_shape(list(xb.shape), list(w.shape), s, p, op, d, groups),
+                       dtype=xb.dtype)
+        _C.conv_transpose_forward(xb, w, b, out, s, p, d, groups, emu_flag(xb), 0)
         return out[0] if unbatched else out
     require_torch()
     for name, t in (("x", x), ("weight", weight)):
@@ -297,12 +306,14 @@ def _conv_transpose(x, weight, bias, nd, stride, padding, output_padding, groups
     xb, unbatched = batched(x, nd)
     check_device(xb, "x")
     check_device(weight, "weight")
-    _transpose_shape(nd, tuple(xb.shape), tuple(weight.shape), s, p, op, d, groups)
     y = torch.ops.cellkern.conv_transpose(xb, weight, bias, s, p, op, d, groups)
     return y[0] if unbatched else y
 
 
 if torch is not None:
+
+    def _transpose_size(n, k, s, p, d, op):
+        return (n - 1) * s - 2 * p + d * (k - 1) + op + 1
 
     @torch.library.custom_op("cellkern::conv_transpose", mutates_args=())
     def _conv_transpose_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: List[int],
@@ -310,41 +321,78 @@ if torch is not None:
                            groups: int) -> torch.Tensor:
         nd = len(stride)
         cl = is_channels_last(x, nd)
-        shape = _transpose_shape(nd, tuple(x.shape), tuple(weight.shape), stride, padding, output_padding, dilation,
-                                 groups)
+        xc, wc = _dense(x), _dense(weight)
+        bc = None if bias is None else _dense(bias)
+        shape = _C.conv_transpose_output_shape(list(xc.shape), list(wc.shape), stride, padding, output_padding,
+                                               dilation, groups)
         y = torch.empty(shape, dtype=x.dtype, device=x.device)
-        _C.conv_grad_input(dl(_dense(x)), dl(_dense(weight)), dl(y), None, stride, padding, padding, dilation,
-                           groups, 0, 0, 0.0, emu_flag(x), stream_of(x))
-        if bias is not None:
-            y += bias.view((1, -1) + (1,) * nd)  # PROVISIONAL: to be fused into the kernel's stores
+        _C.conv_transpose_forward(dl(xc), dl(wc), dl(bc), dl(y), stride, padding, dilation, groups, emu_flag(xc),
+                                  stream_of(xc))
         return y.contiguous(memory_format=memory_format(True, nd)) if cl else y
 
     @_conv_transpose_op.register_fake
     def _(x, weight, bias, stride, padding, output_padding, dilation, groups):
         nd = len(stride)
         shape = [x.shape[0], weight.shape[1] * groups] + [
-            (x.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (weight.shape[2 + i] - 1)
-            + output_padding[i] + 1 for i in range(nd)]
+            _transpose_size(x.shape[2 + i], weight.shape[2 + i], stride[i], padding[i], dilation[i], output_padding[i])
+            for i in range(nd)]
         return torch.empty(shape, dtype=x.dtype, device=x.device,
                            memory_format=memory_format(is_channels_last(x, nd), nd))
+
+    @torch.library.custom_op("cellkern::conv_transpose_grad_input", mutates_args=())
+    def _conv_transpose_grad_input_op(grad_out: torch.Tensor, weight: torch.Tensor, input_shape: List[int],
+                                      stride: List[int], padding: List[int], dilation: List[int],
+                                      groups: int) -> torch.Tensor:
+        gy, wc = _dense(grad_out), _dense(weight)
+        gx = torch.empty(input_shape, dtype=gy.dtype, device=gy.device)
+        _C.conv_transpose_grad_input(dl(gy), dl(wc), dl(gx), stride, padding, dilation, groups, emu_flag(gy),
+                                     stream_of(gy))
+        return gx
+
+    @_conv_transpose_grad_input_op.register_fake
+    def _(grad_out, weight, input_shape, stride, padding, dilation, groups):
+        return torch.empty(input_shape, dtype=grad_out.dtype, device=grad_out.device)
+
+    @torch.library.custom_op("cellkern::conv_transpose_grad_weight", mutates_args=())
+    def _conv_transpose_grad_weight_op(grad_out: torch.Tensor, x: torch.Tensor, weight_shape: List[int],
+                                       stride: List[int], padding: List[int], dilation: List[int],
+                                       groups: int) -> torch.Tensor:
+        gy, xc = _dense(grad_out), _dense(x)
+        gw = torch.empty(weight_shape, dtype=gy.dtype, device=gy.device)
+        _C.conv_transpose_grad_weight(dl(gy), dl(xc), dl(gw), stride, padding, dilation, groups, emu_flag(gy),
+                                      stream_of(gy))
+        return gw
+
+    @_conv_transpose_grad_weight_op.register_fake
+    def _(grad_out, x, weight_shape, stride, padding, dilation, groups):
+        return torch.empty(weight_shape, dtype=grad_out.dtype, device=grad_out.device)
+
+    @torch.library.custom_op("cellkern::conv_bias_grad", mutates_args=())
+    def _conv_bias_grad_op(grad_out: torch.Tensor) -> torch.Tensor:
+        gy = _dense(grad_out)
+        gb = torch.empty(gy.shape[1], dtype=gy.dtype, device=gy.device)
+        _C.conv_bias_grad(dl(gy), dl(gb), emu_flag(gy), stream_of(gy))
+        return gb
+
+    @_conv_bias_grad_op.register_fake
+    def _(grad_out):
+        return torch.empty(grad_out.shape[1], dtype=grad_out.dtype, device=grad_out.device)
 
     def _transpose_setup_context(ctx, inputs, output):
         x, weight, bias, stride, padding, output_padding, dilation, groups = inputs
         ctx.save_for_backward(x, weight)
-        ctx.args = (stride, padding, padding, dilation, groups, 0)
+        ctx.args = (stride, padding, dilation, groups)
         ctx.has_bias = bias is not None
 
     def _transpose_backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
-        nd = x.dim() - 2
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            # The transposed convolution's input gradient is the convolution itself.
-            gx = torch.ops.cellkern.conv(grad_out, weight, None, *ctx.args, 0, 0.0)
+            gx = torch.ops.cellkern.conv_transpose_grad_input(grad_out, weight, list(x.shape), *ctx.args)
         if ctx.needs_input_grad[1]:
-            gw, _ = torch.ops.cellkern.conv_grad_weight(x, grad_out, list(weight.shape), False, *ctx.args)
+            gw = torch.ops.cellkern.conv_transpose_grad_weight(grad_out, x, list(weight.shape), *ctx.args)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = grad_out.sum(dim=[0] + list(range(2, nd + 2)))  # PROVISIONAL: a cellkern reduction kernel
+            gb = torch.ops.cellkern.conv_bias_grad(grad_out)
         return gx, gw, gb, None, None, None, None, None
 
     torch.library.register_autograd("cellkern::conv_transpose", _transpose_backward,
