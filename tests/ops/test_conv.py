@@ -444,6 +444,7 @@ PARTS_CASES = [
     ((4, 4), 6, (6, 5, 7), 3, 1, "zeros", "leaky_relu"),     # 3D
     ((17, 16), 16, (12, 13), 3, 1, "zeros", "relu"),         # Winograd on the CPU (>= 16 channels)
     ((2, 3), 2, (7, 9), 1, 0, "zeros", None),                # 1x1
+    ((70, 90), 6, (12, 12), 3, 1, "zeros", None),            # the CPU weight gradient's channel chunks cross parts
 ]
 
 
