@@ -68,54 +68,40 @@ void bind_conv(py::module_& m) {
       "conv_grad_input",
       [](py::handle gy, py::handle w, py::handle gx, py::handle ws, const Ints& stride, const Ints& lo,
          const Ints& hi, const Ints& dilation, int64_t groups, int pad_mode, int act, double slope, bool emu,
-         uintptr_t stream, int64_t channel_offset) {
+         uintptr_t stream, int64_t channel_offset, py::handle output) {
         Keepalive keep;
         TensorView gyv = view(gy, "grad_output", keep), wv = view(w, "weight", keep),
-                   gxv = view(gx, "grad_input", keep), wsv = view(ws, "workspace", keep);
+                   gxv = view(gx, "grad_input", keep), wsv = view(ws, "workspace", keep),
+                   ov = view(output, "output", keep);
         ConvParams p = conv_params(stride, lo, hi, dilation, groups, pad_mode, act, slope);
         ensure_backend(gxv, emu);
         py::gil_scoped_release nogil;
-        conv_grad_input(gyv, wv, gxv, wsv, p, emu, reinterpret_cast<void*>(stream), channel_offset);
+        conv_grad_input(gyv, wv, gxv, wsv, p, emu, reinterpret_cast<void*>(stream), channel_offset, ov);
       },
       py::arg("grad_output"), py::arg("weight"), py::arg("grad_input"), py::arg("workspace"), CK_CONV_PARAM_ARGS,
-      py::arg("emu") = false, py::arg("stream") = 0, py::arg("channel_offset") = 0,
+      py::arg("emu") = false, py::arg("stream") = 0, py::arg("channel_offset") = 0, py::arg("output") = py::none(),
       "grad_input = the gradient of the input (overwritten); workspace: the padded input's shape for padding "
-      "modes other than zeros, else None. The activation is not applied (see conv_act_grad). For one channel part "
-      "of a list input, grad_input covers the weight's input channels [channel_offset, channel_offset + C).");
+      "modes other than zeros, else None. With an activation, grad_output is the gradient of the activated "
+      "output and `output` the forward's output (its derivative is applied on the fly). For one channel part of "
+      "a list input, grad_input covers the weight's input channels [channel_offset, channel_offset + C).");
   m.def(
       "conv_grad_weight",
       [](py::handle gy, py::handle x, py::handle gw, py::handle gb, const Ints& stride, const Ints& lo,
          const Ints& hi, const Ints& dilation, int64_t groups, int pad_mode, int act, double slope, bool emu,
-         uintptr_t stream) {
+         uintptr_t stream, py::handle output) {
         Keepalive keep;
         std::vector<TensorView> xv = parts(x, keep);
         TensorView gyv = view(gy, "grad_output", keep), gwv = view(gw, "grad_weight", keep),
-                   gbv = view(gb, "grad_bias", keep);
+                   gbv = view(gb, "grad_bias", keep), ov = view(output, "output", keep);
         ConvParams p = conv_params(stride, lo, hi, dilation, groups, pad_mode, act, slope);
         ensure_backend(xv[0], emu);
         py::gil_scoped_release nogil;
-        conv_grad_weight(gyv, xv, gwv, gbv, p, emu, reinterpret_cast<void*>(stream));
+        conv_grad_weight(gyv, xv, gwv, gbv, p, emu, reinterpret_cast<void*>(stream), ov);
       },
       py::arg("grad_output"), py::arg("x"), py::arg("grad_weight"), py::arg("grad_bias"), CK_CONV_PARAM_ARGS,
-      py::arg("emu") = false, py::arg("stream") = 0,
+      py::arg("emu") = false, py::arg("stream") = 0, py::arg("output") = py::none(),
       "grad_weight (and grad_bias unless None) = the gradients of the weight and bias (overwritten); x a tensor or "
-      "a list of channel parts.");
-  m.def(
-      "conv_act_grad",
-      [](py::handle gy, py::handle y, py::handle gz, int act, double slope, bool emu, uintptr_t stream) {
-        Keepalive keep;
-        TensorView gyv = view(gy, "grad_output", keep), yv = view(y, "output", keep),
-                   gzv = view(gz, "grad_preactivation", keep);
-        ConvParams p;
-        p.act = Act(act);
-        p.slope = slope;
-        ensure_backend(gyv, emu);
-        py::gil_scoped_release nogil;
-        conv_act_grad(gyv, yv, gzv, p, emu, reinterpret_cast<void*>(stream));
-      },
-      py::arg("grad_output"), py::arg("output"), py::arg("grad_preactivation"), py::arg("activation"),
-      py::arg("negative_slope"), py::arg("emu") = false, py::arg("stream") = 0,
-      "grad_preactivation = grad_output * activation'(output), read from the activation's output.");
+      "a list of channel parts; activation and output as for conv_grad_input.");
   m.def(
       "conv_set_algorithm",
       [](const std::string& name) {

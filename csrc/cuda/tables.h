@@ -17,7 +17,7 @@ KernelTable table_of(const Table& t) {
 const std::vector<NamedTable>& device_tables() {
   static const PoolKernels pool{&pool_cuda::forward, &pool_cuda::backward};
   static const ConvKernels conv{&conv_cuda::forward, &conv_cuda::grad_input, &conv_cuda::grad_weight,
-                                &conv_cuda::act_grad, &conv_cuda::fold, &conv_cuda::bias_grad};
+                                &conv_cuda::fold, &conv_cuda::bias_grad};
   static const StarKernels star{&star_cuda::star_dist, &star_cuda::dist_to_coord, &star_cuda::polygons_to_label,
                                 &star_cuda::nms};
   static const std::vector<NamedTable> tables = {

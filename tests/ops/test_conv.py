@@ -24,6 +24,7 @@ CASES_2D = [
     ((1, 3, 10, 11), 2, 3, 3, 4, 1, 1, "zeros", None),             # padding beyond the kernel span, stride 3
     ((1, 2, 12, 14), 3, 4, 2, 2, 1, 1, "reflect", "leaky_relu"),   # even kernel, strided reflect
     ((1, 2, 13, 14), 3, 2, 3, 0, 1, 1, "zeros", None),             # stride > kernel: inputs no output reads
+    ((2, 3, 12, 15), 4, 2, 2, 0, 1, 1, "zeros", "relu"),           # kernel == stride: the disjoint input gradient
     ((1, 3, 9, 12), 5, 3, 1, "same", 1, 1, "zeros", None),
     ((1, 3, 9, 12), 5, (2, 4), 1, "same", (1, 2), 1, "reflect", None),  # asymmetric 'same' padding
     ((1, 40, 19, 35), 33, 3, 1, 1, 1, 1, "zeros", "relu"),         # many channels, channel tail
@@ -312,12 +313,16 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.cellkern.conv.default, ([x1, x2], w, b, [1, 1], [1, 1], [1, 1], [1, 1], 1, 0, 1,
                                                             0.0), test_utils=utils)
     gy = torch.randn(2, 4, 9, 10)
+    y = torch.randn(2, 4, 9, 10)
     torch.library.opcheck(torch.ops.cellkern.conv_grad_input.default,
-                          (gy, w.detach(), [2, 3, 9, 10], [1, 1], [1, 1], [1, 1], [1, 1], 1, 1, 0), test_utils=utils)
+                          (gy, w.detach(), [2, 3, 9, 10], [1, 1], [1, 1], [1, 1], [1, 1], 1, 1, 0, None, 0, 0.0),
+                          test_utils=utils)
     torch.library.opcheck(torch.ops.cellkern.conv_grad_input.default,
-                          (gy, w.detach(), [2, 2, 9, 10], [1, 1], [1, 1], [1, 1], [1, 1], 1, 1, 1), test_utils=utils)
+                          (gy, w.detach(), [2, 2, 9, 10], [1, 1], [1, 1], [1, 1], [1, 1], 1, 1, 1, y, 2, 0.1),
+                          test_utils=utils)
     torch.library.opcheck(torch.ops.cellkern.conv_grad_weight.default,
-                          (gy, [x.detach()], [4, 3, 3, 3], True, [1, 1], [1, 1], [1, 1], [1, 1], 1, 0), test_utils=utils)
+                          (gy, [x.detach()], [4, 3, 3, 3], True, [1, 1], [1, 1], [1, 1], [1, 1], 1, 0, y, 1, 0.0),
+                          test_utils=utils)
 
 
 @pytest.mark.parametrize("nd", [2, 3])
@@ -409,8 +414,13 @@ def test_low_level_api_validates_outputs():
         _C.conv_grad_weight(np.zeros((1, 3, 8, 9), np.float32), x, np.zeros_like(w), None, *p)
     with pytest.raises(ValueError, match=r"grad_bias: expected shape \(3,\)"):
         _C.conv_grad_weight(gy, x, np.zeros_like(w), np.zeros(2, np.float32), *p)
-    with pytest.raises(ValueError, match="activation must be 1"):
-        _C.conv_act_grad(gy, gy.copy(), gy.copy(), 0, 0.0)
+    relu = ([1, 1], [1, 1], [1, 1], [1, 1], 1, 0, 1, 0.0)
+    with pytest.raises(ValueError, match="output: the gradient through a fused activation needs"):
+        _C.conv_grad_input(gy, w, np.zeros_like(x), None, *relu)
+    with pytest.raises(ValueError, match=r"output: expected shape \(1, 3, 8, 8\)"):
+        _C.conv_grad_weight(gy, x, np.zeros_like(w), None, *relu, output=np.zeros((1, 3, 8, 7), np.float32))
+    with pytest.raises(ValueError, match="output: given, but no activation is fused"):
+        _C.conv_grad_weight(gy, x, np.zeros_like(w), None, *p, output=gy.copy())
 
 
 @pytest.mark.no_gpu

@@ -230,6 +230,23 @@ void check_output_parts(const TensorView& y, const char* name, const std::vector
   for (size_t i = 0; i < xs.size(); ++i) check_no_overlap(y, name, xs[i], names[i].c_str());
 }
 
+// The activation's derivative for a gradient function: p.act with the forward's output (the shape of gy).
+ActGrad act_grad_of(const ConvParams& p, const TensorView& output, const TensorView& gy) {
+  if (p.act == Act::none) {
+    CK_CHECK_VALUE(output.ndim == 0, "output: given, but no activation is fused");
+    return {};
+  }
+  CK_CHECK_VALUE(output.ndim, "output: the gradient through a fused activation needs the forward's output");
+  check_tensor(output, "output", gy.shape, gy.ndim, gy, "grad_output");
+  return ActGrad{output.data, p.act, p.slope};
+}
+
+// The same activation for group gi: y advanced like gy.
+ActGrad act_for_group(ActGrad a, int64_t elems, DType dt) {
+  a.y = offset(a.y, elems, dt);
+  return a;
+}
+
 // The problem of the gradient of one channel part: gx covers the weight's input channels [c0, c0 + its channels).
 // Validated as the whole input, then narrowed to the part.
 Problem part_problem(const Shape& gx_shape, const char* name, const Shape& w_shape, const ConvParams& p, int64_t c0,
@@ -377,9 +394,9 @@ namespace {
 // The gradient of the input for a validated problem r (gx one part of width r.cin_total, weight rows w_cin wide,
 // starting at input channel c0), with the fold of non-zero padding modes through `workspace`; b (per gx channel,
 // may be null) is added: the transposed convolution.
-void grad_input_run(const Problem& r, const ConvParams& p, const TensorView& gy, const TensorView& w, int64_t w_cin,
-                    int64_t c0, const void* b, const TensorView& gx, const TensorView& workspace, Backend be,
-                    void* stream) {
+void grad_input_run(const Problem& r, const ConvParams& p, const TensorView& gy, const ActGrad& act,
+                    const TensorView& w, int64_t w_cin, int64_t c0, const void* b, const TensorView& gx,
+                    const TensorView& workspace, Backend be, void* stream) {
   ConvGeom g = r.g;
   const bool padded = p.pad_mode != PadMode::zeros;
   if (g.N == 0) return;
@@ -409,6 +426,7 @@ void grad_input_run(const Problem& r, const ConvParams& p, const TensorView& gy,
     ConvGradInputArgs a{g,
                         gx.dtype,
                         offset(static_cast<const void*>(gy.data), gi * g.Cout * plane_out(g), gx.dtype),
+                        act_for_group(act, gi * g.Cout * plane_out(g), gx.dtype),
                         offset(static_cast<const void*>(w.data), gi * wg + c0 * r.k_elems, gx.dtype),
                         w_cin,
                         offset(b, gi * g.Cin, gx.dtype),
@@ -430,14 +448,15 @@ void grad_input_run(const Problem& r, const ConvParams& p, const TensorView& gy,
 
 // The weight gradient for a validated problem r over input parts `in_of(gi)`; gb may be null.
 template <class InputOf>
-void grad_weight_run(const Problem& r, const TensorView& gy, const InputOf& in_of, const TensorView& gw, void* gb,
-                     Backend be, void* stream) {
+void grad_weight_run(const Problem& r, const TensorView& gy, const ActGrad& act, const InputOf& in_of,
+                     const TensorView& gw, void* gb, Backend be, void* stream) {
   const ConvGeom& g = r.g;
   const int64_t wg = g.Cout * g.Cin * r.k_elems;
   for (int64_t gi = 0; gi < r.groups; ++gi) {
     ConvGradWeightArgs a{g,
                          gw.dtype,
                          offset(static_cast<const void*>(gy.data), gi * g.Cout * plane_out(g), gw.dtype),
+                         act_for_group(act, gi * g.Cout * plane_out(g), gw.dtype),
                          in_of(gi),
                          offset(gw.data, gi * wg, gw.dtype),
                          offset(gb, gi * g.Cout, gw.dtype),
@@ -452,7 +471,8 @@ void grad_weight_run(const Problem& r, const TensorView& gy, const InputOf& in_o
 }  // namespace
 
 void conv_grad_input(const TensorView& gy, const TensorView& w, const TensorView& gx, const TensorView& workspace,
-                     const ConvParams& p, bool use_emu, void* stream, int64_t channel_offset) {
+                     const ConvParams& p, bool use_emu, void* stream, int64_t channel_offset,
+                     const TensorView& output) {
   check_dtype(gx, "grad_input", {DType::f32, DType::f64});
   int64_t w_cin = 0;
   Problem r = part_problem(shape_of(gx), "grad_input", shape_of(w), p, channel_offset, &w_cin);
@@ -461,7 +481,8 @@ void conv_grad_input(const TensorView& gy, const TensorView& w, const TensorView
   check_same_dtype(w, "weight", gx, "grad_input");
   check_same_device(w, "weight", gx, "grad_input");
   check_dense(w, "weight");
-  check_output(gx, "grad_input", {{&gy, "grad_output"}, {&w, "weight"}});
+  check_output(gx, "grad_input", {{&gy, "grad_output"}, {&w, "weight"}, {&output, "output"}});
+  const ActGrad act = act_grad_of(p, output, gy);
   if (p.pad_mode != PadMode::zeros) {
     int64_t ws_shape[5] = {r.g.N, r.cin_total, 1, 1, 1};
     for (int i = 0; i < p.nd; ++i) {
@@ -476,11 +497,12 @@ void conv_grad_input(const TensorView& gy, const TensorView& w, const TensorView
     CK_CHECK_VALUE(workspace.ndim == 0, "workspace: given, but zero padding needs none");
   }
   Backend be = pick_backend(gx, use_emu);
-  grad_input_run(r, p, gy, w, w_cin, channel_offset, nullptr, gx, workspace, be, stream);
+  grad_input_run(r, p, gy, act, w, w_cin, channel_offset, nullptr, gx, workspace, be, stream);
 }
 
 void conv_grad_weight(const TensorView& gy, const std::vector<TensorView>& xs, const TensorView& gw,
-                      const TensorView& gb, const ConvParams& p, bool use_emu, void* stream) {
+                      const TensorView& gb, const ConvParams& p, bool use_emu, void* stream,
+                      const TensorView& output) {
   const std::vector<std::string> names = part_names(xs.size());
   Shape whole = parts_shape(xs, names, p);
   const TensorView& x = xs[0];
@@ -490,15 +512,16 @@ void conv_grad_weight(const TensorView& gy, const std::vector<TensorView>& xs, c
   check_same_dtype(gw, "grad_weight", x, xn);
   check_same_device(gw, "grad_weight", x, xn);
   check_dense(gw, "grad_weight");
-  check_output_parts(gw, "grad_weight", xs, names, {{&gy, "grad_output"}});
+  check_output_parts(gw, "grad_weight", xs, names, {{&gy, "grad_output"}, {&output, "output"}});
+  const ActGrad act = act_grad_of(p, output, gy);
   if (gb.ndim) {
     const int64_t bs[1] = {r.cout_total};
     check_tensor(gb, "grad_bias", bs, 1, x, xn);
-    check_output_parts(gb, "grad_bias", xs, names, {{&gy, "grad_output"}, {&gw, "grad_weight"}});
+    check_output_parts(gb, "grad_bias", xs, names, {{&gy, "grad_output"}, {&gw, "grad_weight"}, {&output, "output"}});
   }
   Backend be = pick_backend(x, use_emu);
-  grad_weight_run(r, gy, [&](int64_t gi) { return input_of(xs, r.g, gi); }, gw, gb.ndim ? gb.data : nullptr, be,
-                  stream);
+  grad_weight_run(r, gy, act, [&](int64_t gi) { return input_of(xs, r.g, gi); }, gw, gb.ndim ? gb.data : nullptr,
+                  be, stream);
 }
 
 void conv_transpose_forward(const TensorView& x, const TensorView& w, const TensorView& b, const TensorView& y,
@@ -516,7 +539,7 @@ void conv_transpose_forward(const TensorView& x, const TensorView& w, const Tens
   check_tensor(y, "out", y.shape, y.ndim, x, "x");
   check_output(y, "out", {{&x, "x"}, {&w, "weight"}, {&b, "bias"}});
   Backend be = pick_backend(x, use_emu);
-  grad_input_run(r, p, x, w, r.g.Cin, 0, b.ndim ? b.data : nullptr, y, TensorView{}, be, stream);
+  grad_input_run(r, p, x, ActGrad{}, w, r.g.Cin, 0, b.ndim ? b.data : nullptr, y, TensorView{}, be, stream);
 }
 
 void conv_transpose_grad_input(const TensorView& gy, const TensorView& w, const TensorView& gx, const ConvParams& p,
@@ -568,7 +591,7 @@ void conv_transpose_grad_weight(const TensorView& gy, const TensorView& x, const
   Backend be = pick_backend(x, use_emu);
   // The convolution y -> x's weight gradient: its input is gy (the transposed output), its output gradient x.
   const ConvGeom& g = r.g;
-  grad_weight_run(r, x, [&](int64_t gi) {
+  grad_weight_run(r, x, ActGrad{}, [&](int64_t gi) {
     return single_input(offset(static_cast<const void*>(gy.data), gi * g.Cin * plane_in(g), gy.dtype), g.x_bs, g.Cin);
   }, gw, nullptr, be, stream);
 }
@@ -589,25 +612,6 @@ void conv_bias_grad(const TensorView& gy, const TensorView& gb, bool use_emu, vo
     CK_CPU_CALL(conv_bias_grad_cpu, a);
   else
     kernels<ConvKernels>(be, "conv").bias_grad(a, stream);
-}
-
-void conv_act_grad(const TensorView& gy, const TensorView& y, const TensorView& gz, const ConvParams& p,
-                   bool use_emu, void* stream) {
-  check_dtype(gy, "grad_output", {DType::f32, DType::f64});
-  CK_CHECK_VALUE(int(p.act) >= 1 && int(p.act) <= 2, "activation must be 1 (relu) or 2 (leaky_relu)");
-  CK_CHECK_VALUE(p.act != Act::leaky_relu || p.slope >= 0.0, "negative_slope must be >= 0, got ", p.slope);
-  check_dense(gy, "grad_output");
-  check_tensor(y, "output", gy.shape, gy.ndim, gy, "grad_output");
-  check_tensor(gz, "grad_preactivation", gy.shape, gy.ndim, gy, "grad_output");
-  check_writable(gz, "grad_preactivation");
-  check_no_overlap(gz, "grad_preactivation", y, "output");
-  Backend be = pick_backend(gy, use_emu);
-  ConvActGradArgs a{gy.numel(), gy.dtype, gy.data, y.data, gz.data, p.act, p.slope, gy.device.index};
-  if (a.n == 0) return;
-  if (be == Backend::cpu)
-    CK_CPU_CALL(conv_act_grad_cpu, a);
-  else
-    kernels<ConvKernels>(be, "conv").act_grad(a, stream);
 }
 
 }  // namespace ck

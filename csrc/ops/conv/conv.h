@@ -41,6 +41,15 @@ struct ConvGeom {
   PadMode pad = PadMode::zeros;
 };
 
+// The gradient arriving at a convolution with a fused activation is the gradient of act(z); the kernels that read
+// it read gy * act'(y) instead (y: the forward's output, laid out as gy; the derivative from conv_math.h), so the
+// product is never materialised.
+struct ActGrad {
+  const void* y = nullptr;  // null: no activation
+  Act act = Act::none;
+  double slope = 0.0;
+};
+
 // The input side of a convolution, read in place from up to kMaxParts tensors that together are its channels (a
 // torch.cat along dim 1 that is never materialised: a U-Net decoder's [upsampled, skip]). Channel c of batch item n
 // lives in the part p with c_begin[p] <= c < c_begin[p + 1], at data[p] + n * bs[p] + (c - c_begin[p]) * plane.
@@ -50,6 +59,7 @@ struct ConvInput {
   const void* data[kMaxParts] = {};
   int64_t bs[kMaxParts] = {};  // batch strides (elements)
   int64_t c_begin[kMaxParts + 1] = {};
+  ActGrad act;  // a one-part gradient input (the input gradient's gy): read through the activation's derivative
 };
 
 // A one-part input: `channels` planes per batch item at data, batch stride bs.
@@ -83,6 +93,7 @@ struct ConvGradInputArgs {
   ConvGeom g;
   DType dtype;
   const void* gy;
+  ActGrad act;
   const void* w;
   int64_t w_cin;
   const void* b;
@@ -97,21 +108,10 @@ struct ConvGradWeightArgs {
   ConvGeom g;
   DType dtype;
   const void* gy;
+  ActGrad act;
   ConvInput x;
   void* gw;
   void* gb;
-  int device;
-};
-
-// gz = gy * act'(y), elementwise over n values (the activation's derivative read from its output).
-struct ConvActGradArgs {
-  int64_t n;
-  DType dtype;
-  const void* gy;
-  const void* y;
-  void* gz;
-  Act act;
-  double slope;
   int device;
 };
 
@@ -141,7 +141,6 @@ struct ConvKernels {
   void (*forward)(const ConvForwardArgs&, void* stream);
   void (*grad_input)(const ConvGradInputArgs&, void* stream);
   void (*grad_weight)(const ConvGradWeightArgs&, void* stream);
-  void (*act_grad)(const ConvActGradArgs&, void* stream);
   void (*fold)(const ConvFoldArgs&, void* stream);
   void (*bias_grad)(const ConvBiasGradArgs&, void* stream);
 };
@@ -158,21 +157,22 @@ ConvAlgo conv_algorithm();
 // tensors -> cpu, or emu when use_emu). Empty views (ndim 0) mean "absent" for b, gw, gb and the workspace.
 // The input x of conv_forward / conv_grad_weight is a list of 1..kMaxParts channel parts (groups must be 1 for
 // more than one); conv_grad_input computes the gradient of one part: gx covers the weight's input channels
-// [channel_offset, channel_offset + gx channels).
+// [channel_offset, channel_offset + gx channels). With p.act set, gy is the gradient of the activated output and
+// `output` (the forward's output, gy's shape) gives the activation's derivative; the gradient functions' p.act is
+// otherwise none.
 void conv_forward(const std::vector<TensorView>& x, const TensorView& w, const TensorView& b, const TensorView& y,
                   const ConvParams& p, bool use_emu, void* stream);
 void conv_grad_input(const TensorView& gy, const TensorView& w, const TensorView& gx, const TensorView& workspace,
-                     const ConvParams& p, bool use_emu, void* stream, int64_t channel_offset = 0);
+                     const ConvParams& p, bool use_emu, void* stream, int64_t channel_offset = 0,
+                     const TensorView& output = TensorView{});
 // Shape of the workspace conv_grad_input needs for the gradient of x (x_shape: the part's shape) with padding
 // modes other than zeros (the padded part's shape), or {} for zero padding.
 std::vector<int64_t> conv_grad_input_workspace_shape(const std::vector<int64_t>& x_shape,
                                                      const std::vector<int64_t>& w_shape, const ConvParams& p,
                                                      int64_t channel_offset);
 void conv_grad_weight(const TensorView& gy, const std::vector<TensorView>& x, const TensorView& gw,
-                      const TensorView& gb, const ConvParams& p, bool use_emu, void* stream);
-// gz = gy * act'(y) for the fused activation of p (the first step of the backward when an activation is fused).
-void conv_act_grad(const TensorView& gy, const TensorView& y, const TensorView& gz, const ConvParams& p,
-                   bool use_emu, void* stream);
+                      const TensorView& gb, const ConvParams& p, bool use_emu, void* stream,
+                      const TensorView& output = TensorView{});
 
 // Transposed convolution (torch.nn.functional.conv_transpose2d/3d): the gradient of the input of the convolution
 // from y to x with the same stride, padding (p.pad_lo; zeros only), dilation and groups, plus a bias. x: (N, Cin,
@@ -196,6 +196,5 @@ void conv_bias_grad(const TensorView& gy, const TensorView& gb, bool use_emu, vo
 CK_CPU_DECLARE(void conv_forward_cpu(const ConvForwardArgs& a))
 CK_CPU_DECLARE(void conv_grad_input_cpu(const ConvGradInputArgs& a))
 CK_CPU_DECLARE(void conv_grad_weight_cpu(const ConvGradWeightArgs& a))
-CK_CPU_DECLARE(void conv_act_grad_cpu(const ConvActGradArgs& a))
 CK_CPU_DECLARE(void conv_fold_cpu(const ConvFoldArgs& a))
 CK_CPU_DECLARE(void conv_bias_grad_cpu(const ConvBiasGradArgs& a))

@@ -37,6 +37,26 @@ constexpr int MV = 3;        // vectors of output columns per register tile (inp
 int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// dst[i] = gy[i] * act'(y[i]), i < n: a fused activation's gradient applied where a kernel copies gy anyway (one
+// loop per activation, so that the compiler vectorises the select); a plain copy without an activation.
+template <class T>
+void copy_grad(T* dst, const T* gy, const T* y, int64_t n, const ActGrad& a) {
+  if (a.act == Act::relu) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = conv::act_grad(y[i], gy[i], Act::relu, T(0));
+  } else if (a.act == Act::leaky_relu) {
+    const T slope = T(a.slope);
+    for (int64_t i = 0; i < n; ++i) dst[i] = conv::act_grad(y[i], gy[i], Act::leaky_relu, slope);
+  } else {
+    std::memcpy(dst, gy, sizeof(T) * size_t(n));
+  }
+}
+
+// The y element laid out like gy's element at p (gy's base gy0).
+template <class T>
+const T* act_at(const ActGrad& a, const T* gy0, const T* p) {
+  return a.y ? static_cast<const T*>(a.y) + (p - gy0) : nullptr;
+}
+
 // ---- weights ------------------------------------------------------------------------------------------------
 
 // wp[ob][e][i] = wf(ob * MO + i, e) for output channels below cout, zero above: the order the micro-kernels
@@ -145,7 +165,10 @@ class PanelRows {
       const int64_t key = need_[size_t(u)], ih = key % g.in[1], id = (key / g.in[1]) % g.in[0];
       const int64_t nn = key / (g.in[1] * g.in[0]);
       const int64_t plane = g.in[0] * g.in[1] * g.in[2], row = (id * g.in[1] + ih) * g.in[2];
-      for (int64_t c = 0; c < g.Cin; ++c) copy_row(conv::input_plane<T>(x_, nn, c, plane) + row, slot_ptr(c, free_slot));
+      for (int64_t c = 0; c < g.Cin; ++c) {
+        const T* src = conv::input_plane<T>(x_, nn, c, plane) + row;
+        copy_row(x_.act.y ? staged(src) : src, slot_ptr(c, free_slot));
+      }
     }
     for (int64_t j = 0; j < nr; ++j)
       for (int64_t c = 0; c < g.Cin; ++c)
@@ -200,6 +223,19 @@ class PanelRows {
 
  private:
   T* slot_ptr(int64_t c, int64_t sl) { return data_.data() + (c * cap_ + sl) * row_len_; }
+
+  // A gradient input's row through the activation's derivative, over the columns copy_row reads (zero padding:
+  // [in0_, in0_ + min(cwin_, in_valid_)) inside the row), in a row-wide buffer indexed like the source.
+  const T* staged(const T* src) {
+    const int64_t W = g_.in[2];
+    stage_.resize(size_t(W));
+    const int64_t s0 = std::max<int64_t>(0, in0_), s1 = std::min(W, in0_ + std::min(cwin_, in_valid_));
+    const T* row0 = src;  // src is a row start: y's matching row is at the same offset from y's base
+    if (s1 > s0)
+      copy_grad(stage_.data() + s0, row0 + s0, act_at(x_.act, static_cast<const T*>(x_.data[0]), row0) + s0, s1 - s0,
+                x_.act);
+    return stage_.data();
+  }
 
   void copy_row(const T* src, T* dst) const {
     const int64_t W = g_.in[2];
@@ -274,7 +310,7 @@ class PanelRows {
   int64_t cw_, rb_, KD_, KH_, KW_, S_;
   int64_t cwin_ = 0, phase_ = 0, row_len_ = 0, cap_ = 0, in0_ = 0, in_valid_ = 0;
   std::vector<int64_t> off_;  // panel offset of each tap kw
-  std::vector<T> data_, zero_;
+  std::vector<T> data_, zero_, stage_;
   std::vector<int64_t> keys_, need_, slot_of_;
   std::vector<char> used_;
   std::vector<const T*> rows_;
@@ -848,7 +884,8 @@ void grad_input_disjoint(const ConvGradInputArgs& a, const RowOut<T>& o) {
         const int nv = int(ceil_div(valid, N));
         for (int64_t oc = 0; oc < g.Cout; ++oc) {
           T* dst = packed.data() + oc * TW;
-          std::memcpy(dst, gyrow + oc * plane_y + j0, sizeof(T) * size_t(valid));
+          const T* src = gyrow + oc * plane_y + j0;
+          copy_grad(dst, src, act_at(a.act, gy, src), valid, a.act);
           std::fill(dst + valid, dst + TW, T(0));
         }
         // The next tile's rows (the next gy row's first at the row end), spread over this tile's micro-kernel calls.
@@ -907,7 +944,8 @@ template <class T>
 void grad_input_typed(const ConvGradInputArgs& a) {
   const ConvGeom& g = a.g;
   const T* w = static_cast<const T*>(a.w);
-  const ConvInput gy = single_input(a.gy, g.y_bs, g.Cout);
+  ConvInput gy = single_input(a.gy, g.y_bs, g.Cout);
+  gy.act = a.act;
   const int64_t K = g.k[0] * g.k[1] * g.k[2], wc = a.w_cin;
   RowOut<T> o{static_cast<T*>(a.gx), g.Cin, {g.N, g.in[0], g.in[1]}, g.in[2], g.in[0] * g.in[1] * g.in[2],
               g.x_bs, static_cast<const T*>(a.b), Act::none, T(0)};
@@ -1169,7 +1207,7 @@ void grad_weight_typed(const ConvGradWeightArgs& a) {
                 T* dst = gt.data() + (oc * RB + j) * Lv;
                 if (oc < g.Cout) {
                   const T* srow = gy + nn[j] * g.y_bs + oc * out_plane + (od[j] * g.out[1] + oh[j]) * OW + ow0;
-                  std::memcpy(dst, srow, sizeof(T) * size_t(valid));
+                  copy_grad(dst, srow, act_at(a.act, gy, srow), valid, a.act);
                   std::fill(dst + valid, dst + Lv, T(0));
                   if (c0 == 0) {
                     V s = V::zero();
@@ -1223,18 +1261,6 @@ void grad_weight_typed(const ConvGradWeightArgs& a) {
 }
 
 // ---- elementwise helpers of the backward --------------------------------------------------------------------
-
-template <class T>
-void act_grad_typed(const ConvActGradArgs& a) {
-  const T* gy = static_cast<const T*>(a.gy);
-  const T* y = static_cast<const T*>(a.y);
-  T* gz = static_cast<T*>(a.gz);
-  const T slope = T(a.slope);
-  const Act act = a.act;
-  parallel_for(a.n, 1 << 16, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) gz[i] = conv::act_grad(y[i], gy[i], act, slope);
-  });
-}
 
 // Per-channel sums over batch and plane (a transposed convolution's bias gradient); fixed order per channel.
 template <class T>
@@ -1308,7 +1334,6 @@ void conv_grad_input_cpu(const ConvGradInputArgs& a) { CK_DISPATCH_FLOAT(a.dtype
 void conv_grad_weight_cpu(const ConvGradWeightArgs& a) {
   CK_DISPATCH_FLOAT(a.dtype, grad_weight_typed<scalar_t>(a));
 }
-void conv_act_grad_cpu(const ConvActGradArgs& a) { CK_DISPATCH_FLOAT(a.dtype, act_grad_typed<scalar_t>(a)); }
 void conv_fold_cpu(const ConvFoldArgs& a) { CK_DISPATCH_FLOAT(a.dtype, fold_typed<scalar_t>(a)); }
 void conv_bias_grad_cpu(const ConvBiasGradArgs& a) { CK_DISPATCH_FLOAT(a.dtype, bias_grad_typed<scalar_t>(a)); }
 

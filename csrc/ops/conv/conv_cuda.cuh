@@ -2,7 +2,8 @@
 // shared-memory tiled implicit GEMM, C[m][n] = sum_k A(m, k) B(k, n), whose operands are gathered on the fly
 // by three problem types (forward, gradient of the input, gradient of the weight and bias), float32 or
 // float64 accumulating in the input's type (the gradient of the input with a bias is the transposed
-// convolution); plus the elementwise activation gradient, the padding fold and per-channel bias sums.
+// convolution; the gradients read gy through a fused activation's derivative); plus the padding fold and
+// per-channel bias sums.
 #pragma once
 #include "cuda/launch.cuh"
 #include "ops/conv/conv.h"
@@ -59,6 +60,9 @@ template <class T>
 struct GradInputProblem {
   ConvGeom g;
   const T* gy;
+  const T* act_y;  // the forward's output when an activation is fused (gy is read through its derivative)
+  Act act;
+  T slope;
   const T* w;
   const T* b;
   T* gx;
@@ -73,7 +77,8 @@ struct GradInputProblem {
   __device__ T bval(int64_t k, int64_t n) const {
     const int64_t o = k / kvol, t = k % kvol, nb = n / pin;
     const Pos i = unravel(n % pin, g.in), kk = unravel(t, g.k);
-    return conv::output_tap(gy + nb * g.y_bs + o * pout, g, i.d, i.h, i.w, kk.d, kk.h, kk.w);
+    const int64_t at = nb * g.y_bs + o * pout;
+    return conv::output_tap(gy + at, act_y ? act_y + at : nullptr, act, slope, g, i.d, i.h, i.w, kk.d, kk.h, kk.w);
   }
   __device__ void store(int64_t m, int64_t n, T v) const {
     const int64_t nb = n / pin;
@@ -87,6 +92,9 @@ template <class T>
 struct GradWeightProblem {
   ConvGeom g;
   const T* gy;
+  const T* act_y;  // as GradInputProblem's
+  Act act;
+  T slope;
   ConvInput x;
   T* gw;
   T* gb;
@@ -94,8 +102,8 @@ struct GradWeightProblem {
   int64_t kvol, pin, pout, E;
 
   __device__ T a(int64_t m, int64_t k) const {
-    const int64_t nb = k / pout;
-    return gy[nb * g.y_bs + m * pout + k % pout];
+    const int64_t nb = k / pout, i = nb * g.y_bs + m * pout + k % pout;
+    return act_y ? conv::act_grad(act_y[i], gy[i], act, slope) : gy[i];
   }
   __device__ T bval(int64_t k, int64_t n) const {
     if (n == E) return T(1);
@@ -179,7 +187,8 @@ void forward_typed(const ConvForwardArgs& a, void* stream) {
 template <class T>
 void grad_input_typed(const ConvGradInputArgs& a, void* stream) {
   const ConvGeom& g = a.g;
-  GradInputProblem<T> p{g, static_cast<const T*>(a.gy), static_cast<const T*>(a.w), static_cast<const T*>(a.b),
+  GradInputProblem<T> p{g, static_cast<const T*>(a.gy), static_cast<const T*>(a.act.y), a.act.act, T(a.act.slope),
+                        static_cast<const T*>(a.w), static_cast<const T*>(a.b),
                         static_cast<T*>(a.gx), a.w_cin, g.Cin, g.N * plane(g.in), g.Cout * kvol(g), kvol(g),
                         plane(g.in), plane(g.out)};
   launch_gemm<T>(p, p.K, stream);
@@ -191,19 +200,14 @@ void grad_weight_typed(const ConvGradWeightArgs& a, void* stream) {
   const int64_t E = g.Cin * kvol(g);
   cuda::memset_async(a.gw, 0, size_t(g.Cout * E) * sizeof(T), stream);
   if (a.gb) cuda::memset_async(a.gb, 0, size_t(g.Cout) * sizeof(T), stream);
-  GradWeightProblem<T> p{g, static_cast<const T*>(a.gy), a.x, static_cast<T*>(a.gw),
+  GradWeightProblem<T> p{g, static_cast<const T*>(a.gy), static_cast<const T*>(a.act.y), a.act.act, T(a.act.slope),
+                         a.x, static_cast<T*>(a.gw),
                          static_cast<T*>(a.gb), g.Cout, E + 1, g.N * plane(g.out), kvol(g), plane(g.in),
                          plane(g.out), E};
   // Split the long pixel reduction so that enough blocks run; chunks stay whole BK steps.
   int64_t chunk = 4096;
   while ((p.K + chunk - 1) / chunk > 4096) chunk *= 2;
   launch_gemm<T>(p, chunk, stream);
-}
-
-template <class T>
-__global__ void act_grad_kernel(const T* __restrict__ gy, const T* __restrict__ y, T* __restrict__ gz, int64_t n,
-                                Act act, T slope) {
-  CK_KERNEL_LOOP(i, n) { gz[i] = conv::act_grad(y[i], gy[i], act, slope); }
 }
 
 // One thread per input element gathers the padded positions that read it: no atomics, deterministic.
@@ -263,13 +267,6 @@ void bias_grad_typed(const ConvBiasGradArgs& a, void* stream) {
 }
 
 template <class T>
-void act_grad_typed(const ConvActGradArgs& a, void* stream) {
-  auto k = &act_grad_kernel<T>;
-  CK_LAUNCH(k, cuda::blocks_for(a.n, kThreads), kThreads, 0, stream, static_cast<const T*>(a.gy),
-            static_cast<const T*>(a.y), static_cast<T*>(a.gz), a.n, a.act, T(a.slope));
-}
-
-template <class T>
 void fold_typed(const ConvFoldArgs& a, void* stream) {
   auto k = &fold_kernel<T>;
   const int64_t n = a.planes * a.in[0] * a.in[1] * a.in[2];
@@ -288,10 +285,6 @@ inline void grad_input(const ConvGradInputArgs& a, void* stream) {
 inline void grad_weight(const ConvGradWeightArgs& a, void* stream) {
   cuda::set_device(a.device);
   CK_DISPATCH_FLOAT(a.dtype, grad_weight_typed<scalar_t>(a, stream));
-}
-inline void act_grad(const ConvActGradArgs& a, void* stream) {
-  cuda::set_device(a.device);
-  CK_DISPATCH_FLOAT(a.dtype, act_grad_typed<scalar_t>(a, stream));
 }
 inline void fold(const ConvFoldArgs& a, void* stream) {
   cuda::set_device(a.device);

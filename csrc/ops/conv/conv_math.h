@@ -85,15 +85,17 @@ CK_HD T input_tap(const T* plane, const ConvGeom& g, int64_t od, int64_t oh, int
 }
 
 // gy at the output that reaches input (id, ih, iw) through tap (kd, kh, kw), or 0 (zero padding only: the
-// other modes take the gradient of the padded input and fold it). `plane` is one (n, c) plane of gy.
+// other modes take the gradient of the padded input and fold it). `plane` is one (n, c) plane of gy, `yplane`
+// the forward output's matching plane when an activation is fused (its derivative applies), else null.
 template <class T>
-CK_HD T output_tap(const T* plane, const ConvGeom& g, int64_t id, int64_t ih, int64_t iw, int64_t kd, int64_t kh,
-                   int64_t kw) {
+CK_HD T output_tap(const T* plane, const T* yplane, Act act, T slope, const ConvGeom& g, int64_t id, int64_t ih,
+                   int64_t iw, int64_t kd, int64_t kh, int64_t kw) {
   const int64_t od = tap_output(id, kd, g.s[0], g.d[0], g.lo[0], g.out[0]);
   const int64_t oh = tap_output(ih, kh, g.s[1], g.d[1], g.lo[1], g.out[1]);
   const int64_t ow = tap_output(iw, kw, g.s[2], g.d[2], g.lo[2], g.out[2]);
   if (od < 0 || oh < 0 || ow < 0) return T(0);
-  return plane[(od * g.out[1] + oh) * g.out[2] + ow];
+  const int64_t i = (od * g.out[1] + oh) * g.out[2] + ow;
+  return yplane ? act_grad(yplane[i], plane[i], act, slope) : plane[i];
 }
 
 // The j-th padded position (0 <= j <= lo + hi) that may read input i along one dim: j = 0 is i's own position

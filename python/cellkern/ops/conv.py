@@ -184,51 +184,48 @@ if torch is not None:
         return torch.empty(shape, dtype=x.dtype, device=x.device,
                            memory_format=memory_format(is_channels_last(x, nd), nd))
 
+    # The gradients of a convolution with a fused activation take its output: grad_out is the gradient of the
+    # activated output, and the kernels apply the activation's derivative as they read it (never materialised).
     @torch.library.custom_op("cellkern::conv_grad_input", mutates_args=())
     def _conv_grad_input_op(grad_out: torch.Tensor, weight: torch.Tensor, input_shape: List[int], stride: List[int],
                             padding_lo: List[int], padding_hi: List[int], dilation: List[int], groups: int,
-                            padding_mode: int, channel_offset: int) -> torch.Tensor:
+                            padding_mode: int, channel_offset: int, output: Optional[torch.Tensor],
+                            activation: int, negative_slope: float) -> torch.Tensor:
         gy, wc = _dense(grad_out), _dense(weight)
+        out = None if output is None else _dense(output)
         gx = torch.empty(input_shape, dtype=gy.dtype, device=gy.device)
         ws_shape = _C.conv_grad_input_workspace_shape(input_shape, list(wc.shape), stride, padding_lo, padding_hi,
                                                       dilation, groups, padding_mode, channel_offset)
         ws = torch.empty(ws_shape, dtype=gy.dtype, device=gy.device) if ws_shape else None
         _C.conv_grad_input(dl(gy), dl(wc), dl(gx), dl(ws), stride, padding_lo, padding_hi, dilation, groups,
-                           padding_mode, 0, 0.0, emu_flag(gy), stream_of(gy), channel_offset)
+                           padding_mode, activation, negative_slope, emu_flag(gy), stream_of(gy), channel_offset,
+                           dl(out))
         return gx
 
     @_conv_grad_input_op.register_fake
     def _(grad_out, weight, input_shape, stride, padding_lo, padding_hi, dilation, groups, padding_mode,
-          channel_offset):
+          channel_offset, output, activation, negative_slope):
         return torch.empty(input_shape, dtype=grad_out.dtype, device=grad_out.device)
 
     @torch.library.custom_op("cellkern::conv_grad_weight", mutates_args=())
     def _conv_grad_weight_op(grad_out: torch.Tensor, xs: List[torch.Tensor], weight_shape: List[int],
                              with_bias: bool, stride: List[int], padding_lo: List[int], padding_hi: List[int],
-                             dilation: List[int], groups: int, padding_mode: int) -> Tuple[torch.Tensor, torch.Tensor]:
+                             dilation: List[int], groups: int, padding_mode: int, output: Optional[torch.Tensor],
+                             activation: int, negative_slope: float) -> Tuple[torch.Tensor, torch.Tensor]:
         gy, xc = _dense(grad_out), [_dense(p) for p in xs]
+        out = None if output is None else _dense(output)
         gw = torch.empty(weight_shape, dtype=gy.dtype, device=gy.device)
         gb = torch.empty(weight_shape[0] if with_bias else 0, dtype=gy.dtype, device=gy.device)
         _C.conv_grad_weight(dl(gy), _dl_parts(xc), dl(gw), dl(gb) if with_bias else None, stride, padding_lo,
-                            padding_hi, dilation, groups, padding_mode, 0, 0.0, emu_flag(gy), stream_of(gy))
+                            padding_hi, dilation, groups, padding_mode, activation, negative_slope, emu_flag(gy),
+                            stream_of(gy), dl(out))
         return gw, gb
 
     @_conv_grad_weight_op.register_fake
-    def _(grad_out, xs, weight_shape, with_bias, stride, padding_lo, padding_hi, dilation, groups, padding_mode):
+    def _(grad_out, xs, weight_shape, with_bias, stride, padding_lo, padding_hi, dilation, groups, padding_mode,
+          output, activation, negative_slope):
         gw = torch.empty(weight_shape, dtype=grad_out.dtype, device=grad_out.device)
         return gw, torch.empty(weight_shape[0] if with_bias else 0, dtype=grad_out.dtype, device=grad_out.device)
-
-    @torch.library.custom_op("cellkern::conv_act_grad", mutates_args=())
-    def _conv_act_grad_op(grad_out: torch.Tensor, out: torch.Tensor, activation: int,
-                          negative_slope: float) -> torch.Tensor:
-        gy, y = _dense(grad_out), _dense(out)
-        gz = torch.empty_like(gy, memory_format=torch.contiguous_format)
-        _C.conv_act_grad(dl(gy), dl(y), dl(gz), activation, negative_slope, emu_flag(gy), stream_of(gy))
-        return gz
-
-    @_conv_act_grad_op.register_fake
-    def _(grad_out, out, activation, negative_slope):
-        return torch.empty_like(grad_out, memory_format=torch.contiguous_format)
 
     def _setup_context(ctx, inputs, output):
         xs, weight, bias, stride, lo, hi, dilation, groups, mode, act, slope = inputs
@@ -240,19 +237,18 @@ if torch is not None:
 
     def _backward(ctx, grad_out):
         weight, y, *xs = ctx.saved_tensors
-        act, slope = ctx.act
-        if act:
-            grad_out = torch.ops.cellkern.conv_act_grad(grad_out, y, act, slope)
+        act = (y, *ctx.act)  # (None, 0, slope) without an activation
         needs_x = ctx.needs_input_grad[0]
         gxs = [None] * len(xs)
         offset = 0
         for i, x in enumerate(xs):  # one pass per part, each from the weight's matching input channels
             if needs_x[i]:
-                gxs[i] = torch.ops.cellkern.conv_grad_input(grad_out, weight, list(x.shape), *ctx.args, offset)
+                gxs[i] = torch.ops.cellkern.conv_grad_input(grad_out, weight, list(x.shape), *ctx.args, offset, *act)
             offset += x.shape[1]
         gw = gb = None
         if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
-            gw, gb = torch.ops.cellkern.conv_grad_weight(grad_out, xs, list(weight.shape), ctx.has_bias, *ctx.args)
+            gw, gb = torch.ops.cellkern.conv_grad_weight(grad_out, xs, list(weight.shape), ctx.has_bias, *ctx.args,
+                                                         *act)
             if not ctx.needs_input_grad[1]:
                 gw = None
             if not (ctx.has_bias and ctx.needs_input_grad[2]):
