@@ -20,6 +20,7 @@ CASES_2D = [
     ((1, 2, 11, 13), 3, 3, 1, 1, 1, 1, "circular", None),
     ((1, 3, 14, 17), 4, (3, 2), (2, 1), (1, 0), (1, 2), 1, "zeros", None),  # anisotropic everything
     ((2, 4, 12, 13), 6, 3, 1, 1, 1, 2, "zeros", None),             # groups
+    ((2, 8, 9, 10), 8, 3, 1, 1, 1, 8, "zeros", "relu"),            # depthwise: groups run in parallel on the CPU
     ((1, 3, 9, 10), 4, 1, 1, 0, 1, 1, "zeros", None),              # 1x1
     ((1, 3, 10, 11), 2, 3, 3, 4, 1, 1, "zeros", None),             # padding beyond the kernel span, stride 3
     ((1, 2, 12, 14), 3, 4, 2, 2, 1, 1, "reflect", "leaky_relu"),   # even kernel, strided reflect

@@ -23,6 +23,7 @@ CASES_2D = [
     ((1, 2, 5, 4), 2, 1, 3, 0, 2, 1, 1),          # stride beyond the kernel: positions no tap reaches
     ((1, 20, 9, 10), 18, 3, 1, 1, 0, 1, 1),       # Winograd on the CPU (>= 16 channels, stride 1)
     ((1, 33, 6, 40), 7, 2, 2, 0, 0, 1, 1),        # kernel == stride: channel tails, rows wider than one tile
+    ((2, 8, 5, 6), 8, 2, 2, 0, 0, 8, 1),          # depthwise kernel == stride (nearest-neighbour upsampling's form)
     ((0, 3, 4, 4), 2, 2, 2, 0, 0, 1, 1),          # empty batch
 ]
 CASES_3D = [

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 
+#include "core/parallel.h"
 #include "core/validate.h"
 #include "ops/conv/conv_math.h"
 
@@ -165,6 +166,21 @@ P offset(P p, int64_t elems, DType dt) {
 }
 
 std::atomic<int> g_algo{int(ConvAlgo::automatic)};
+
+// Runs f(gi) for every group. On the CPU, many groups (depthwise layers, the U-Net's nearest-neighbour upsampling
+// as a depthwise transposed convolution) run in parallel, one whole kernel call per thread (a kernel's own
+// parallel_for runs serially inside), instead of a parallel region per group: hundreds of fork/joins over tiny
+// groups cost more than their work, and far more on a loaded host where a barrier waits for a descheduled thread.
+template <class F>
+void for_groups(int64_t groups, Backend be, const F& f) {
+  if (be == Backend::cpu && groups > 1 && groups >= 2 * int64_t(num_threads())) {
+    parallel_for(groups, 1, [&](int64_t b, int64_t e) {
+      for (int64_t gi = b; gi < e; ++gi) f(gi);
+    });
+    return;
+  }
+  for (int64_t gi = 0; gi < groups; ++gi) f(gi);
+}
 
 }  // namespace
 
@@ -371,7 +387,7 @@ void conv_forward(const std::vector<TensorView>& xs, const TensorView& w, const 
   const ConvGeom& g = r.g;
   if (g.N == 0) return;
   const int64_t wg = g.Cout * g.Cin * r.k_elems;
-  for (int64_t gi = 0; gi < r.groups; ++gi) {
+  for_groups(r.groups, be, [&](int64_t gi) {
     ConvForwardArgs a{g,
                       x.dtype,
                       input_of(xs, g, gi),
@@ -386,7 +402,7 @@ void conv_forward(const std::vector<TensorView>& xs, const TensorView& w, const 
       CK_CPU_CALL(conv_forward_cpu, a);
     else
       kernels<ConvKernels>(be, "conv").forward(a, stream);
-  }
+  });
 }
 
 namespace {
@@ -422,7 +438,7 @@ void grad_input_run(const Problem& r, const ConvParams& p, const TensorView& gy,
     target = workspace.data;
   }
   const int64_t wg = g.Cout * w_cin * r.k_elems;
-  for (int64_t gi = 0; gi < r.groups; ++gi) {
+  for_groups(r.groups, be, [&](int64_t gi) {
     ConvGradInputArgs a{g,
                         gx.dtype,
                         offset(static_cast<const void*>(gy.data), gi * g.Cout * plane_out(g), gx.dtype),
@@ -437,7 +453,7 @@ void grad_input_run(const Problem& r, const ConvParams& p, const TensorView& gy,
       CK_CPU_CALL(conv_grad_input_cpu, a);
     else
       kernels<ConvKernels>(be, "conv").grad_input(a, stream);
-  }
+  });
   if (padded) {
     if (be == Backend::cpu)
       CK_CPU_CALL(conv_fold_cpu, fold);
@@ -452,7 +468,7 @@ void grad_weight_run(const Problem& r, const TensorView& gy, const ActGrad& act,
                      const TensorView& gw, void* gb, Backend be, void* stream) {
   const ConvGeom& g = r.g;
   const int64_t wg = g.Cout * g.Cin * r.k_elems;
-  for (int64_t gi = 0; gi < r.groups; ++gi) {
+  for_groups(r.groups, be, [&](int64_t gi) {
     ConvGradWeightArgs a{g,
                          gw.dtype,
                          offset(static_cast<const void*>(gy.data), gi * g.Cout * plane_out(g), gw.dtype),
@@ -465,7 +481,7 @@ void grad_weight_run(const Problem& r, const TensorView& gy, const ActGrad& act,
       CK_CPU_CALL(conv_grad_weight_cpu, a);
     else
       kernels<ConvKernels>(be, "conv").grad_weight(a, stream);
-  }
+  });
 }
 
 }  // namespace
@@ -558,7 +574,7 @@ void conv_transpose_grad_input(const TensorView& gy, const TensorView& w, const 
   if (g.N == 0) return;
   // The convolution y -> x: forward kernels with the transposed problem's geometry.
   const int64_t wg = g.Cout * g.Cin * r.k_elems;
-  for (int64_t gi = 0; gi < r.groups; ++gi) {
+  for_groups(r.groups, be, [&](int64_t gi) {
     ConvForwardArgs a{g,
                       gx.dtype,
                       single_input(offset(static_cast<const void*>(gy.data), gi * g.Cin * plane_in(g), gx.dtype),
@@ -574,7 +590,7 @@ void conv_transpose_grad_input(const TensorView& gy, const TensorView& w, const 
       CK_CPU_CALL(conv_forward_cpu, a);
     else
       kernels<ConvKernels>(be, "conv").forward(a, stream);
-  }
+  });
 }
 
 void conv_transpose_grad_weight(const TensorView& gy, const TensorView& x, const TensorView& gw,
