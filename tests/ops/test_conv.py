@@ -200,6 +200,8 @@ WINOGRAD_CASES = [
     ((1, 3, 9, 11), 5, 1, 0, "zeros", "leaky_relu"),  # few channels ('winograd' forces it), no padding
     ((1, 8, 12, 9), 4, 1, 3, "circular", None),        # padding beyond the kernel span
     ((1, 128, 24, 40), 128, 1, 1, "zeros", None),
+    ((2, 16, 32, 32), 24, 1, 1, "zeros", "relu"),      # 8 tiles per row: tile rows grouped 3 to a GEMM (3, 3, 2)
+    ((3, 16, 24, 9), 33, 1, 1, "replicate", None),     # 3 tiles per row: 8 rows to a group, the last one partial
 ]
 
 
