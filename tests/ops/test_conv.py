@@ -216,17 +216,21 @@ def test_winograd_and_direct_match_torch(cpu_algorithm, case):
     want = _reference(xd, wd, bd, s, p, 1, 1, mode, act)
     got = conv2d(x, w, b, s, p, 1, 1, mode, act, SLOPE)
     gy = torch.randn(want.shape, generator=gen)
-    gx, = torch.autograd.grad(got, x, gy)
-    gxd, = torch.autograd.grad(want, xd, gy.double())
-    for a, c in ((got, want), (gx, gxd)):
+    grads = torch.autograd.grad(got, (x, w, b), gy)  # the weight gradient: Winograd F(3x3, 4x4)
+    grads_d = torch.autograd.grad(want, (xd, wd, bd), gy.double())
+    for name, a, c in (("forward", got, want),) + tuple(zip(("x", "weight", "bias"), grads, grads_d)):
         err = (a.double() - c).abs().max().item() / c.abs().max().item()
-        assert err < (5e-5 if cpu_algorithm == "winograd" else 1e-5), (cpu_algorithm, err)
+        assert err < (5e-5 if cpu_algorithm == "winograd" else 1e-5), (cpu_algorithm, name, err)
     # 3D 3x3x3: the depth taps become entries of a 2D Winograd per input plane.
-    x3 = torch.randn(1, 5, 6, 9, 13, generator=gen)
-    w3 = torch.randn(6, 5, 3, 3, 3, generator=gen)
-    want3 = F.conv3d(x3.double(), w3.double(), None, 1, 1)
-    err3 = (conv3d(x3, w3, None, 1, 1).double() - want3).abs().max() / want3.abs().max()
-    assert err3 < 5e-5
+    x3 = torch.randn(1, 5, 6, 9, 13, generator=gen, requires_grad=True)
+    w3 = torch.randn(6, 5, 3, 3, 3, generator=gen, requires_grad=True)
+    x3d, w3d = (t.detach().double().requires_grad_(True) for t in (x3, w3))
+    want3 = F.conv3d(x3d, w3d, None, 1, 1)
+    got3 = conv3d(x3, w3, None, 1, 1)
+    gy3 = torch.randn(want3.shape, generator=gen)
+    for a, c in zip((got3,) + torch.autograd.grad(got3, (x3, w3), gy3),
+                    (want3,) + torch.autograd.grad(want3, (x3d, w3d), gy3.double())):
+        assert (a.double() - c).abs().max() / c.abs().max() < 5e-5
 
 
 def test_algorithm_switch_validates():

@@ -476,6 +476,7 @@ void grad_weight_run(const Problem& r, const TensorView& gy, const ActGrad& act,
                          in_of(gi),
                          offset(gw.data, gi * wg, gw.dtype),
                          offset(gb, gi * g.Cout, gw.dtype),
+                         conv_algorithm(),
                          gw.device.index};
     if (be == Backend::cpu)
       CK_CPU_CALL(conv_grad_weight_cpu, a);

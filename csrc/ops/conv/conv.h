@@ -15,8 +15,9 @@ namespace ck {
 enum class PadMode : int32_t { zeros = 0, reflect = 1, replicate = 2, circular = 3 };
 // Activation fused into the forward's store: none, ReLU, or leaky ReLU with ConvParams::slope.
 enum class Act : int32_t { none = 0, relu = 1, leaky_relu = 2 };
-// CPU algorithm for the forward and the gradient of the input: auto (Winograd F(4x4, 3x3) for float32 3x3
-// stride-1 layers with enough channels, else direct), direct, or Winograd wherever it applies.
+// CPU algorithm for the forward and both gradients: auto (Winograd F(4x4, 3x3), and F(3x3, 4x4) for the weight
+// gradient, for float32 3x3 stride-1 layers with enough channels, else direct), direct, or Winograd wherever it
+// applies.
 enum class ConvAlgo : int32_t { automatic = 0, direct = 1, winograd = 2 };
 
 struct ConvParams {
@@ -112,6 +113,7 @@ struct ConvGradWeightArgs {
   ConvInput x;
   void* gw;
   void* gb;
+  ConvAlgo algo;
   int device;
 };
 

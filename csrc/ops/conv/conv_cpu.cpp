@@ -578,12 +578,28 @@ inline void at6(const __m256* m, __m256* y) {
   y[3] = _mm256_add_ps(_mm256_fmadd_ps(_mm256_set1_ps(8.f), d, b), m[5]);
 }
 
+// y = A v for one column of 4 -> 6 (A: the transpose of at6's A^T): the weight gradient's transform of gy.
+inline void a6(const __m256* v, __m256* y) {
+  const __m256 s02 = _mm256_add_ps(v[0], v[2]), s13 = _mm256_add_ps(v[1], v[3]);
+  const __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(4.f), v[2], v[0]);
+  const __m256 q = _mm256_mul_ps(_mm256_set1_ps(2.f), _mm256_fmadd_ps(_mm256_set1_ps(4.f), v[3], v[1]));
+  y[0] = v[0];
+  y[1] = _mm256_add_ps(s02, s13);
+  y[2] = _mm256_sub_ps(s02, s13);
+  y[3] = _mm256_add_ps(p, q);
+  y[4] = _mm256_sub_ps(p, q);
+  y[5] = v[3];
+}
+
+// G of F(4x4, 3x3) (points 0, +-1, +-2, inf): the forward's weight transform, the weight gradient's output one.
+constexpr double kG[6][3] = {{1.0 / 4, 0, 0},          {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                             {-1.0 / 6, 1.0 / 6, -1.0 / 6}, {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                             {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
+
 // U[xi][ob][e][i] = (G g G^T)[xi] for output channel ob * MO + i and entry e = (c, kd), in double.
 inline std::vector<float> transform_weights(const float* w, int64_t cout, int64_t E, int64_t OB,
                                             bool flip_transpose, int64_t cin, int64_t KD) {
-  static const double G[6][3] = {{1.0 / 4, 0, 0},          {-1.0 / 6, -1.0 / 6, -1.0 / 6},
-                                 {-1.0 / 6, 1.0 / 6, -1.0 / 6}, {1.0 / 24, 1.0 / 12, 1.0 / 6},
-                                 {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
+  const auto& G = kG;
   std::vector<float> U(size_t(36 * OB * E * MO), 0.f);
   for (int64_t o = 0; o < cout; ++o)
     for (int64_t e = 0; e < E; ++e) {
@@ -1135,6 +1151,187 @@ inline void reduce4_add(const Vec<double>* v, double* out) {
 #endif
 static_assert(MO == 4, "reduce4_add reduces MO = 4 accumulators");
 
+#if CK_SIMD_AVX2
+// The weight gradient through Winograd F(3x3, 4x4), float32 3x3 at stride 1 and dilation 1: the transpose of the
+// forward's F(4x4, 3x3), with the same B and with A and G trading places,
+//   gw = G^T [ sum over tiles of (A gy_tile A^T) .* (B^T x_tile B) ] G,
+// so per 6x6 input tile and 4x4 gy tile 36 products stand for the 144 of the direct sum (the transforms are the
+// forward's panel and input transform for x, a6 for gy). The sum over tiles is 36 GEMMs M[xi][k][e] = sum_t
+// Y[xi][k][t] X[xi][e][t] with the tiles in the vector lanes (micro_gw, the direct path's reduction kernel);
+// G^T M G runs once at the end, in double. A 3x3x3 kernel's depth taps are entries e = (c, kd), as in the forward.
+// Blocks of up to TB tiles, tile rows grouped when narrower, keep micro_gw's reductions over many tiles; each
+// thread sums its own M over a fixed range of blocks (deterministic for a fixed thread count). The bias gradient
+// is the sum of Y at xi = (1, 1) (A's second row is all ones).
+void winograd_grad_weight(const ConvGradWeightArgs& a) {
+  using V = Vec<float>;
+  constexpr int N = V::N;
+  const ConvGeom& g = a.g;
+  const int64_t KD = g.k[0], E = g.Cin * KD, OB = ceil_div(g.Cout, MO), CP = OB * MO, EP = round_up(E, 3);
+  const int64_t TH = ceil_div(g.out[1], 4), TWt = ceil_div(g.out[2], 4), OD = g.out[0];
+  constexpr int64_t TB = 96;
+  const int64_t G = TWt < TB ? std::max<int64_t>(1, TB / TWt) : 1;
+  const int64_t TC = ceil_div(TWt, ceil_div(TWt, TB));  // tiles per row chunk: balanced, at most TB
+  const int64_t THg = ceil_div(TH, G), n_chunks = ceil_div(TWt, TC);
+  const int64_t TP = round_up(G * TC, N) + N;  // tile pitch of X and Y (a vector may run past a row's last tile)
+  // x as the forward's panel sees it (a 6x6-tap, stride-4 convolution whose outputs are tiles), gy as a 4x4-tap,
+  // stride-4 one (positions past the output are zeros; a fused activation's derivative applies as it is copied).
+  ConvGeom px = g;
+  px.k[1] = px.k[2] = 6;
+  px.s[1] = px.s[2] = 4;
+  px.out[1] = TH;
+  px.out[2] = TWt;
+  ConvGeom py = g;
+  py.Cin = g.Cout;
+  for (int i = 0; i < 3; ++i) {
+    py.in[i] = g.out[i];
+    py.k[i] = py.s[i] = i == 0 ? 1 : 4;
+    py.d[i] = 1;
+    py.lo[i] = 0;
+  }
+  py.out[0] = OD;
+  py.out[1] = TH;
+  py.out[2] = TWt;
+  py.pad = PadMode::zeros;
+  py.x_bs = g.y_bs;
+  ConvInput gyin = single_input(a.gy, g.y_bs, g.Cout);
+  gyin.act = a.act;
+  const int64_t blocks = g.N * OD * THg * n_chunks;
+  const int T_ = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), blocks)));
+  std::vector<std::vector<float>> parts(static_cast<size_t>(T_)), bparts(static_cast<size_t>(T_));
+  parallel_for(T_, 0, [&](int64_t t0_, int64_t t1_) {
+    for (int64_t slot = t0_; slot < t1_; ++slot) {
+      std::vector<float>& Mp = parts[size_t(slot)];
+      std::vector<float>& bp = bparts[size_t(slot)];
+      Mp.assign(size_t(36 * OB * EP * MO), 0.f);
+      bp.assign(size_t(CP), 0.f);
+      PanelRows<float> sx(px, a.x, TC, G), sy(py, gyin, TC, G);
+      const int64_t* offx = sx.tap_offsets();
+      const int64_t* offy = sy.tap_offsets();
+      std::vector<float> Xb(size_t(36 * EP * TP), 0.f), Yb(size_t(36 * CP * TP), 0.f);
+      std::vector<const float*> xrows(size_t(36 * EP));
+      for (int64_t xi = 0; xi < 36; ++xi)
+        for (int64_t e = 0; e < EP; ++e) xrows[size_t(xi * EP + e)] = Xb.data() + (xi * EP + e) * TP;
+      alignas(32) __m256 tr[6][6];
+      const int64_t b0 = blocks * slot / T_, b1 = blocks * (slot + 1) / T_;
+      // Blocks are chunk-major (each chunk keeps its panels' column window), then (n, od, tile row group).
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        const int64_t ch = blk / (g.N * OD * THg), rest = blk % (g.N * OD * THg);
+        const int64_t trg = rest % THg, od = (rest / THg) % OD, n = rest / (THg * OD);
+        const int64_t tc0 = ch * TC, tvalid = std::min(TC, TWt - tc0);
+        if (blk == b0 || rest == 0) {
+          sx.set_chunk(tc0, tvalid);
+          sy.set_chunk(tc0, tvalid);
+        }
+        const int64_t t_row0 = trg * G, gr = std::min(G, TH - t_row0), ntiles = gr * tvalid;
+        const int64_t nv = ceil_div(ntiles, N);
+        int64_t nn[TB], odd[TB], th[TB];
+        for (int64_t j = 0; j < gr; ++j) {
+          nn[j] = n;
+          odd[j] = od;
+          th[j] = t_row0 + j;
+        }
+        sx.fill(nn, odd, th, gr);
+        sy.fill(nn, odd, th, gr);
+        // X[xi][e][tile]: the forward's input transform; row j of the group at tile j * tvalid, in order (a vector
+        // running past a row's end is overwritten by the next row's).
+        for (int64_t j = 0; j < gr; ++j) {
+          const float* const* rows = sx.rows(j);
+          for (int64_t e = 0; e < E; ++e)
+            for (int64_t t0 = 0; t0 < tvalid; t0 += N) {
+              for (int r = 0; r < 6; ++r) {
+                const float* p = rows[e * 6 + r] + t0;
+                __m256 d[6];
+                for (int q = 0; q < 6; ++q) d[q] = _mm256_loadu_ps(p + offx[q]);
+                wino::bt6(d, tr[r]);
+              }
+              for (int k = 0; k < 6; ++k) {
+                __m256 col[6], y[6];
+                for (int r = 0; r < 6; ++r) col[r] = tr[r][k];
+                wino::bt6(col, y);
+                for (int q = 0; q < 6; ++q) _mm256_storeu_ps(Xb.data() + ((q * 6 + k) * EP + e) * TP + j * tvalid + t0, y[q]);
+              }
+            }
+        }
+        // Y[xi][k][tile] = A gy A^T, the same placement; lanes past the block's last tile are zeroed, so that the
+        // GEMMs' whole vectors add nothing for them.
+        for (int64_t j = 0; j < gr; ++j) {
+          const float* const* rows = sy.rows(j);
+          for (int64_t k = 0; k < g.Cout; ++k)
+            for (int64_t t0 = 0; t0 < tvalid; t0 += N) {
+              __m256 h[4][6];
+              for (int r = 0; r < 4; ++r) {
+                const float* p = rows[k * 4 + r] + t0;
+                __m256 v[4];
+                for (int q = 0; q < 4; ++q) v[q] = _mm256_loadu_ps(p + offy[q]);
+                wino::a6(v, h[r]);
+              }
+              for (int c = 0; c < 6; ++c) {
+                __m256 col[4], y[6];
+                for (int r = 0; r < 4; ++r) col[r] = h[r][c];
+                wino::a6(col, y);
+                for (int q = 0; q < 6; ++q) _mm256_storeu_ps(Yb.data() + ((q * 6 + c) * CP + k) * TP + j * tvalid + t0, y[q]);
+              }
+            }
+        }
+        for (int64_t xi = 0; xi < 36; ++xi)
+          for (int64_t k = 0; k < g.Cout; ++k) {
+            float* row = Yb.data() + (xi * CP + k) * TP;
+            std::fill(row + ntiles, row + nv * N, 0.f);
+          }
+        for (int64_t k = 0; k < g.Cout; ++k) {  // the bias: Y at xi = (1, 1) is each tile's sum of gy
+          const float* row = Yb.data() + (7 * CP + k) * TP;
+          V s = V::zero();
+          for (int64_t v = 0; v < nv; ++v) s = s + V::load(row + v * N);
+          bp[size_t(k)] += s.hsum();
+        }
+        // The 36 GEMMs over this block's tiles (padded entries read X rows that stay zero).
+        for (int64_t xi = 0; xi < 36; ++xi)
+          for (int64_t ob = 0; ob < OB; ++ob) {
+            const float* gt = Yb.data() + (xi * CP + ob * MO) * TP;
+            float* pb = Mp.data() + (xi * OB + ob) * EP * MO;
+            for (int64_t e = 0; e < EP; e += 3) {
+              V acc[MO][3];
+              micro_gw<float>(1, gt, nv * N, TP, xrows.data() + xi * EP + e, 3, acc);
+              for (int t = 0; t < 3; ++t) {
+                const V col[MO] = {acc[0][t], acc[1][t], acc[2][t], acc[3][t]};
+                reduce4_add(col, pb + (e + t) * MO);
+              }
+            }
+          }
+      }
+    }
+  });
+  // Sum the threads' M in a fixed order, then G^T M G per (k, e).
+  float* gw = static_cast<float*>(a.gw);
+  float* gb = static_cast<float*>(a.gb);
+  parallel_for(g.Cout, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t ob = k / MO, i = k % MO;
+      for (int64_t e = 0; e < E; ++e) {
+        double M[6][6];
+        for (int64_t xi = 0; xi < 36; ++xi) {
+          double s = 0;
+          for (int t = 0; t < T_; ++t) s += parts[size_t(t)][size_t(((xi * OB + ob) * EP + e) * MO + i)];
+          M[xi / 6][xi % 6] = s;
+        }
+        for (int r = 0; r < 3; ++r)
+          for (int c = 0; c < 3; ++c) {
+            double s = 0;
+            for (int p = 0; p < 6; ++p)
+              for (int q = 0; q < 6; ++q) s += wino::kG[p][r] * M[p][q] * wino::kG[q][c];
+            gw[(k * E + e) * 9 + r * 3 + c] = float(s);
+          }
+      }
+      if (gb) {
+        double s = 0;
+        for (int t = 0; t < T_; ++t) s += bparts[size_t(t)][size_t(k)];
+        gb[k] = float(s);
+      }
+    }
+  });
+}
+#endif  // CK_SIMD_AVX2
+
 // Channels [c0, c0 + cc) of a (possibly multi-part) input, as an input of its own.
 template <class T>
 ConvInput channel_slice(const ConvInput& x, int64_t c0, int64_t cc, int64_t plane) {
@@ -1156,6 +1353,14 @@ void grad_weight_typed(const ConvGradWeightArgs& a) {
   using V = Vec<T>;
   constexpr int N = V::N;
   const ConvGeom& g = a.g;
+#if CK_SIMD_AVX2
+  if constexpr (std::is_same<T, float>::value) {
+    if (use_winograd(g, a.algo)) {
+      winograd_grad_weight(a);
+      return;
+    }
+  }
+#endif
   const T* gy = static_cast<const T*>(a.gy);
   const int64_t K = g.k[0] * g.k[1] * g.k[2], E = g.Cin * K;
   const int64_t OB = ceil_div(g.Cout, MO), CP = OB * MO;
