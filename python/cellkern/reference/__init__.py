@@ -1,4 +1,5 @@
-"""Slow, obviously-correct NumPy/SciPy oracles that the fast kernels are tested against (shipped)."""
+"""Slow, obviously-correct NumPy/SciPy oracles and torch.nn rebuilds of the networks that the fast kernels and
+models are tested (and benchmarked) against (shipped)."""
 
 from .star import MatchingStats  # noqa: F401
 from .star import dist_to_coord_ref  # noqa: F401
@@ -13,3 +14,14 @@ from .star import rays_golden_spiral  # noqa: F401
 from .star import star_dist3d_ref  # noqa: F401
 from .star import star_dist_ref  # noqa: F401
 from .star import star_polygon_intersection_area  # noqa: F401
+
+# The torch.nn rebuilds load on first use: the NumPy oracles above work without torch.
+_TORCH = {"ReferenceUNet": "unet", "gradient_extents": "unet", "ReferenceStarDist": "stardist"}
+
+
+def __getattr__(name):
+    if name in _TORCH:
+        from importlib import import_module
+
+        return getattr(import_module(f"{__name__}.{_TORCH[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,7 +9,7 @@ from .. import _C
 from ..ops import star as _p
 from ..reference.star import rays_golden_spiral
 
-__all__ = ["star_dist", "star_dist3d", "rays_golden_spiral"]
+__all__ = ["star_dist", "star_dist3d", "rays_golden_spiral", "edt_prob"]
 
 
 def _grid(grid, nd):
@@ -103,3 +103,99 @@ def _run(lab, steps, grid, out):
     _C.star_dist(_p.dlp(lab), _p.dlp(padded), _p.dlp(offs), _p.dlp(pos), _p.dlp(dist), _p.dlp(res), grid,
                  zero_background, _p.emu_for(lab), _p.stream_for(lab))
     return res
+
+
+def edt_prob(labels, anisotropy=None):
+    """Object-normalised Euclidean distance transform, StarDist's ``edt_prob`` (the probability target).
+
+    ``labels``: an integer label image of any rank (numpy array, or torch tensor: computed on the host, returned
+    on its device); 0 is background, labels must be non-negative. Returns float32 of the same shape: inside object
+    l, the Euclidean distance to the nearest pixel whose label is not l, divided by the largest such distance in l
+    (+ 1e-10); 0 on background. The image border is not background (StarDist's semantics), except in a constant
+    image with one object everywhere, where StarDist assumes background around the image (it warns there, we do
+    not). ``anisotropy``: the pixel spacing per axis (distances are measured in those units), e.g. (2, 1, 1).
+
+    Equal to :func:`cellkern.reference.edt_prob_ref` bit for bit. How: an object's transform is exact within its
+    bounding box grown by one pixel, because that ring is never the object and is never farther than any pixel
+    outside the box. The grown boxes of all objects off the image border are gathered (vectorised, no loop over
+    objects) into stacks along the first axis, one stack per class of similar cross-sections (at most ~12%
+    padding), and each stack gets one ``scipy.ndimage.distance_transform_edt`` call: the rings keep stacked boxes
+    from seeing each other. Objects on the image border (no ring on that side) are transformed one by one. About
+    1.5x the speed of the per-object oracle on large images; scipy's transform itself is most of the rest.
+    """
+    from scipy.ndimage import distance_transform_edt, find_objects  # scipy: required by cellkern, imported late
+
+    lab = _p.as_array(labels, "labels", kind="int")
+    like = lab if _p.is_torch(lab) else None
+    if like is not None:
+        lab = lab.cpu().numpy()
+    sampling = _spacing(anisotropy, lab.ndim)
+    nd, prob = lab.ndim, np.zeros(lab.shape, np.float32)
+    if lab.size == 0:
+        return prob if like is None else _p.to_device(prob, like)
+    if lab.min() < 0:
+        raise ValueError("labels: must be non-negative (0 is background)")
+    if lab.min() == lab.max() > 0:
+        # one object everywhere: StarDist puts background around the image
+        d = distance_transform_edt(np.pad(np.ones(lab.shape, bool), 1), sampling=sampling)[(slice(1, -1),) * nd]
+        prob[...] = d / (d.max() + 1e-10)
+        return prob if like is None else _p.to_device(prob, like)
+    if int(lab.max()) > 4 * lab.size:  # find_objects lists every id up to the largest
+        lab = np.unique(lab, return_inverse=True)[1].reshape(lab.shape)
+    objects = find_objects(lab)
+    ids = np.array([i for i, sl in enumerate(objects, 1) if sl is not None], np.int64)
+    box = np.array([[(s.start, s.stop) for s in objects[i - 1]] for i in ids], np.int64).reshape(len(ids), nd, 2)
+    on_border = ((box[:, :, 0] == 0) | (box[:, :, 1] == lab.shape)).any(axis=1)
+    for i in ids[on_border]:
+        grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in objects[i - 1])
+        m = lab[grown] == i
+        d = distance_transform_edt(m, sampling=sampling)[m]
+        prob[grown][m] = d / (d.max() + 1e-10)
+    ids, lo = ids[~on_border], box[~on_border, :, 0] - 1
+    ext = box[~on_border, :, 1] - lo + 1  # grown extents
+    classes = _size_class(ext[:, 1:])
+    for key in np.unique(classes, axis=0):
+        sel = np.flatnonzero((classes == key).all(axis=1))
+        _edt_stack(lab, prob, ids[sel], lo[sel], ext[sel], tuple(int(k) for k in key), sampling, distance_transform_edt)
+    return prob if like is None else _p.to_device(prob, like)
+
+
+def _edt_stack(lab, prob, ids, lo, ext, key, sampling, transform):
+    """edt_prob of objects off the border whose grown boxes (``lo``, ``ext``) fit a cross-section ``key``: the
+    boxes stacked along axis 0, one transform, normalised per object, written into ``prob``."""
+    nd, h = lab.ndim, ext[:, 0]
+    owner = np.repeat(np.arange(len(ids)), h)  # the object each stack row belongs to
+    rows = len(owner)
+    col = (rows,) + (1,) * (nd - 1)
+    own = owner.reshape(col)
+    coords = [(lo[owner, 0] + np.arange(rows) - np.repeat(np.cumsum(h) - h, h)).reshape(col)]
+    valid = np.ones((rows,) + key, bool)
+    for a in range(1, nd):
+        c = np.arange(key[a - 1]).reshape((1,) * a + (-1,) + (1,) * (nd - 1 - a))
+        valid = valid & (c < ext[own, a])
+        coords.append(np.minimum(lo[own, a] + c, lab.shape[a] - 1))  # padding reads a valid pixel, masked out
+    flat = np.ravel_multi_index(np.broadcast_arrays(*coords), lab.shape)
+    mask = valid & (lab.ravel()[flat] == ids[own])
+    d = transform(mask, sampling=sampling)[mask]
+    who = np.broadcast_to(own, mask.shape)[mask]
+    top = np.zeros(len(ids))
+    np.maximum.at(top, who, d)
+    prob.ravel()[flat[mask]] = d / (top[who] + 1e-10)
+
+
+def _size_class(n):
+    """Sizes rounded up to classes at most ~12% apart (steps of 4, or 2^(bits-4)), so similar boxes share a stack."""
+    step = np.maximum(4, 1 << np.maximum(np.floor(np.log2(np.maximum(n, 1))).astype(np.int64) - 3, 0))
+    return -(-n // step) * step
+
+
+def _spacing(anisotropy, nd):
+    if anisotropy is None:
+        return None
+    try:
+        a = tuple(float(v) for v in anisotropy)
+    except (TypeError, ValueError):
+        raise ValueError(f"anisotropy: expected {nd} positive numbers, got {anisotropy!r}") from None
+    if len(a) != nd or not all(np.isfinite(v) and v > 0 for v in a):
+        raise ValueError(f"anisotropy: expected {nd} positive numbers, got {anisotropy!r}")
+    return a
