@@ -1,53 +1,254 @@
-"""`cellkern demo | info`: the command-line entry points."""
+"""`cellkern train | segment | evaluate | demo | info`: the command-line entry points."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
 import time
+from pathlib import Path
+
+# the model `cellkern train` builds unless told otherwise: small enough to train on a laptop CPU in minutes
+MODEL_DEFAULTS = dict(n_rays=32, grid=2, unet_depth=3, unet_base_channels=32, net_conv_after_unet=64)
+TRAIN_DEFAULTS = dict(epochs=30, steps_per_epoch=25, batch_size=4, patch_size=128, learning_rate=1e-3)
+
+
+def _files(path, name):
+    """The image files of ``path`` (one file, or a folder's .tif/.tiff/.npy files sorted by name)."""
+    from .train.data import IMAGE_SUFFIXES
+
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        if not files:
+            raise ValueError(f"{name}: no {'/'.join(IMAGE_SUFFIXES)} files in folder {p}")
+        return files
+    if not p.is_file():
+        raise FileNotFoundError(f"{name}: no such file or folder: {p}")
+    return [p]
+
+
+def _pairs(images, masks, name="images"):
+    """Image and mask files: folders are paired by file name, single files with each other."""
+    mname = name.replace("images", "masks")
+    if not (images and masks):
+        hint = " (or --synthetic N)" if name == "images" else ""
+        raise ValueError(f"{name}, {mname}: give both image and mask files or folders{hint}")
+    xs, ys = _files(images, name), _files(masks, mname)
+    if Path(images).is_dir() and Path(masks).is_dir():
+        by_name = {f.stem: f for f in ys}
+        missing = [f.name for f in xs if f.stem not in by_name]
+        extra = sorted(set(by_name) - {f.stem for f in xs})
+        if missing or extra:
+            raise ValueError(f"{name}: images and masks must have the same file names; no mask for {missing[:5]}, "
+                             f"no image for {extra[:5]}")
+        ys = [by_name[f.stem] for f in xs]
+    elif len(xs) != len(ys):
+        raise ValueError(f"{name}: {len(xs)} images but {len(ys)} masks")
+    return [str(f) for f in xs], [str(f) for f in ys]
+
+
+def _set_threads(n):
+    if n:
+        import torch
+
+        import cellkern
+
+        torch.set_num_threads(n)
+        cellkern.set_num_threads(n)
+
+
+def _rank():
+    return int(os.environ.get("RANK", "0"))
+
+
+def _synthetic(n, size, seed, variety):
+    from .data import synthetic_training_set
+
+    return synthetic_training_set(n, (size, size), seed=seed, variety=variety)
+
+
+def _train(args) -> None:
+    import numpy as np
+
+    from .models import StarDist2D
+    from .train import Augmentation, fit
+
+    _set_threads(args.threads)
+    if args.synthetic:
+        if args.images or args.masks:
+            raise ValueError("images, masks: give either files/folders or --synthetic N, not both")
+        X, Y = _synthetic(args.synthetic, args.synthetic_size, args.seed, args.variety)
+        n_val = args.val_synthetic if args.val_synthetic is not None else max(2, args.synthetic // 8)
+        val = _synthetic(n_val, args.synthetic_size, args.seed + 10_000, args.variety)
+    else:
+        X, Y = _pairs(args.images, args.masks)
+        if args.val_images or args.val_masks:
+            val = _pairs(args.val_images, args.val_masks, "val_images")
+        elif len(X) >= 2 and args.val_fraction > 0:
+            order = np.random.default_rng(args.seed).permutation(len(X))
+            n_val = max(1, int(round(args.val_fraction * len(X))))
+            v, t = sorted(order[:n_val]), sorted(order[n_val:])
+            val = ([X[i] for i in v], [Y[i] for i in v])
+            X, Y = [X[i] for i in t], [Y[i] for i in t]
+        else:
+            val = None
+            print("no validation images: training without validation (thresholds stay at their defaults)")
+    config = dict(n_rays=args.n_rays, grid=(args.grid, args.grid), unet_depth=args.unet_depth,
+                  unet_base_channels=args.unet_base_channels, net_conv_after_unet=args.net_conv_after_unet)
+    import torch
+
+    torch.manual_seed(args.seed)
+    model = StarDist2D(**config)
+    augment = Augmentation(elastic=args.elastic) if args.augment else False
+    t0 = time.perf_counter()
+    history = fit(model, X, Y, val, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+                  batch_size=args.batch_size, patch_size=args.patch_size, learning_rate=args.learning_rate,
+                  seed=args.seed, out_dir=args.out, augment=augment, max_time=args.max_time,
+                  cache_size=args.cache_images, reduce_lr={"patience": args.lr_patience})
+    if _rank() == 0:
+        best = history["best_epoch"] - 1
+        print(f"trained {len(history['epoch'])} epochs in {time.perf_counter() - t0:.0f} s; best epoch "
+              f"{best + 1}: F1 {history['val_f1'][best]:.3f}, AP {history['val_ap'][best]:.3f} at IoU 0.5; "
+              f"thresholds {json.dumps(history['thresholds'])}; model saved in {args.out}")
+
+
+def load_model(directory):
+    """The StarDist2D or StarDist3D saved in ``directory`` (read from its config.json)."""
+    from .models import StarDist2D, StarDist3D
+
+    d = Path(directory)
+    cls = StarDist2D
+    try:
+        if json.loads((d / "config.json").read_text()).get("model") == "StarDist3D":
+            cls = StarDist3D
+    except (OSError, ValueError, AttributeError):
+        pass  # load() says what is wrong with the directory
+    return cls.load(d)
+
+
+def _segment(args) -> None:
+    import numpy as np
+
+    from .train import read_array
+
+    _set_threads(args.threads)
+    model = load_model(args.model)
+    image = read_array(args.image)
+    t0 = time.perf_counter()
+    labels, _ = model.predict_instances(image, prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh)
+    out = Path(args.out)
+    if out.suffix.lower() == ".npy":
+        np.save(out, labels)
+    else:
+        import tifffile
+
+        tifffile.imwrite(out, labels, compression="zlib")
+    print(f"{args.image}: {int(labels.max())} objects in {time.perf_counter() - t0:.2f} s -> {out}")
+    if args.png:
+        if labels.ndim != 2:
+            raise ValueError(f"--png: outlines are drawn for 2D images only, got a {labels.ndim}D image")
+        _overlay_png(args.png, image if image.ndim == 2 else image.mean(axis=-1),
+                     [(labels, "prediction", "tab:orange")])
+
+
+def _evaluate(args) -> None:
+    from .star import matching_dataset
+    from .train import read_array
+
+    _set_threads(args.threads)
+    model = load_model(args.model)
+    if args.synthetic:
+        from .data import synthetic_nuclei
+
+        data = [synthetic_nuclei((args.size, args.size), args.objects, seed=args.seed + i)
+                for i in range(args.synthetic)]
+        X, Y = [d[0] for d in data], [d[1] for d in data]
+    else:
+        X, Y = _pairs(args.images, args.masks)
+    preds, truth = [], []
+    t0 = time.perf_counter()
+    for x, y in zip(X, Y):
+        x, y = (read_array(x), read_array(y)) if isinstance(x, str) else (x, y)
+        preds.append(model.predict_instances(x)[0])
+        truth.append(y)
+    m = matching_dataset(truth, preds, thresh=0.5)
+    print(f"{len(X)} images in {time.perf_counter() - t0:.1f} s: F1 {m.f1:.4f}, AP {m.accuracy:.4f} at IoU 0.5 "
+          f"(tp {m.tp}, fp {m.fp}, fn {m.fn}; thresholds {model.thresholds})")
+
+
+def _overlay_png(path, image, outlines, titles=None):
+    """The image, then the image with each label image's outlines, side by side."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from scipy import ndimage
+
+    def edges(lab):
+        return lab != ndimage.grey_erosion(lab, size=3)
+
+    img = np.asarray(image, np.float32)
+    lo, hi = np.percentile(img, [1, 99.8])
+    panels = 1 + len(outlines)
+    fig = Figure(figsize=(4 * panels, 4.3), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, panels, 1)
+    ax.imshow(img, cmap="gray", vmin=lo, vmax=hi)
+    ax.set_title("image")
+    for k, (lab, title, colour) in enumerate(outlines, 2):
+        ax = fig.add_subplot(1, panels, k)
+        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi)
+        ax.contour(edges(lab), levels=[0.5], colors=[colour], linewidths=0.6)
+        ax.set_title(title)
+    for ax in fig.axes:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(str(path))
 
 
 def _demo(args) -> None:
     import numpy as np
+    import torch
 
     import cellkern
-    import cellkern.ops  # imports torch when installed: outside the timed region
     from cellkern import _C
-    from cellkern.data import synthetic_nuclei
+    from cellkern.data import synthetic_nuclei, synthetic_training_set
+    from cellkern.models import StarDist2D
+    from cellkern.star import matching
+    from cellkern.train import Augmentation, fit
 
-    print(f"cellkern {cellkern.__version__}: CPU kernels '{_C.cpu_isa()}', "
-          f"{cellkern.get_num_threads()} threads")
+    _set_threads(args.threads)
+    print(f"cellkern {cellkern.__version__}: CPU kernels '{_C.cpu_isa()}', {cellkern.get_num_threads()} threads")
     status = cellkern.cuda_status()
     print("CUDA:", "available" if status["available"] else f"unavailable ({status['reason']})")
-
-    image, labels = synthetic_nuclei((args.size, args.size), args.objects, seed=0)
-    print(f"synthetic image {image.shape}, {labels.max()} nuclei")
-    # A U-Net encoder's down-sampling path: three 2x2 max-pools, on numpy and (when installed) torch.
-    x = np.broadcast_to(image, (1, 16) + image.shape).copy()
+    quick = args.quick
+    n_train, size = (8, 128) if quick else (24, 192)
+    X, Y = synthetic_training_set(n_train, (size, size), seed=args.seed, variety=0.3)
+    Xv, Yv = synthetic_training_set(2 if quick else 4, (size, size), seed=args.seed + 1, variety=0.3)
+    torch.manual_seed(args.seed)
+    model = StarDist2D(n_rays=32, grid=(2, 2), unet_depth=2, unet_base_channels=16, net_conv_after_unet=32)
+    epochs, steps = (16, 16) if quick else (24, 20)
+    print(f"training a StarDist2D ({sum(p.numel() for p in model.parameters())} parameters) on {n_train} synthetic "
+          f"{size}x{size} images: {epochs} epochs of {steps} steps")
     t0 = time.perf_counter()
-    y = x
-    for _ in range(3):
-        y = cellkern.ops.max_pool2d(y, 2)
-    t1 = time.perf_counter()
-    print(f"max_pool2d x3 (numpy): {x.shape} -> {y.shape} in {(t1 - t0) * 1e3:.1f} ms")
-    try:
-        import torch
-        import torch.nn.functional as F
-    except ImportError:
-        print("torch not installed: skipping the autograd check")
-        return
-    xt = torch.from_numpy(x).requires_grad_(True)
-    yt = xt
-    for _ in range(3):
-        yt = cellkern.ops.max_pool2d(yt, 2)
-    yt.sum().backward()
-    ref = torch.from_numpy(x).requires_grad_(True)
-    r = ref
-    for _ in range(3):
-        r = F.max_pool2d(r, 2)
-    r.sum().backward()
-    same = torch.equal(yt, r) and torch.equal(xt.grad, ref.grad)
-    print(f"torch autograd: values and gradients {'equal' if same else 'DIFFER from'} torch's max_pool2d")
-    if not same:
-        raise SystemExit(1)
+    history = fit(model, X, Y, (Xv, Yv), epochs=epochs, steps_per_epoch=steps, batch_size=4,
+                  patch_size=64 if quick else 96, learning_rate=3e-3, seed=args.seed,
+                  augment=Augmentation(scale=(0.8, 1.25), blur_prob=0.2, noise_prob=0.3),
+                  max_time=20 if quick else 140, reduce_lr={"patience": 3}, progress=not args.no_progress)
+    t_train = time.perf_counter() - t0
+    image, truth = synthetic_nuclei((256, 256) if quick else (512, 512), 15 if quick else 60, seed=args.seed + 2)
+    t0 = time.perf_counter()
+    pred, _ = model.predict_instances(image)
+    m = matching(truth, pred, thresh=0.5)
+    print(f"trained {len(history['epoch'])} epochs in {t_train:.0f} s; held-out {image.shape[0]}x{image.shape[1]} "
+          f"image: {m.n_true} nuclei, {m.n_pred} found in {time.perf_counter() - t0:.2f} s")
+    print(f"F1 {m.f1:.3f}, AP {m.accuracy:.3f} at IoU 0.5 (thresholds prob {model.thresholds['prob']:.3f}, "
+          f"nms {model.thresholds['nms']:.2f})")
+    _overlay_png(args.out, image, [(truth, "ground truth", "tab:green"), (pred, f"prediction (F1 {m.f1:.2f})",
+                                                                           "tab:orange")])
+    print(f"wrote {args.out}")
+    if not np.isfinite(history["loss"]).all():
+        raise SystemExit("training diverged")
 
 
 def _info(args) -> None:
@@ -59,14 +260,81 @@ def _info(args) -> None:
     print("cuda:", cellkern.cuda_status())
 
 
-def main(argv=None) -> None:
+def _parser():
     ap = argparse.ArgumentParser(prog="cellkern", description="cellkern command-line tools")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("demo", help="a small end-to-end run on a synthetic nuclei image")
-    d.add_argument("--size", type=int, default=512)
-    d.add_argument("--objects", type=int, default=60)
+
+    t = sub.add_parser("train", help="train a StarDist2D model on images and masks (or synthetic nuclei)",
+                       description="Train a StarDist2D. Images and masks: TIFF (or .npy) files or folders (folders "
+                                   "are paired by file name); masks are integer label images. Also runs under "
+                                   "torchrun --nproc_per_node N (DDP).")
+    t.add_argument("images", nargs="?", help="training image file or folder")
+    t.add_argument("masks", nargs="?", help="training mask file or folder")
+    t.add_argument("--synthetic", type=int, metavar="N", help="train on N generated synthetic nuclei images")
+    t.add_argument("--synthetic-size", type=int, default=256, help="size of the synthetic images (default 256)")
+    t.add_argument("--variety", type=float, default=1.0,
+                   help="0-1: how much the synthetic images vary (sizes, density, blur, noise; default 1)")
+    t.add_argument("--val-synthetic", type=int, help="synthetic validation images (default max(2, N / 8))")
+    t.add_argument("--val-images", help="validation image file or folder")
+    t.add_argument("--val-masks", help="validation mask file or folder")
+    t.add_argument("--val-fraction", type=float, default=0.15,
+                   help="without --val-images: hold out this fraction of the images for validation (default 0.15)")
+    t.add_argument("--out", required=True, help="folder for the model, history.json and history.png")
+    for name, v in TRAIN_DEFAULTS.items():
+        t.add_argument("--" + name.replace("_", "-"), type=type(v), default=v, help=f"default {v}")
+    t.add_argument("--lr-patience", type=int, default=5, help="epochs without progress before halving the rate")
+    t.add_argument("--max-time", type=float, help="stop after the epoch that passes this many seconds")
+    t.add_argument("--no-augment", dest="augment", action="store_false", help="plain random patches")
+    t.add_argument("--elastic", type=float, default=0.0, help="elastic warp amplitude in pixels (default 0: off)")
+    t.add_argument("--cache-images", type=int, help="image pairs kept in memory when reading files (default 16)")
+    for name, v in MODEL_DEFAULTS.items():
+        t.add_argument("--" + name.replace("_", "-"), type=int, default=v, help=f"default {v}")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    t.set_defaults(fn=_train)
+
+    s = sub.add_parser("segment", help="segment an image with a trained model")
+    s.add_argument("image", help="image file (TIFF or .npy)")
+    s.add_argument("--model", required=True, help="folder of a saved model (cellkern train --out)")
+    s.add_argument("--out", required=True, help="label image to write (.tif or .npy)")
+    s.add_argument("--prob-thresh", type=float, help="default: the model's")
+    s.add_argument("--nms-thresh", type=float, help="default: the model's")
+    s.add_argument("--png", help="also write a PNG with the outlines")
+    s.add_argument("--threads", type=int)
+    s.set_defaults(fn=_segment)
+
+    e = sub.add_parser("evaluate", help="F1 / AP at IoU 0.5 of a trained model on labelled images")
+    e.add_argument("images", nargs="?")
+    e.add_argument("masks", nargs="?")
+    e.add_argument("--model", required=True)
+    e.add_argument("--synthetic", type=int, metavar="N", help="evaluate on N synthetic_nuclei images instead")
+    e.add_argument("--size", type=int, default=512, help="synthetic image size (default 512)")
+    e.add_argument("--objects", type=int, default=80, help="nuclei per synthetic image (default 80)")
+    e.add_argument("--seed", type=int, default=1000, help="seed of the first synthetic image (default 1000)")
+    e.add_argument("--threads", type=int)
+    e.set_defaults(fn=_evaluate)
+
+    d = sub.add_parser("demo", help="train a small StarDist2D on synthetic nuclei and segment a held-out image")
+    d.add_argument("--quick", action="store_true", help="a ~20 s smoke version")
+    d.add_argument("--out", default="cellkern-demo.png", help="PNG to write (default cellkern-demo.png)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=int)
+    d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.set_defaults(fn=_demo)
+
     i = sub.add_parser("info", help="build and device information")
     i.set_defaults(fn=_info)
+    return ap
+
+
+def main(argv=None) -> None:
+    ap = _parser()
     args = ap.parse_args(argv)
-    args.fn(args)
+    try:
+        args.fn(args)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        # bad input: one clear line, not a traceback (CELLKERN_DEBUG=1 shows it)
+        if os.environ.get("CELLKERN_DEBUG"):
+            raise
+        print(f"cellkern {args.cmd}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

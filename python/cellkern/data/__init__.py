@@ -1,3 +1,4 @@
-"""Synthetic data for tests, demos and training: star-convex nuclei with fluorescence-like images."""
+"""Data for cellkern: synthetic star-convex nuclei (tests, demos, training) and percentile normalisation."""
 
-from .synthetic import digital_segment, synthetic_nuclei  # noqa: F401
+from .normalize import normalize  # noqa: F401
+from .synthetic import digital_segment, synthetic_nuclei, synthetic_training_set  # noqa: F401
