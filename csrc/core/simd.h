@@ -49,6 +49,8 @@ struct Scalar {
   static Scalar fmadd(Scalar a, Scalar b, Scalar c) { return {a.v * b.v + c.v}; }
   // a where v < 0, else v (NaN keeps v): the fused activations' select.
   static Scalar blend_negative(Scalar v, Scalar a) { return {v.v < T(0) ? a.v : v.v}; }
+  // a where y > 0, else b (NaN takes b): the fused activations' derivative, read from their output.
+  static Scalar select_positive(Scalar y, Scalar a, Scalar b) { return {y.v > T(0) ? a.v : b.v}; }
   T hsum() const { return v; }
 };
 
@@ -111,6 +113,9 @@ struct Avx2<float> {
   static Avx2 fmadd(Avx2 a, Avx2 b, Avx2 c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
   static Avx2 blend_negative(Avx2 v, Avx2 a) {
     return {_mm256_blendv_ps(v.v, a.v, _mm256_cmp_ps(v.v, _mm256_setzero_ps(), _CMP_LT_OQ))};
+  }
+  static Avx2 select_positive(Avx2 y, Avx2 a, Avx2 b) {
+    return {_mm256_blendv_ps(b.v, a.v, _mm256_cmp_ps(y.v, _mm256_setzero_ps(), _CMP_GT_OQ))};
   }
   float hsum() const {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -179,6 +184,9 @@ struct Avx2<double> {
   static Avx2 fmadd(Avx2 a, Avx2 b, Avx2 c) { return {_mm256_fmadd_pd(a.v, b.v, c.v)}; }
   static Avx2 blend_negative(Avx2 v, Avx2 a) {
     return {_mm256_blendv_pd(v.v, a.v, _mm256_cmp_pd(v.v, _mm256_setzero_pd(), _CMP_LT_OQ))};
+  }
+  static Avx2 select_positive(Avx2 y, Avx2 a, Avx2 b) {
+    return {_mm256_blendv_pd(b.v, a.v, _mm256_cmp_pd(y.v, _mm256_setzero_pd(), _CMP_GT_OQ))};
   }
   double hsum() const {
     __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
