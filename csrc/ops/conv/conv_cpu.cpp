@@ -670,8 +670,149 @@ bool use_winograd(const ConvGeom& g, ConvAlgo algo) {
   return algo == ConvAlgo::winograd || (g.Cin * g.k[0] >= 16 && g.Cout >= 16);
 }
 
+namespace wino {
+
+// B^T d B of 8 tiles (vector lanes) of one input plane: rows[r] + off[q] + t0 holds tap (r, q) of the 8 tiles.
+// Writes the 36 transformed vectors to dst + xi * xi_stride.
+inline void input_tiles(const float* const* rows, const int64_t* off, int64_t t0, float* dst, int64_t xi_stride) {
+  __m256 tr[6][6];
+  for (int r = 0; r < 6; ++r) {
+    const float* p = rows[r] + t0;
+    __m256 d[6];
+    for (int q = 0; q < 6; ++q) d[q] = _mm256_loadu_ps(p + off[q]);
+    bt6(d, tr[r]);
+  }
+  for (int k = 0; k < 6; ++k) {
+    __m256 col[6], y[6];
+    for (int r = 0; r < 6; ++r) col[r] = tr[r][k];
+    bt6(col, y);
+    for (int a = 0; a < 6; ++a) _mm256_storeu_ps(dst + (a * 6 + k) * xi_stride, y[a]);
+  }
+}
+
+// A^T m A of 8 tiles of one output channel (m + xi * xi_stride), plus bias and activation, interleaved into
+// nrow output rows (row stride ystride) from column c0 on, ncols of them; streaming stores when asked.
+inline void output_tiles(const float* m, int64_t xi_stride, float bias_s, Act act, float slope_s, float* y,
+                         int64_t ystride, int64_t nrow, int64_t ncols, bool stream) {
+  using V = Vec<float>;
+  const __m256 zero = _mm256_setzero_ps(), slope = _mm256_set1_ps(slope_s), bias = _mm256_set1_ps(bias_s);
+  __m256 tm[6][4];
+  for (int a = 0; a < 6; ++a) {
+    __m256 row[6];
+    for (int k = 0; k < 6; ++k) row[k] = _mm256_loadu_ps(m + (a * 6 + k) * xi_stride);
+    at6(row, tm[a]);
+  }
+  __m256 Y[4][4];
+  for (int j = 0; j < 4; ++j) {
+    __m256 col[6], yv[4];
+    for (int a = 0; a < 6; ++a) col[a] = tm[a][j];
+    at6(col, yv);
+    for (int i = 0; i < 4; ++i) {
+      __m256 v = _mm256_add_ps(yv[i], bias);
+      if (act == Act::relu) v = V::blend_negative(V{v}, V{zero}).v;
+      else if (act == Act::leaky_relu) v = V::blend_negative(V{v}, V{_mm256_mul_ps(v, slope)}).v;
+      Y[i][j] = v;
+    }
+  }
+  for (int64_t i = 0; i < nrow; ++i) store_interleaved4(y + i * ystride, Y[i], ncols, stream);
+}
+
+// The 36 GEMMs M[oc][xi][tile] = sum over entries of U[xi][oc][e] V[xi][e][tile] for ntiles tiles, on the direct
+// convolution's micro-kernel; vrows[xi * E + e] points at V's row of entry e.
+inline void gemms(const float* const* vrows, int64_t E, const std::vector<float>& U, int64_t OB, int64_t ntiles,
+                  float* M, int64_t TCp) {
+  using V = Vec<float>;
+  static const int64_t zero_off[1] = {0};
+  for (int64_t xi = 0; xi < 36; ++xi)
+    for (int64_t ob = 0; ob < OB; ++ob)
+      for (int64_t j0 = 0; j0 < ntiles; j0 += MV * V::N) {
+        const int nv = int(std::min<int64_t>(MV, ceil_div(ntiles - j0, V::N)));
+        V acc[MO][MV];
+        for (int i = 0; i < MO; ++i)
+          for (int jj = 0; jj < MV; ++jj) acc[i][jj] = V::zero();
+        pick_micro_fwd<float>(nv, 1)(vrows + xi * E, E, j0, 1, zero_off, U.data() + (xi * OB + ob) * E * MO, acc);
+        for (int i = 0; i < MO; ++i)
+          for (int jj = 0; jj < nv; ++jj) acc[i][jj].store(M + ((ob * MO + i) * 36 + xi) * TCp + j0 + jj * V::N);
+      }
+}
+
+}  // namespace wino
+
+// The forward through Winograd for 2D kernels (kd = 1): items of G = 3 whole tile rows of one (n, od) plane,
+// whose tiles, in vectors of 8 (a row's last vector may be partial), are cut into blocks of 3 vectors: every
+// block fills the GEMM's 3-vector tile, whatever the row width (chunks within a row left a 64-tile row's GEMMs
+// 2/3 and 2 vectors wide, a 32-tile row's 3/4 and 1). V and M stay block-sized (L2). (Transforming whole items
+// before the GEMMs, to read U fewer times, was measured 1.5-2.5x slower at 32-64 channels: V and M left L2.)
+void winograd_forward_2d(const ConvGeom& g, const ConvInput& x, const std::vector<float>& U, const RowOut<float>& o) {
+  using V = Vec<float>;
+  constexpr int64_t G = 3, TCp = wino::kTC;
+  const int64_t Cin = g.Cin, OB = ceil_div(g.Cout, MO);
+  const int64_t TH = ceil_div(g.out[1], 4), TWt = ceil_div(g.out[2], 4), OD = g.out[0];
+  const int64_t VPR = ceil_div(TWt, int64_t(V::N));  // vectors per tile row
+  ConvGeom pg = g;  // the panel sees a 6x6-tap convolution at stride 4: output "pixels" are tiles
+  pg.k[1] = pg.k[2] = 6;
+  pg.s[1] = pg.s[2] = 4;
+  pg.out[1] = TH;
+  pg.out[2] = TWt;
+  const int64_t THg = ceil_div(TH, G), items = g.N * OD * THg;
+  // Outputs beyond the caches are written once, in whole lines: streaming stores skip reading them first
+  // (measured: 11% of the time sat on those stores' misses).
+  const bool stream = g.N * o.bs * int64_t(sizeof(float)) > (int64_t(16) << 20);
+  parallel_for(items, 1, [&](int64_t b, int64_t e) {
+    PanelRows<float> src(pg, x, TWt, G);
+    src.set_chunk(0, TWt);
+    const int64_t* off = src.tap_offsets();
+    std::vector<float> Vb(size_t(36 * Cin * TCp)), Mb(size_t(OB * MO * 36 * TCp));
+    std::vector<const float*> vrows(size_t(36 * Cin));
+    for (int64_t xi = 0; xi < 36; ++xi)
+      for (int64_t c = 0; c < Cin; ++c) vrows[size_t(xi * Cin + c)] = Vb.data() + (xi * Cin + c) * TCp;
+    for (int64_t it = b; it < e; ++it) {
+      const int64_t trg = it % THg, od = (it / THg) % OD, n = it / (THg * OD);
+      const int64_t t_row0 = trg * G, gr = std::min(G, TH - t_row0);
+      int64_t nn[G], odd[G], th[G];
+      for (int64_t j = 0; j < gr; ++j) {
+        nn[j] = n;
+        odd[j] = od;
+        th[j] = t_row0 + j;
+      }
+      src.fill(nn, odd, th, gr);
+      if (it + 1 < e) {
+        const int64_t ntr = (it + 1) % THg, nod = ((it + 1) / THg) % OD, nnext = (it + 1) / (THg * OD);
+        src.clear_queue();
+        for (int64_t j = 0; j < G && ntr * G + j < TH; ++j) src.queue_next(nnext, nod, ntr * G + j, true);
+      }
+      const int64_t nvec = gr * VPR;
+      for (int64_t v0 = 0; v0 < nvec; v0 += MV) {
+        const int64_t nb = std::min<int64_t>(MV, nvec - v0);
+        for (int64_t q = 0; q < nb; ++q) {  // block vector q: tile row j, tiles t0 .. t0 + 7
+          const int64_t j = (v0 + q) / VPR, t0 = (v0 + q) % VPR * V::N;
+          const float* const* rows = src.rows(j);
+          for (int64_t c = 0; c < Cin; ++c)
+            wino::input_tiles(rows + c * 6, off, t0, Vb.data() + c * TCp + q * V::N, Cin * TCp);
+        }
+        wino::gemms(vrows.data(), Cin, U, OB, nb * V::N, Mb.data(), TCp);
+        src.pump(64);
+        for (int64_t oc = 0; oc < g.Cout; ++oc)
+          for (int64_t q = 0; q < nb; ++q) {
+            const int64_t j = (v0 + q) / VPR, t0 = (v0 + q) % VPR * V::N;
+            const int64_t oh0 = (t_row0 + j) * 4, c0 = t0 * 4;
+            wino::output_tiles(Mb.data() + oc * 36 * TCp + q * V::N, TCp, o.bias ? o.bias[oc] : 0.f, o.act, o.slope,
+                               o.y + n * o.bs + oc * o.plane + (od * g.out[1] + oh0) * g.out[2] + c0, g.out[2],
+                               std::min<int64_t>(4, g.out[1] - oh0), std::min<int64_t>(32, g.out[2] - c0), stream);
+          }
+      }
+    }
+    if (stream) _mm_sfence();
+  });
+}
+
 // The forward through Winograd: x with geometry g into o (RowOut over g.out); U from wino::transform_weights.
+// 2D kernels take winograd_forward_2d; 3x3x3 kernels come here.
 void winograd_forward(const ConvGeom& g, const ConvInput& x, const std::vector<float>& U, const RowOut<float>& o) {
+  if (g.k[0] == 1) {
+    winograd_forward_2d(g, x, U, o);
+    return;
+  }
   using V = Vec<float>;
   const int64_t E = g.Cin * g.k[0], OB = ceil_div(g.Cout, MO);
   const int64_t TH = ceil_div(g.out[1], 4), TWt = ceil_div(g.out[2], 4);
@@ -681,54 +822,34 @@ void winograd_forward(const ConvGeom& g, const ConvInput& x, const std::vector<f
   pg.s[1] = pg.s[2] = 4;
   pg.out[1] = TH;
   pg.out[2] = TWt;
-  const int64_t TC = wino::kTC;
+  const int64_t TC = wino::kTC, TCp = TC;  // V/M row length (tiles)
   const int64_t KD = g.k[0], Cin = g.Cin, OD = g.out[0];
-  // Rows of fewer than TC tiles (the deep levels of a U-Net: 32 pixels are 8 tiles) leave most of the GEMM's
-  // 3-vector tiles empty (measured: 75 GFLOP/s-equivalent at 32^2 against 170 at 64^2). With 2D kernels, G tile
-  // rows share one item instead: their tiles sit side by side in V and M (row j at tile j * TWt; a vector that
-  // runs past a row's end is overwritten by the next row's transform), and the GEMMs run over all of them.
-  const int64_t G = KD == 1 && TWt < TC ? TC / TWt : 1;
-  const int64_t THg = ceil_div(TH, G);
-  const int64_t TCp = TC + V::N;  // V/M row length (tiles): a grouped last row's vector may run past TC
-  // Items are (n, tile row group, od) with od fastest: consecutive output depths share KD - 1 input planes, whose
+  // Items are (n, tile row, od) with od fastest: consecutive output depths share KD - 1 input planes, whose
   // transforms stay cached (3x fewer input transforms for 3x3x3 kernels).
-  const int64_t items = g.N * THg * OD;
-  // Outputs beyond the caches are written once, in whole lines: streaming stores skip reading them first
-  // (measured: 11% of the time sat on those stores' misses).
+  const int64_t items = g.N * TH * OD;
   const bool stream = g.N * o.bs * int64_t(sizeof(float)) > (int64_t(16) << 20);
   parallel_for(items, 1, [&](int64_t b, int64_t e) {
-    PanelRows<float> src(pg, x, TC, G);
+    PanelRows<float> src(pg, x, TC, 1);
     const int64_t* off = src.tap_offsets();
     const int64_t S = KD + 1;  // cached transformed planes: the KD an output depth needs, plus one to fill
     std::vector<float> Vb(size_t(36 * S * Cin * TCp)), Mb(size_t(OB * MO * 36 * TCp)), Vzero(size_t(TCp), 0.f);
     std::vector<const float*> vrows(size_t(36 * E));
     std::vector<int64_t> slot_key(static_cast<size_t>(S), -1), slot_of(static_cast<size_t>(KD));
     std::vector<char> slot_used(static_cast<size_t>(S));
-    alignas(32) __m256 tr[6][6];
     for (int64_t tc0 = 0; tc0 < TWt; tc0 += TC) {
       const int64_t tvalid = std::min(TC, TWt - tc0);
       src.set_chunk(tc0, tvalid);
-      int64_t cached_for = -1;  // (n, tile row group) the cached planes belong to
+      int64_t cached_for = -1;  // (n, tile row) the cached planes belong to
       for (int64_t it = b; it < e; ++it) {
-        const int64_t od = it % OD, trg = (it / OD) % THg, n = it / (OD * THg);
-        const int64_t t_row0 = trg * G, gr = std::min(G, TH - t_row0);
-        if (n * THg + trg != cached_for) {
+        const int64_t od = it % OD, t_row = (it / OD) % TH, n = it / (OD * TH);
+        if (n * TH + t_row != cached_for) {
           std::fill(slot_key.begin(), slot_key.end(), -1);
-          cached_for = n * THg + trg;
+          cached_for = n * TH + t_row;
         }
-        int64_t nn[wino::kTC], odd[wino::kTC], th[wino::kTC];
-        for (int64_t j = 0; j < gr; ++j) {
-          nn[j] = n;
-          odd[j] = od;
-          th[j] = t_row0 + j;
-        }
-        src.fill(nn, odd, th, gr);
-        if (it + 1 < e) {
-          const int64_t nod = (it + 1) % OD, ntr = ((it + 1) / OD) % THg, nnext = (it + 1) / (OD * THg);
-          src.clear_queue();
-          for (int64_t j = 0; j < G && ntr * G + j < TH; ++j) src.queue_next(nnext, nod, ntr * G + j, true);
-        }
-        const int64_t ntiles = G > 1 ? gr * TWt : tvalid;
+        src.fill(&n, &od, &t_row, 1);
+        if (it + 1 < e)
+          src.queue_next((it + 1) / (OD * TH), (it + 1) % OD, ((it + 1) / OD) % TH);
+        const float* const* rows = src.rows(0);
         // Which cached plane each depth tap reads; transform the missing ones into free slots.
         std::fill(slot_used.begin(), slot_used.end(), char(0));
         for (int64_t kd = 0; kd < KD; ++kd) {
@@ -755,27 +876,11 @@ void winograd_forward(const ConvGeom& g, const ConvInput& x, const std::vector<f
           slot_used[size_t(sl)] = 1;
           slot_key[size_t(sl)] = id;
           slot_of[size_t(kd)] = sl;
-          // Input transform of plane id (read through tap kd's rows): V[xi][slot][c][tile], tile row j of the group
-          // at tile j * TWt (in order: a vector past a row's end is overwritten by the next row).
-          for (int64_t j = 0; j < gr; ++j) {
-            const float* const* rows = src.rows(j);
-            for (int64_t c = 0; c < Cin; ++c)
-              for (int64_t t0 = 0; t0 < tvalid; t0 += 8) {
-                for (int r = 0; r < 6; ++r) {
-                  const float* p = rows[(c * KD + kd) * 6 + r] + t0;
-                  __m256 d[6];
-                  for (int q = 0; q < 6; ++q) d[q] = _mm256_loadu_ps(p + off[q]);
-                  wino::bt6(d, tr[r]);
-                }
-                for (int k = 0; k < 6; ++k) {
-                  __m256 col[6], y[6];
-                  for (int r = 0; r < 6; ++r) col[r] = tr[r][k];
-                  wino::bt6(col, y);
-                  for (int a = 0; a < 6; ++a)
-                    _mm256_storeu_ps(Vb.data() + (((a * 6 + k) * S + sl) * Cin + c) * TCp + j * TWt + t0, y[a]);
-                }
-              }
-          }
+          // Input transform of plane id (read through tap kd's rows): V[xi][slot][c][tile].
+          for (int64_t c = 0; c < Cin; ++c)
+            for (int64_t t0 = 0; t0 < tvalid; t0 += 8)
+              wino::input_tiles(rows + (c * KD + kd) * 6, off, t0, Vb.data() + (sl * Cin + c) * TCp + t0,
+                                S * Cin * TCp);
         }
         for (int64_t xi = 0; xi < 36; ++xi)
           for (int64_t c = 0; c < Cin; ++c)
@@ -783,52 +888,16 @@ void winograd_forward(const ConvGeom& g, const ConvInput& x, const std::vector<f
               const int64_t sl = slot_of[size_t(kd)];
               vrows[size_t(xi * E + c * KD + kd)] = sl < 0 ? Vzero.data() : Vb.data() + ((xi * S + sl) * Cin + c) * TCp;
             }
-        // 36 GEMMs on the micro-kernel: M[oc][xi][tile].
-        for (int64_t xi = 0; xi < 36; ++xi)
-          for (int64_t ob = 0; ob < OB; ++ob)
-            for (int64_t j0 = 0; j0 < ntiles; j0 += MV * V::N) {
-              const int nv = int(std::min<int64_t>(MV, ceil_div(ntiles - j0, V::N)));
-              V acc[MO][MV];
-              for (int i = 0; i < MO; ++i)
-                for (int jj = 0; jj < MV; ++jj) acc[i][jj] = V::zero();
-              static const int64_t zero_off[1] = {0};
-              pick_micro_fwd<float>(nv, 1)(vrows.data() + xi * E, E, j0, 1, zero_off,
-                                           U.data() + (xi * OB + ob) * E * MO, acc);
-              src.pump(4);
-              for (int i = 0; i < MO; ++i)
-                for (int jj = 0; jj < nv; ++jj)
-                  acc[i][jj].store(Mb.data() + ((ob * MO + i) * 36 + xi) * TCp + j0 + jj * V::N);
-            }
+        wino::gemms(vrows.data(), E, U, OB, tvalid, Mb.data(), TCp);
+        src.pump(64);
         // Output transform, bias, activation, interleave into the output rows.
-        const __m256 zero = _mm256_setzero_ps(), slope = _mm256_set1_ps(o.slope);
-        for (int64_t ocr = 0; ocr < g.Cout * gr; ++ocr) {  // output channel, tile row of the group
-          const int64_t oc = ocr / gr, jr = ocr % gr;
-          const int64_t oh0 = (t_row0 + jr) * 4, nrow = std::min<int64_t>(4, g.out[1] - oh0);
-          const __m256 bias = _mm256_set1_ps(o.bias ? o.bias[oc] : 0.f);
+        const int64_t oh0 = t_row * 4, nrow = std::min<int64_t>(4, g.out[1] - oh0);
+        for (int64_t oc = 0; oc < g.Cout; ++oc) {
           float* yplane = o.y + n * o.bs + oc * o.plane + (od * g.out[1] + oh0) * g.out[2];
-          const float* m = Mb.data() + oc * 36 * TCp + jr * TWt;
           for (int64_t t0 = 0; t0 < tvalid; t0 += 8) {
-            __m256 tm[6][4];
-            for (int a = 0; a < 6; ++a) {
-              __m256 row[6];
-              for (int k = 0; k < 6; ++k) row[k] = _mm256_loadu_ps(m + (a * 6 + k) * TCp + t0);
-              wino::at6(row, tm[a]);
-            }
-            __m256 Y[4][4];
-            for (int j = 0; j < 4; ++j) {
-              __m256 col[6], y[4];
-              for (int a = 0; a < 6; ++a) col[a] = tm[a][j];
-              wino::at6(col, y);
-              for (int i = 0; i < 4; ++i) {
-                __m256 v = _mm256_add_ps(y[i], bias);
-                if (o.act == Act::relu) v = V::blend_negative(V{v}, V{zero}).v;
-                else if (o.act == Act::leaky_relu) v = V::blend_negative(V{v}, V{_mm256_mul_ps(v, slope)}).v;
-                Y[i][j] = v;
-              }
-            }
-            const int64_t c0 = (tc0 + t0) * 4, ncols = std::min<int64_t>(32, g.out[2] - c0);
-            for (int64_t i = 0; i < nrow; ++i)
-              wino::store_interleaved4(yplane + i * g.out[2] + c0, Y[i], ncols, stream);
+            const int64_t c0 = (tc0 + t0) * 4;
+            wino::output_tiles(Mb.data() + oc * 36 * TCp + t0, TCp, o.bias ? o.bias[oc] : 0.f, o.act, o.slope,
+                               yplane + c0, g.out[2], nrow, std::min<int64_t>(32, g.out[2] - c0), stream);
           }
         }
       }
