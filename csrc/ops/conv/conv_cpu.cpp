@@ -174,7 +174,12 @@ class PanelRows {
       const int64_t plane = g.in[0] * g.in[1] * g.in[2], row = (id * g.in[1] + ih) * g.in[2];
       for (int64_t c = 0; c < g.Cin; ++c) {
         const T* src = conv::input_plane<T>(x_, nn, c, plane) + row;
-        copy_row(x_.act.y ? staged(src) : src, slot_ptr(c, free_slot));
+        if (x_.act.y)
+          copy_row(GradLoad{act_at(x_.act, static_cast<const T*>(x_.data[0]), src) - src, x_.act.act,
+                            T(x_.act.act == Act::relu ? 0.0 : x_.act.slope)},
+                   src, slot_ptr(c, free_slot));
+        else
+          copy_row(PlainLoad{}, src, slot_ptr(c, free_slot));
       }
     }
     for (int64_t j = 0; j < nr; ++j)
@@ -235,31 +240,40 @@ class PanelRows {
  private:
   T* slot_ptr(int64_t c, int64_t sl) { return data_.data() + (c * cap_ + sl) * row_len_; }
 
-  // A gradient input's row through the activation's derivative, over the columns copy_row reads (zero padding:
-  // [in0_, in0_ + min(cwin_, in_valid_)) inside the row), in a row-wide buffer indexed like the source.
-  const T* staged(const T* src) {
-    const int64_t W = g_.in[2];
-    stage_.resize(size_t(W));
-    const int64_t s0 = std::max<int64_t>(0, in0_), s1 = std::min(W, in0_ + std::min(cwin_, in_valid_));
-    const T* row0 = src;  // src is a row start: y's matching row is at the same offset from y's base
-    if (s1 > s0)
-      copy_grad(stage_.data() + s0, row0 + s0, act_at(x_.act, static_cast<const T*>(x_.data[0]), row0) + s0, s1 - s0,
-                x_.act);
-    return stage_.data();
-  }
+  // How copy_row reads the source: as it is, or (a gradient input) as gy * act'(y), y at a fixed offset from gy;
+  // the derivative is applied as the row is copied, lane-wise as conv::act_grad (y > 0 ? g : relu ? 0 : g * slope).
+  struct PlainLoad {
+    V load(const T* p) const { return V::load(p); }
+    V load_even(const T* p) const { return V::load_even(p); }
+    V load_odd(const T* p) const { return V::load_odd(p); }
+    T get(const T* p) const { return *p; }
+  };
+  struct GradLoad {
+    std::ptrdiff_t dy;  // y - gy
+    Act act;
+    T slope;
+    V grad(V g, V y) const { return V::select_positive(y, g, g * V::set1(slope)); }
+    V load(const T* p) const { return grad(V::load(p), V::load(p + dy)); }
+    V load_even(const T* p) const { return grad(V::load_even(p), V::load_even(p + dy)); }
+    V load_odd(const T* p) const { return grad(V::load_odd(p), V::load_odd(p + dy)); }
+    T get(const T* p) const { return conv::act_grad(p[dy], *p, act, slope); }
+  };
 
-  void copy_row(const T* src, T* dst) const {
+  template <class L>
+  void copy_row(const L& ld, const T* src, T* dst) const {
     const int64_t W = g_.in[2];
+    constexpr bool plain = std::is_same<L, PlainLoad>::value;
     if (S_ == 1) {
       int64_t t = 0;
       const int64_t mid0 = std::min(cwin_, std::max<int64_t>(0, -in0_));
       const int64_t mid1 = std::min({cwin_, in_valid_, std::max<int64_t>(0, W - in0_)});
-      for (; t < mid0; ++t) dst[t] = at(src, t);
-      if (mid1 > t) {
+      for (; t < mid0; ++t) dst[t] = at(ld, src, t);
+      if (plain && mid1 > t) {
         std::memcpy(dst + t, src + in0_ + t, sizeof(T) * size_t(mid1 - t));
         t = mid1;
       }
-      for (; t < cwin_; ++t) dst[t] = at(src, t);
+      for (; t + V::N <= mid1; t += V::N) ld.load(src + in0_ + t).store(dst + t);
+      for (; t < cwin_; ++t) dst[t] = at(ld, src, t);
       return;
     }
     int64_t t = 0;
@@ -269,8 +283,8 @@ class PanelRows {
         const int64_t W = g_.in[2];
         const int64_t mid0 = round_up(std::min(cwin_, std::max<int64_t>(0, -in0_)), 4);
         const int64_t mid1 = std::min({cwin_, in_valid_, std::max<int64_t>(0, W - in0_)});
-        for (; t < mid0; ++t) dst[(t % 4) * phase_ + t / 4] = at(src, t);
-        for (; t + 32 <= mid1; t += 32) deinterleave4(src + in0_ + t, dst + t / 4, phase_);
+        for (; t < mid0; ++t) dst[(t % 4) * phase_ + t / 4] = at(ld, src, t);
+        for (; t + 32 <= mid1; t += 32) deinterleave4(ld, src + in0_ + t, dst + t / 4, phase_);
       }
     }
 #endif
@@ -278,15 +292,15 @@ class PanelRows {
       const int64_t W = g_.in[2];
       const int64_t mid0 = round_up(std::min(cwin_, std::max<int64_t>(0, -in0_)), 2);
       const int64_t mid1 = std::min({cwin_, in_valid_, std::max<int64_t>(0, W - in0_)});
-      for (; t < mid0; ++t) dst[(t % 2) * phase_ + t / 2] = at(src, t);
+      for (; t < mid0; ++t) dst[(t % 2) * phase_ + t / 2] = at(ld, src, t);
       for (; t + 2 * V::N <= mid1; t += 2 * V::N) {
-        V::load_even(src + in0_ + t).store(dst + t / 2);
-        V::load_odd(src + in0_ + t).store(dst + phase_ + t / 2);
+        ld.load_even(src + in0_ + t).store(dst + t / 2);
+        ld.load_odd(src + in0_ + t).store(dst + phase_ + t / 2);
       }
     }
     // The rest one column at a time; counters instead of t % S, t / S (a runtime division per column).
     for (int64_t ph = t % S_, q = t / S_; t < cwin_; ++t) {
-      dst[ph * phase_ + q] = at(src, t);
+      dst[ph * phase_ + q] = at(ld, src, t);
       if (++ph == S_) {
         ph = 0;
         ++q;
@@ -294,10 +308,10 @@ class PanelRows {
     }
   }
 #if CK_SIMD_AVX2
-  // p[k * stride + q] = s[4 q + k] for q < 8, k < 4.
-  static void deinterleave4(const float* s, float* p, int64_t stride) {
-    const __m256 v0 = _mm256_loadu_ps(s), v1 = _mm256_loadu_ps(s + 8), v2 = _mm256_loadu_ps(s + 16),
-                 v3 = _mm256_loadu_ps(s + 24);
+  // p[k * stride + q] = s[4 q + k] for q < 8, k < 4 (s read through the loader).
+  template <class L>
+  static void deinterleave4(const L& ld, const float* s, float* p, int64_t stride) {
+    const __m256 v0 = ld.load(s).v, v1 = ld.load(s + 8).v, v2 = ld.load(s + 16).v, v3 = ld.load(s + 24).v;
     // Lanes: u0 = s0..3 | s16..19, u1 = s4..7 | s20..23, u2 = s8..11 | s24..27, u3 = s12..15 | s28..31.
     const __m256 u0 = _mm256_permute2f128_ps(v0, v2, 0x20), u1 = _mm256_permute2f128_ps(v0, v2, 0x31);
     const __m256 u2 = _mm256_permute2f128_ps(v1, v3, 0x20), u3 = _mm256_permute2f128_ps(v1, v3, 0x31);
@@ -310,10 +324,11 @@ class PanelRows {
     _mm256_storeu_ps(p + 3 * stride, _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(b), _mm256_castps_pd(d))));
   }
 #endif
-  T at(const T* src, int64_t t) const {
+  template <class L>
+  T at(const L& ld, const T* src, int64_t t) const {
     if (t >= in_valid_) return T(0);
     const int64_t m = conv::map_index(in0_ + t, g_.in[2], g_.pad);
-    return m < 0 ? T(0) : src[m];
+    return m < 0 ? T(0) : ld.get(src + m);
   }
 
   const ConvGeom& g_;
@@ -321,7 +336,7 @@ class PanelRows {
   int64_t cw_, rb_, KD_, KH_, KW_, S_;
   int64_t cwin_ = 0, phase_ = 0, row_len_ = 0, cap_ = 0, in0_ = 0, in_valid_ = 0;
   std::vector<int64_t> off_;  // panel offset of each tap kw
-  std::vector<T> data_, zero_, stage_;
+  std::vector<T> data_, zero_;
   std::vector<int64_t> keys_, need_, slot_of_;
   std::vector<char> used_;
   std::vector<const T*> rows_;
