@@ -1396,34 +1396,45 @@ void winograd_grad_weight(const ConvGradWeightArgs& a) {
       }
     }
   });
-  // Sum the threads' M in a fixed order, then G^T M G per (k, e).
+  // Sum the threads' M in a fixed order, then G^T M G, in double, for the MO output channels of a block at once
+  // (their M values are adjacent; separable: 3x6 then 3x3).
+  using D = __m256d;
+  static_assert(MO == 4, "one AVX2 double vector per block of MO output channels");
   float* gw = static_cast<float*>(a.gw);
   float* gb = static_cast<float*>(a.gb);
-  parallel_for(g.Cout, 1, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k) {
-      const int64_t ob = k / MO, i = k % MO;
+  parallel_for(OB, 1, [&](int64_t ob0, int64_t ob1) {
+    alignas(32) double out[4];
+    for (int64_t ob = ob0; ob < ob1; ++ob)
       for (int64_t e = 0; e < E; ++e) {
-        double M[6][6];
+        D M[36];
         for (int64_t xi = 0; xi < 36; ++xi) {
-          double s = 0;
-          for (int t = 0; t < T_; ++t) s += parts[size_t(t)][size_t(((xi * OB + ob) * EP + e) * MO + i)];
-          M[xi / 6][xi % 6] = s;
+          D s = _mm256_setzero_pd();
+          for (int t = 0; t < T_; ++t)
+            s = _mm256_add_pd(s, _mm256_cvtps_pd(_mm_loadu_ps(parts[size_t(t)].data() + ((xi * OB + ob) * EP + e) * MO)));
+          M[xi] = s;
         }
+        D Tm[3][6];
+        for (int r = 0; r < 3; ++r)
+          for (int q = 0; q < 6; ++q) {
+            D s = _mm256_setzero_pd();
+            for (int p = 0; p < 6; ++p) s = _mm256_fmadd_pd(_mm256_set1_pd(wino::kG[p][r]), M[p * 6 + q], s);
+            Tm[r][q] = s;
+          }
         for (int r = 0; r < 3; ++r)
           for (int c = 0; c < 3; ++c) {
-            double s = 0;
-            for (int p = 0; p < 6; ++p)
-              for (int q = 0; q < 6; ++q) s += wino::kG[p][r] * M[p][q] * wino::kG[q][c];
-            gw[(k * E + e) * 9 + r * 3 + c] = float(s);
+            D s = _mm256_setzero_pd();
+            for (int q = 0; q < 6; ++q) s = _mm256_fmadd_pd(Tm[r][q], _mm256_set1_pd(wino::kG[q][c]), s);
+            _mm256_store_pd(out, s);
+            for (int i = 0; i < MO && ob * MO + i < g.Cout; ++i) gw[((ob * MO + i) * E + e) * 9 + r * 3 + c] = float(out[i]);
           }
       }
-      if (gb) {
-        double s = 0;
-        for (int t = 0; t < T_; ++t) s += bparts[size_t(t)][size_t(k)];
-        gb[k] = float(s);
-      }
-    }
   });
+  if (gb)
+    for (int64_t k = 0; k < g.Cout; ++k) {
+      double s = 0;
+      for (int t = 0; t < T_; ++t) s += bparts[size_t(t)][size_t(k)];
+      gb[k] = float(s);
+    }
 }
 #endif  // CK_SIMD_AVX2
 
