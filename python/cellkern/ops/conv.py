@@ -240,11 +240,21 @@ if torch is not None:
         act = (y, *ctx.act)  # (None, 0, slope) without an activation
         needs_x = ctx.needs_input_grad[0]
         gxs = [None] * len(xs)
-        offset = 0
-        for i, x in enumerate(xs):  # one pass per part, each from the weight's matching input channels
-            if needs_x[i]:
-                gxs[i] = torch.ops.cellkern.conv_grad_input(grad_out, weight, list(x.shape), *ctx.args, offset, *act)
-            offset += x.shape[1]
+        if len(xs) > 1 and all(needs_x):
+            # Every part needs its gradient: one pass over the whole width, split into views, reads and transforms
+            # grad_out once instead of once per part (the Winograd input transform is most of the work at 32
+            # channels).
+            shape = list(xs[0].shape)
+            shape[1] = sum(int(x.shape[1]) for x in xs)
+            gx = torch.ops.cellkern.conv_grad_input(grad_out, weight, shape, *ctx.args, 0, *act)
+            gxs = list(torch.split(gx, [int(x.shape[1]) for x in xs], dim=1))
+        else:
+            offset = 0
+            for i, x in enumerate(xs):  # one pass per part, from the weight's matching input channels
+                if needs_x[i]:
+                    gxs[i] = torch.ops.cellkern.conv_grad_input(grad_out, weight, list(x.shape), *ctx.args, offset,
+                                                                *act)
+                offset += x.shape[1]
         gw = gb = None
         if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
             gw, gb = torch.ops.cellkern.conv_grad_weight(grad_out, xs, list(weight.shape), ctx.has_bias, *ctx.args,
