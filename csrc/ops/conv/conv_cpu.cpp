@@ -941,17 +941,15 @@ bool taps_dont_overlap(const ConvGeom& g) {
 // (The row driver keeps a whole row's panel and re-reads it from L2 for every block of output channels: 55% of
 // peak for the 2x2 / stride-2 convolution of a transposed convolution's input gradient.)
 template <class T>
-void forward_disjoint(const ConvForwardArgs& a, const T* wp) {
+void forward_disjoint(const ConvGeom& g, const ConvInput& x, const T* wp, const RowOut<T>& o) {
   using V = Vec<T>;
   constexpr int N = V::N;
   constexpr int64_t TW = MV * N, KB = 256;
-  const ConvGeom& g = a.g;
   const int64_t K = g.k[0] * g.k[1] * g.k[2], E = g.Cin * K, OB = ceil_div(g.Cout, MO);
   const int64_t OW = g.out[2], n_rows = g.N * g.out[0] * g.out[1];
-  const int64_t in_plane = g.in[0] * g.in[1] * g.in[2], out_plane = g.out[0] * g.out[1] * OW;
-  T* y = static_cast<T*>(a.y);
-  const T* bias = static_cast<const T*>(a.b);
-  const T slope_s = T(a.slope);
+  const int64_t in_plane = g.in[0] * g.in[1] * g.in[2];
+  const T* bias = o.bias;
+  const T slope_s = o.slope;
   parallel_for(n_rows, 1, [&](int64_t b, int64_t e) {
     const int64_t EK = std::min(E, KB);
     std::vector<T> xp(size_t(EK * TW)), tb(size_t(OB * MO * TW));
@@ -959,32 +957,60 @@ void forward_disjoint(const ConvForwardArgs& a, const T* wp) {
     for (int64_t k = 0; k < EK; ++k) rows[size_t(k)] = xp.data() + k * TW;
     static const int64_t zero_off[1] = {0};
     alignas(32) T tmp[N];
+    // The input row an entry of output row `row` reads, or null where it is padding.
+    auto entry_row = [&](int64_t row, int64_t en, int64_t* kw_out) -> const T* {
+      const int64_t oh = row % g.out[1], od = (row / g.out[1]) % g.out[0], n = row / (g.out[1] * g.out[0]);
+      const int64_t c = en / K, kk = en % K, kh = (kk / g.k[2]) % g.k[1], kd = kk / (g.k[2] * g.k[1]);
+      *kw_out = kk % g.k[2];
+      const int64_t id = conv::map_index(conv::tap_input(od, kd, g.s[0], 1, g.lo[0]), g.in[0], g.pad);
+      const int64_t ih = conv::map_index(conv::tap_input(oh, kh, g.s[1], 1, g.lo[1]), g.in[1], g.pad);
+      if (id < 0 || ih < 0) return nullptr;
+      return conv::input_plane<T>(x, n, c, in_plane) + (id * g.in[1] + ih) * g.in[2];
+    };
     for (int64_t row = b; row < e; ++row) {
       const int64_t oh = row % g.out[1], od = (row / g.out[1]) % g.out[0], n = row / (g.out[1] * g.out[0]);
       for (int64_t j0 = 0; j0 < OW; j0 += TW) {
         const int64_t valid = std::min(TW, OW - j0);
         const int nv = int(ceil_div(valid, N));
+        // The next tile's input (the next row's first tile at the row end) is prefetched while this one runs:
+        // its entries sit in up to E different planes, too many streams for the hardware prefetchers.
+        const int64_t nrow = j0 + TW < OW ? row : row + 1, nj0 = j0 + TW < OW ? j0 + TW : 0;
         for (int64_t k0 = 0; k0 < E; k0 += KB) {
           const int64_t ek = std::min(KB, E - k0);
+          if (nrow < e)
+            for (int64_t k = 0; k < ek; ++k) {
+              int64_t kw;
+              const T* r = entry_row(nrow, k0 + k, &kw);
+              if (!r) continue;
+              const int64_t i0 = std::max<int64_t>(0, conv::tap_input(nj0, kw, g.s[2], 1, g.lo[2]));
+              __builtin_prefetch(r + std::min(i0, g.in[2] - 1), 0, 3);
+              __builtin_prefetch(r + std::min(i0 + TW * g.s[2] - 1, g.in[2] - 1), 0, 3);
+            }
           for (int64_t k = 0; k < ek; ++k) {  // pack entry k0 + k for outputs j0 .. j0 + TW - 1
-            const int64_t en = k0 + k, c = en / K, kk = en % K, kw = kk % g.k[2], kh = (kk / g.k[2]) % g.k[1];
-            const int64_t kd = kk / (g.k[2] * g.k[1]);
             T* dst = xp.data() + k * TW;
-            const int64_t id = conv::map_index(conv::tap_input(od, kd, g.s[0], 1, g.lo[0]), g.in[0], g.pad);
-            const int64_t ih = conv::map_index(conv::tap_input(oh, kh, g.s[1], 1, g.lo[1]), g.in[1], g.pad);
-            if (id < 0 || ih < 0) {
+            int64_t kw;
+            const T* xrow = entry_row(row, k0 + k, &kw);
+            if (!xrow) {
               std::fill(dst, dst + TW, T(0));
               continue;
             }
-            const T* xrow = conv::input_plane<T>(a.x, n, c, in_plane) + (id * g.in[1] + ih) * g.in[2];
             const int64_t i0 = conv::tap_input(j0, kw, g.s[2], 1, g.lo[2]), s2 = g.s[2];
+            // A gradient input (the transposed problem of a 1x1 input gradient) reads gy * act'(y).
+            const T* yrow = act_at(x.act, static_cast<const T*>(x.data[0]), xrow);
             if (i0 >= 0 && i0 + (TW - 1) * s2 + s2 <= g.in[2] && (s2 == 1 || s2 == 2)) {
-              for (int v = 0; v < MV; ++v)
-                (s2 == 1 ? V::load(xrow + i0 + v * N) : V::load_even(xrow + i0 + v * 2 * N)).store(dst + v * N);
+              for (int v = 0; v < MV; ++v) {
+                const int64_t at = i0 + v * s2 * N;
+                V r = s2 == 1 ? V::load(xrow + at) : V::load_even(xrow + at);
+                if (yrow)
+                  r = V::select_positive(s2 == 1 ? V::load(yrow + at) : V::load_even(yrow + at), r,
+                                         x.act.act == Act::relu ? V::zero() : r * V::set1(T(x.act.slope)));
+                r.store(dst + v * N);
+              }
             } else {
               for (int64_t j = 0; j < TW; ++j) {
                 const int64_t iw = conv::map_index(i0 + j * s2, g.in[2], g.pad);
-                dst[j] = j < valid && iw >= 0 ? xrow[iw] : T(0);
+                const T v = j < valid && iw >= 0 ? xrow[iw] : T(0);
+                dst[j] = yrow && j < valid && iw >= 0 ? conv::act_grad(yrow[iw], v, x.act.act, T(x.act.slope)) : v;
               }
             }
           }
@@ -1006,11 +1032,11 @@ void forward_disjoint(const ConvForwardArgs& a, const T* wp) {
                 continue;
               }
               if (oc >= g.Cout) break;
-              T* dst = y + n * g.y_bs + oc * out_plane + (od * g.out[1] + oh) * OW + j0;
+              T* dst = o.y + n * o.bs + oc * o.plane + (od * g.out[1] + oh) * OW + j0;
               for (int v = 0; v < nv; ++v) {
                 V r = acc[i][v];
-                if (a.act == Act::relu) r = V::blend_negative(r, V::zero());
-                else if (a.act == Act::leaky_relu) r = V::blend_negative(r, r * V::set1(slope_s));
+                if (o.act == Act::relu) r = V::blend_negative(r, V::zero());
+                else if (o.act == Act::leaky_relu) r = V::blend_negative(r, r * V::set1(slope_s));
                 if ((v + 1) * N <= valid) {
                   r.store(dst + v * N);
                 } else {
@@ -1050,7 +1076,7 @@ void forward_typed(const ConvForwardArgs& a) {
   }
 #endif
   if (taps_dont_overlap(g)) {
-    forward_disjoint<T>(a, wp.data());
+    forward_disjoint<T>(g, x, wp.data(), o);
     return;
   }
   run_rows<T, PanelRows<T>>(o, wp.data(), panel_rows_of(g, 1) * g.s[2],
@@ -1218,6 +1244,10 @@ void grad_input_typed(const ConvGradInputArgs& a) {
       const int64_t oc = e / K, k = e % K;
       return w[(oc * wc + c) * K + (K - 1 - k)];
     });
+    if (taps_dont_overlap(t)) {  // 1x1: a GEMM (the head of a U-Net, StarDist's prob / dist)
+      forward_disjoint<T>(t, gy, wp.data(), o);
+      return;
+    }
     run_rows<T, PanelRows<T>>(o, wp.data(), panel_rows_of(t, 1),
                               [&](int64_t cw) { return PanelRows<T>(t, gy, cw, 1); });
     return;
