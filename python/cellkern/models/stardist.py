@@ -7,6 +7,7 @@ import numbers
 import numpy as np
 import torch
 
+from .. import ops
 from ..data.normalize import normalize as _normalize
 from ..nn.conv import Conv2d, Conv3d
 from ..nn.layers import MaxPool2d, MaxPool3d
@@ -95,7 +96,12 @@ class _StarDist(torch.nn.Module):
         x = self.unet(x)
         if self.features is not None:
             x = self.features(x)
-        return self.prob(x), self.dist(x)
+        # Both 1x1 heads as one convolution: the features are read once, and their gradient comes back as one
+        # tensor instead of two that autograd then adds (128 MiB each for 4 x 128 x 256^2 features).
+        weight = torch.cat([self.prob.weight, self.dist.weight])
+        bias = torch.cat([self.prob.bias, self.dist.bias])
+        out = (ops.conv2d if self.ndim == 2 else ops.conv3d)(x, weight, bias)
+        return out[:, :1], out[:, 1:]
 
     # ---- training -----------------------------------------------------------------------------------------
 
