@@ -174,6 +174,9 @@ def _ort_session(ort, net, x, threads):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # ORT's idle workers spin by default, and in one process they would keep spinning into the next side's timed
+    # call (2 cores): let them sleep between runs, as torch's and cellkern's OpenMP workers soon do.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
 
 
@@ -200,7 +203,7 @@ def _forward_case(name, net, size, threads, ort):
         results["ORT"] = peers["ORT"]()
         info["onnxruntime"] = ort.__version__
         info["ort_session"] = (f"CPUExecutionProvider, intra_op_num_threads={threads}, inter_op_num_threads=1, "
-                               "default CPU memory arena (its buffers persist between runs)")
+                               "allow_spinning=0, default CPU memory arena (its buffers persist between runs)")
     info["max_rel_diff"] = _check(name, "forward outputs", _outputs(_inference(ours, x)), results, RTOL)
     return common.Case(name, ours=lambda: _inference(ours, x), peers=peers, flops=flops, best_of=TORCH_PEERS,
                        info=info)
