@@ -26,6 +26,8 @@ CASES_2D = [
     ((1, 2, 12, 14), 3, 4, 2, 2, 1, 1, "reflect", "leaky_relu"),   # even kernel, strided reflect
     ((1, 2, 13, 14), 3, 2, 3, 0, 1, 1, "zeros", None),             # stride > kernel: inputs no output reads
     ((2, 3, 12, 15), 4, 2, 2, 0, 1, 1, "zeros", "relu"),           # kernel == stride: the disjoint input gradient
+    ((1, 3, 9, 11), 4, 3, 3, 1, 1, 1, "reflect", None),            # kernel == stride with a padding mode: the GEMM paths
+    ((2, 40, 7, 30), 9, 1, 1, 0, 1, 1, "zeros", "leaky_relu"),      # 1x1 over many channels: GEMM forward and gradients
     ((1, 3, 9, 12), 5, 3, 1, "same", 1, 1, "zeros", None),
     ((1, 3, 9, 12), 5, (2, 4), 1, "same", (1, 2), 1, "reflect", None),  # asymmetric 'same' padding
     ((1, 40, 19, 35), 33, 3, 1, 1, 1, 1, "zeros", "relu"),         # many channels, channel tail

@@ -237,6 +237,7 @@ if torch is not None:
 
     def _backward(ctx, grad_out):
         weight, y, *xs = ctx.saved_tensors
+        grad_out = _dense(grad_out)  # once here, not in each gradient op (a split view arrives strided)
         act = (y, *ctx.act)  # (None, 0, slope) without an activation
         needs_x = ctx.needs_input_grad[0]
         gxs = [None] * len(xs)
@@ -392,6 +393,7 @@ if torch is not None:
 
     def _transpose_backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
+        grad_out = _dense(grad_out)  # once here, not in each of the three gradient ops
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             gx = torch.ops.cellkern.conv_transpose_grad_input(grad_out, weight, list(x.shape), *ctx.args)
