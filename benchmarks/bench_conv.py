@@ -68,6 +68,8 @@ def _cases(args):
                    "torch CL": lambda x=xcl, g=gcl, w=w, b=b, f=torch_conv: _step(f, x, w, b, g, 1, 1)},
             flops=3 * flops, info={"kind": "fwd+bwd", "shape": [n, ci, co, list(sp)]}))
     cases += _transpose_cases(args, gen) + _parts_cases(args, gen)
+    if args.only:
+        cases = [c for c in cases if any(word in c.name for word in args.only.split(","))]
     return cases
 
 
@@ -132,9 +134,9 @@ def _parts_cases(args, gen):
             flops=flops, info={"kind": "parts forward", "shape": [n, cu + cs, co, list(sp)]}))
         cases.append(common.Case(
             f"fwd+bwd {tag}",
-            ours=lambda x=[up, skip], g=g: _step(ours, x, w, b, g),
-            peers={"torch NCHW": lambda x=[up, skip], g=g: _step(theirs, x, w, b, g),
-                   "torch CL": lambda x=[upcl, skipcl], g=gcl: _step(theirs, x, w, b, g)},
+            ours=lambda x=[up, skip], g=g, w=w, b=b: _step(ours, x, w, b, g),
+            peers={"torch NCHW": lambda x=[up, skip], g=g, w=w, b=b: _step(theirs, x, w, b, g),
+                   "torch CL": lambda x=[upcl, skipcl], g=gcl, w=w, b=b: _step(theirs, x, w, b, g)},
             flops=3 * flops, info={"kind": "parts fwd+bwd", "shape": [n, cu + cs, co, list(sp)]}))
     return cases
 
@@ -160,8 +162,12 @@ def _summary(path):
             print(f"geometric mean of {kind} {nd}D ratios vs torch's best layout: {gm:.2f}x over {len(ratios)} shapes")
 
 
+def _args(ap):
+    ap.add_argument("--only", default="", help="comma list: run the cases whose name contains one (e.g. transpose,up)")
+
+
 if __name__ == "__main__":
-    common.main("conv", _cases)
+    common.main("conv", _cases, _args)
     if "--child" not in sys.argv:
         out = None
         for i, a in enumerate(sys.argv):
