@@ -12,8 +12,11 @@ def __getattr__(name):
         return _import_module(f"{__name__}.{name}")
     if name in ("cuda_status", "set_num_threads", "get_num_threads", "backend"):
         return getattr(_import_module(f"{__name__}._ext"), name)
+    if name in ("empty_cache", "set_pool_limit", "pool_stats"):
+        return getattr(_import_module(f"{__name__}._pool"), name)
     raise AttributeError(f"module 'cellkern' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_SUBMODULES) + ["cuda_status", "set_num_threads", "get_num_threads", "backend"])
+    return sorted(list(globals()) + list(_SUBMODULES) + ["cuda_status", "set_num_threads", "get_num_threads", "backend",
+                                                   "empty_cache", "set_pool_limit", "pool_stats"])

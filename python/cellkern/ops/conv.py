@@ -7,6 +7,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from .. import _C
+from .._pool import empty as _pooled
 from ._common import (batched, check_device, dl, emu_flag, is_channels_last, memory_format, ntuple, require_torch,
                       stream_of, torch)
 
@@ -167,7 +168,7 @@ if torch is not None:
         bc = None if bias is None else _dense(bias)
         shape = _C.conv_output_shape(_whole_shape(xc), list(wc.shape), stride, padding_lo, padding_hi, dilation,
                                      groups, padding_mode)
-        y = torch.empty(shape, dtype=x.dtype, device=x.device)
+        y = _pooled(shape, x.dtype, x.device)
         _C.conv_forward(_dl_parts(xc), dl(wc), dl(bc), dl(y), stride, padding_lo, padding_hi, dilation, groups,
                         padding_mode, activation, negative_slope, emu_flag(x), stream_of(x))
         # The kernels compute NC(D)HW; channels_last callers get their layout back (as torch's conv does).
@@ -193,10 +194,10 @@ if torch is not None:
                             activation: int, negative_slope: float) -> torch.Tensor:
         gy, wc = _dense(grad_out), _dense(weight)
         out = None if output is None else _dense(output)
-        gx = torch.empty(input_shape, dtype=gy.dtype, device=gy.device)
+        gx = _pooled(input_shape, gy.dtype, gy.device)
         ws_shape = _C.conv_grad_input_workspace_shape(input_shape, list(wc.shape), stride, padding_lo, padding_hi,
                                                       dilation, groups, padding_mode, channel_offset)
-        ws = torch.empty(ws_shape, dtype=gy.dtype, device=gy.device) if ws_shape else None
+        ws = _pooled(ws_shape, gy.dtype, gy.device) if ws_shape else None
         _C.conv_grad_input(dl(gy), dl(wc), dl(gx), dl(ws), stride, padding_lo, padding_hi, dilation, groups,
                            padding_mode, activation, negative_slope, emu_flag(gy), stream_of(gy), channel_offset,
                            dl(out))
@@ -214,7 +215,7 @@ if torch is not None:
                              activation: int, negative_slope: float) -> Tuple[torch.Tensor, torch.Tensor]:
         gy, xc = _dense(grad_out), [_dense(p) for p in xs]
         out = None if output is None else _dense(output)
-        gw = torch.empty(weight_shape, dtype=gy.dtype, device=gy.device)
+        gw = _pooled(weight_shape, gy.dtype, gy.device)
         gb = torch.empty(weight_shape[0] if with_bias else 0, dtype=gy.dtype, device=gy.device)
         _C.conv_grad_weight(dl(gy), _dl_parts(xc), dl(gw), dl(gb) if with_bias else None, stride, padding_lo,
                             padding_hi, dilation, groups, padding_mode, activation, negative_slope, emu_flag(gy),
@@ -332,7 +333,7 @@ if torch is not None:
         bc = None if bias is None else _dense(bias)
         shape = _C.conv_transpose_output_shape(list(xc.shape), list(wc.shape), stride, padding, output_padding,
                                                dilation, groups)
-        y = torch.empty(shape, dtype=x.dtype, device=x.device)
+        y = _pooled(shape, x.dtype, x.device)
         _C.conv_transpose_forward(dl(xc), dl(wc), dl(bc), dl(y), stride, padding, dilation, groups, emu_flag(xc),
                                   stream_of(xc))
         return y.contiguous(memory_format=memory_format(True, nd)) if cl else y
@@ -351,7 +352,7 @@ if torch is not None:
                                       stride: List[int], padding: List[int], dilation: List[int],
                                       groups: int) -> torch.Tensor:
         gy, wc = _dense(grad_out), _dense(weight)
-        gx = torch.empty(input_shape, dtype=gy.dtype, device=gy.device)
+        gx = _pooled(input_shape, gy.dtype, gy.device)
         _C.conv_transpose_grad_input(dl(gy), dl(wc), dl(gx), stride, padding, dilation, groups, emu_flag(gy),
                                      stream_of(gy))
         return gx
@@ -365,7 +366,7 @@ if torch is not None:
                                        stride: List[int], padding: List[int], dilation: List[int],
                                        groups: int) -> torch.Tensor:
         gy, xc = _dense(grad_out), _dense(x)
-        gw = torch.empty(weight_shape, dtype=gy.dtype, device=gy.device)
+        gw = _pooled(weight_shape, gy.dtype, gy.device)
         _C.conv_transpose_grad_weight(dl(gy), dl(xc), dl(gw), stride, padding, dilation, groups, emu_flag(gy),
                                       stream_of(gy))
         return gw

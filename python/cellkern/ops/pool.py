@@ -6,6 +6,7 @@ from typing import List, Tuple
 import numpy as np
 
 from .. import _C
+from .._pool import empty as _pooled
 from ._common import (batched, check_device, dense, dl, emu_flag, is_channels_last, memory_format, ntuple,
                       require_torch, stream_of, torch)
 
@@ -89,12 +90,11 @@ if torch is not None:
         x = dense(x, nd)
         cl = is_channels_last(x, nd)
         shape = _C.max_pool_output_shape(list(x.shape), kernel_size, stride, padding, dilation, ceil_mode)
-        out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=memory_format(cl, nd))
+        out = _pooled(shape, x.dtype, x.device, cl)
         if index_mode == NONE:
             idx = torch.empty(0, dtype=torch.uint8, device=x.device)
         else:
-            idx = torch.empty(shape, dtype=torch.uint8 if index_mode == LOCAL else torch.int64, device=x.device,
-                              memory_format=memory_format(cl, nd))
+            idx = _pooled(shape, torch.uint8 if index_mode == LOCAL else torch.int64, x.device, cl)
         _C.max_pool_forward(dl(x), dl(out), dl(idx) if index_mode != NONE else None, kernel_size, stride, padding,
                             dilation, ceil_mode, index_mode, emu_flag(x), stream_of(x))
         return out, idx
@@ -120,7 +120,7 @@ if torch is not None:
         mf = memory_format(channels_last, nd)
         grad_out = grad_out.contiguous(memory_format=mf)
         indices = indices.contiguous(memory_format=mf)
-        grad_in = torch.empty(input_shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=mf)
+        grad_in = _pooled(input_shape, grad_out.dtype, grad_out.device, channels_last)
         _C.max_pool_backward(dl(grad_out), dl(indices), dl(grad_in), kernel_size, stride, padding, dilation,
                              ceil_mode, index_mode, emu_flag(grad_in), stream_of(grad_in))
         return grad_in

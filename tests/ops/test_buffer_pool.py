@@ -1,0 +1,127 @@
+"""The buffer pool behind the ops' large CPU outputs: reuse only of storages nothing holds, the limit, empty_cache,
+and that results (values, gradients, layouts) are those of unpooled outputs."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+import cellkern  # noqa: E402
+from cellkern import _pool, ops  # noqa: E402
+
+pytestmark = pytest.mark.skipif(_pool._pool is None, reason="this torch has no storage use count: pool off")
+
+BIG = (2, 16, 128, 128)  # 2 MiB of float32: pooled
+
+
+@pytest.fixture
+def pool():
+    limit = _pool._pool.limit
+    _pool.set_pool_limit(1 << 30)
+    _pool.empty_cache()
+    yield _pool._pool
+    _pool.set_pool_limit(limit)
+    _pool.empty_cache()
+
+
+def _ptr(t):
+    return t.untyped_storage().data_ptr()
+
+
+def test_reuses_a_storage_once_its_last_holder_lets_go(pool):
+    x = torch.randn(BIG)
+    y1 = ops.max_pool2d(torch.randn(2, 16, 256, 256), 2)
+    p1 = _ptr(y1)
+    y2 = ops.max_pool2d(x, 1)
+    assert _ptr(y2) != p1  # y1 is alive: never handed out twice
+    del y1
+    y3 = ops.max_pool2d(x, 1)
+    assert _ptr(y3) == p1  # y1's storage again, no fresh pages
+    torch.testing.assert_close(y3, x)
+    assert pool.hits >= 1
+
+
+@pytest.mark.parametrize("holder", ["view", "numpy", "dlpack", "saved_for_backward"])
+def test_any_holder_keeps_a_storage_out_of_the_pool(pool, holder):
+    x = torch.randn(BIG)
+    y = ops.max_pool2d(torch.randn(2, 16, 256, 256, requires_grad=holder == "saved_for_backward"), 2)
+    p = _ptr(y)
+    if holder == "view":
+        kept = y[:, 3]
+    elif holder == "numpy":
+        kept = y.numpy() if not y.requires_grad else None
+    elif holder == "dlpack":
+        kept = torch.utils.dlpack.to_dlpack(y)
+    else:
+        kept = y * y  # mul saves y for its backward
+    expect = y.detach().clone()
+    del y
+    for _ in range(3):
+        z = ops.max_pool2d(x, 1)
+        assert _ptr(z) != p
+    if holder == "dlpack":
+        kept = torch.utils.dlpack.from_dlpack(kept)
+    if holder in ("view", "numpy", "dlpack"):
+        torch.testing.assert_close(torch.as_tensor(kept), expect[:, 3] if holder == "view" else expect)
+
+
+def test_channels_last_and_gradients_match_torch(pool):
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 64, 64, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(16, 16, 3, 3, dtype=torch.float64)
+    for _ in range(3):  # the second and third rounds run on pooled storages
+        xa, wa = x.clone().requires_grad_(), w.clone().requires_grad_()
+        xb, wb = x.clone().requires_grad_(), w.clone().requires_grad_()
+        ya = ops.max_pool2d(ops.conv2d(xa, wa, padding=1, activation="relu"), 2)
+        yb = F.max_pool2d(F.relu(F.conv2d(xb, wb, padding=1)), 2)
+        assert ya.is_contiguous(memory_format=torch.channels_last)
+        g = torch.randn_like(yb)
+        ya.backward(g)
+        yb.backward(g)
+        torch.testing.assert_close(ya, yb)
+        torch.testing.assert_close(xa.grad, xb.grad)
+        torch.testing.assert_close(wa.grad, wb.grad)
+    assert pool.hits > 0
+
+
+def test_limit_and_empty_cache(pool):
+    x = torch.randn(2, 16, 256, 256)  # 8 MiB out of max_pool2d(x, 1)
+    _pool.set_pool_limit(10 << 20)
+    a = ops.max_pool2d(x, 1)
+    b = ops.max_pool2d(x, 1)  # would pass the limit while a is alive: not pooled
+    assert _pool.pool_stats()["bytes"] == 8 << 20
+    del a, b
+    assert _pool.pool_stats()["idle_bytes"] == 8 << 20
+    _pool.empty_cache()
+    assert _pool.pool_stats()["bytes"] == 0
+    _pool.set_pool_limit(0)
+    ops.max_pool2d(x, 1)
+    assert _pool.pool_stats()["bytes"] == 0
+    with pytest.raises(ValueError, match="nbytes"):
+        _pool.set_pool_limit(-1)
+    with pytest.raises(ValueError, match="nbytes"):
+        cellkern.set_pool_limit(1.5)
+
+
+def test_evicts_idle_storages_of_other_sizes(pool):
+    _pool.set_pool_limit(10 << 20)
+    y = ops.max_pool2d(torch.randn(2, 16, 256, 256), 1)  # 8 MiB
+    del y
+    z = ops.max_pool2d(torch.randn(2, 16, 128, 256), 1)  # 4 MiB: the idle 8 MiB storage makes room
+    assert _pool.pool_stats()["bytes"] == 4 << 20
+    del z
+
+
+def test_env_limit():
+    code = ("import cellkern, torch; from cellkern import ops; ops.max_pool2d(torch.randn(2, 16, 256, 256), 1); "
+            "print(cellkern.pool_stats()['limit'], cellkern.pool_stats()['bytes'])")
+    out = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "CELLKERN_POOL_MB": "0"},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["0", "0"]
+    bad = subprocess.run([sys.executable, "-c", "import torch; from cellkern import ops"],
+                         env={**__import__("os").environ, "CELLKERN_POOL_MB": "lots"}, capture_output=True, text=True)
+    assert bad.returncode != 0 and "CELLKERN_POOL_MB" in bad.stderr
