@@ -14,6 +14,7 @@ off); idle storages are evicted, oldest first, to make room, and ``cellkern.empt
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 
 MIN_BYTES = 1 << 20  # smaller tensors: torch's allocator (malloc) reuses them without faulting anyway
@@ -43,6 +44,9 @@ class _Pool:
         self.bytes = 0
         self.hits = 0
         self.misses = 0
+        # Held from the idle check until the storage is wrapped in a tensor (which raises its use count): two
+        # threads must never both see the same storage idle.
+        self.lock = threading.Lock()
         # (nbytes) -> storages of that size, in least-recently-handed-out order (the key order of an OrderedDict
         # of id -> storage, so a hit moves its storage to the end)
         self.by_size: dict[int, OrderedDict] = {}
@@ -114,10 +118,11 @@ def empty(shape, dtype, device, channels_last: bool = False):
         mf = torch.channels_last if channels_last and len(shape) == 4 else (
             torch.channels_last_3d if channels_last and len(shape) == 5 else torch.contiguous_format)
         return torch.empty(shape, dtype=dtype, device=device, memory_format=mf)
-    storage = _pool.take(nbytes)
-    if storage is None:
-        return torch.empty_strided(shape, _strides(shape, channels_last), dtype=dtype, device=device)
-    return torch.empty(0, dtype=dtype).set_(storage, 0, shape, _strides(shape, channels_last))
+    with _pool.lock:
+        storage = _pool.take(nbytes)
+        if storage is not None:
+            return torch.empty(0, dtype=dtype).set_(storage, 0, shape, _strides(shape, channels_last))
+    return torch.empty_strided(shape, _strides(shape, channels_last), dtype=dtype, device=device)
 
 
 def set_pool_limit(nbytes: int) -> None:
@@ -127,21 +132,24 @@ def set_pool_limit(nbytes: int) -> None:
         raise ValueError(f"nbytes: expected an int >= 0, got {nbytes!r}")
     if _pool is None:
         return
-    _pool.limit = nbytes
-    if _pool.bytes > nbytes:
-        _pool._evict(_pool.bytes - nbytes)
+    with _pool.lock:
+        _pool.limit = nbytes
+        if _pool.bytes > nbytes:
+            _pool._evict(_pool.bytes - nbytes)
 
 
 def empty_cache() -> None:
     """Free every pooled storage that no tensor uses (the memory goes back to the allocator)."""
     if _pool is not None:
-        _pool._evict(_pool.bytes + 1)
+        with _pool.lock:
+            _pool._evict(_pool.bytes + 1)
 
 
 def pool_stats() -> dict:
     """{'limit', 'bytes' (pooled, in use or idle), 'idle_bytes', 'storages', 'hits', 'misses'}."""
     if _pool is None:
         return {"limit": 0, "bytes": 0, "idle_bytes": 0, "storages": 0, "hits": 0, "misses": 0}
-    idle = sum(size for size, e in _pool.by_size.items() for s in e.values() if _pool._idle(s))
-    return {"limit": _pool.limit, "bytes": _pool.bytes, "idle_bytes": idle,
-            "storages": sum(len(e) for e in _pool.by_size.values()), "hits": _pool.hits, "misses": _pool.misses}
+    with _pool.lock:
+        idle = sum(size for size, e in _pool.by_size.items() for s in e.values() if _pool._idle(s))
+        return {"limit": _pool.limit, "bytes": _pool.bytes, "idle_bytes": idle,
+                "storages": sum(len(e) for e in _pool.by_size.values()), "hits": _pool.hits, "misses": _pool.misses}

@@ -125,3 +125,38 @@ def test_env_limit():
     bad = subprocess.run([sys.executable, "-c", "import torch; from cellkern import ops"],
                          env={**__import__("os").environ, "CELLKERN_POOL_MB": "lots"}, capture_output=True, text=True)
     assert bad.returncode != 0 and "CELLKERN_POOL_MB" in bad.stderr
+
+
+def test_threads_never_share_a_storage(pool, monkeypatch):
+    # Every thread fills its outputs with its own value and checks them after yielding: a storage handed to two
+    # threads at once would show the other thread's value. The idle check yields the GIL right after it has
+    # decided, which widens the window between "idle" and "taken" that the pool's lock must close.
+    import threading
+    import time
+
+    check = type(pool)._idle
+
+    def slow_idle(self, storage):
+        idle = check(self, storage)
+        time.sleep(0.0005)
+        return idle
+
+    monkeypatch.setattr(type(pool), "_idle", slow_idle)
+    errors = []
+
+    def work(value):
+        x = torch.full(BIG, float(value))
+        for _ in range(30):
+            y = ops.max_pool2d(x, 1)
+            time.sleep(0.0005)
+            if not bool((y == value).all()):
+                errors.append(value)
+            del y
+
+    threads = [threading.Thread(target=work, args=(v,)) for v in range(1, 5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert pool.hits > 0
