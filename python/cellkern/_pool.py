@@ -3,7 +3,7 @@ out again instead of being freed and page-faulted anew.
 
 Why: a training step allocates and frees the same few hundred MB of activations and gradients every step. Fresh
 pages cost the kernel's zeroing and fault handling (measured on the anchor U-Net's step, 4 x 1 x 256^2, 2 threads:
-medians of 889-1217 ms over three runs without the pool, 805-832 ms with it). torch's CPU allocator has no
+medians of 889-1217 ms over four runs without the pool, 805-832 ms over three with it). torch's CPU allocator has no
 cache, so this one lives here, only for cellkern's own outputs.
 
 A pooled storage is reused only when nothing else holds it (the storage's own reference count, which counts
