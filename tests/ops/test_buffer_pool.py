@@ -2,6 +2,7 @@
 and that results (values, gradients, layouts) are those of unpooled outputs."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -119,11 +120,11 @@ def test_evicts_idle_storages_of_other_sizes(pool):
 def test_env_limit():
     code = ("import cellkern, torch; from cellkern import ops; ops.max_pool2d(torch.randn(2, 16, 256, 256), 1); "
             "print(cellkern.pool_stats()['limit'], cellkern.pool_stats()['bytes'])")
-    out = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "CELLKERN_POOL_MB": "0"},
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "CELLKERN_POOL_MB": "0"},
                          capture_output=True, text=True, check=True).stdout.split()
     assert out == ["0", "0"]
     bad = subprocess.run([sys.executable, "-c", "import torch; from cellkern import ops"],
-                         env={**__import__("os").environ, "CELLKERN_POOL_MB": "lots"}, capture_output=True, text=True)
+                         env={**os.environ, "CELLKERN_POOL_MB": "lots"}, capture_output=True, text=True)
     assert bad.returncode != 0 and "CELLKERN_POOL_MB" in bad.stderr
 
 
