@@ -9,7 +9,8 @@ cache, so this one lives here, only for cellkern's own outputs.
 A pooled storage is reused only when nothing else holds it (the storage's own reference count, which counts
 every tensor, view, numpy array and DLPack export of it), so a pooled output never aliases a live tensor. The pool
 keeps at most ``limit`` bytes (default 1 GiB; ``CELLKERN_POOL_MB`` or ``cellkern.set_pool_limit``; 0 turns it
-off); idle storages are evicted, oldest first, to make room, and ``cellkern.empty_cache()`` drops all idle ones.
+off); idle storages are evicted, least recently used first, to make room, and ``cellkern.empty_cache()``
+drops all idle ones.
 """
 from __future__ import annotations
 
@@ -47,21 +48,18 @@ class _Pool:
         # Held from the idle check until the storage is wrapped in a tensor (which raises its use count): two
         # threads must never both see the same storage idle.
         self.lock = threading.Lock()
-        # (nbytes) -> storages of that size, in least-recently-handed-out order (the key order of an OrderedDict
-        # of id -> storage, so a hit moves its storage to the end)
-        self.by_size: dict[int, OrderedDict] = {}
+        self.by_size: dict[int, dict] = {}   # nbytes -> {id: storage} of that size
+        self.order: OrderedDict = OrderedDict()  # id -> nbytes, least recently handed out first
 
     def _idle(self, storage) -> bool:
         return _use_count(storage._cdata) == 1  # the pool's own reference only
 
     def take(self, nbytes: int):
-        entries = self.by_size.get(nbytes)
-        if entries:
-            for key, storage in entries.items():
-                if self._idle(storage):
-                    entries.move_to_end(key)
-                    self.hits += 1
-                    return storage
+        for key, storage in self.by_size.get(nbytes, {}).items():
+            if self._idle(storage):
+                self.order.move_to_end(key)
+                self.hits += 1
+                return storage
         self.misses += 1
         if nbytes > self.limit:
             return None
@@ -70,23 +68,24 @@ class _Pool:
             if self.bytes + nbytes > self.limit:
                 return None  # the pooled storages are in use: this one is not kept
         storage = torch.empty(nbytes, dtype=torch.uint8).untyped_storage()
-        self.by_size.setdefault(nbytes, OrderedDict())[id(storage)] = storage
+        self.by_size.setdefault(nbytes, {})[id(storage)] = storage
+        self.order[id(storage)] = nbytes
         self.bytes += nbytes
         return storage
 
     def _evict(self, need: int) -> None:
-        for size in list(self.by_size):
-            entries = self.by_size[size]
-            for key in [k for k, s in entries.items() if self._idle(s)]:
-                del entries[key]
-                self.bytes -= size
-                need -= size
-                if need <= 0:
-                    break
-            if not entries:
-                del self.by_size[size]
+        """Free idle storages, least recently handed out first, until ``need`` bytes are freed."""
+        for key, size in list(self.order.items()):
             if need <= 0:
                 return
+            entries = self.by_size[size]
+            if not self._idle(entries[key]):
+                continue
+            del entries[key], self.order[key]
+            if not entries:
+                del self.by_size[size]
+            self.bytes -= size
+            need -= size
 
 
 _pool = _Pool(_limit_from_env()) if _use_count is not None else None
@@ -114,15 +113,13 @@ def empty(shape, dtype, device, channels_last: bool = False):
     for s in shape:
         numel *= s
     nbytes = numel * dtype.itemsize
-    if _pool is None or _pool.limit == 0 or nbytes < MIN_BYTES or torch.device(device).type != "cpu":
-        mf = torch.channels_last if channels_last and len(shape) == 4 else (
-            torch.channels_last_3d if channels_last and len(shape) == 5 else torch.contiguous_format)
-        return torch.empty(shape, dtype=dtype, device=device, memory_format=mf)
-    with _pool.lock:
-        storage = _pool.take(nbytes)
-        if storage is not None:
-            return torch.empty(0, dtype=dtype).set_(storage, 0, shape, _strides(shape, channels_last))
-    return torch.empty_strided(shape, _strides(shape, channels_last), dtype=dtype, device=device)
+    strides = _strides(shape, channels_last)
+    if _pool is not None and _pool.limit > 0 and nbytes >= MIN_BYTES and torch.device(device).type == "cpu":
+        with _pool.lock:
+            storage = _pool.take(nbytes)
+            if storage is not None:
+                return torch.empty(0, dtype=dtype).set_(storage, 0, shape, strides)
+    return torch.empty_strided(shape, strides, dtype=dtype, device=device)
 
 
 def set_pool_limit(nbytes: int) -> None:

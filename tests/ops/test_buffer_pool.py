@@ -161,3 +161,19 @@ def test_threads_never_share_a_storage(pool, monkeypatch):
         t.join()
     assert not errors
     assert pool.hits > 0
+
+
+def test_evicts_the_least_recently_used_first(pool):
+    _pool.set_pool_limit(13 << 20)
+    a = ops.max_pool2d(torch.randn(2, 16, 128, 256), 1)  # 4 MiB, handed out first
+    b = ops.max_pool2d(torch.randn(2, 16, 256, 256), 1)  # 8 MiB
+    pa, pb = _ptr(a), _ptr(b)
+    del a, b
+    a = ops.max_pool2d(torch.randn(2, 16, 128, 256), 1)  # the 4 MiB storage again: now the most recent
+    assert _ptr(a) == pa
+    del a
+    c = ops.max_pool2d(torch.randn(2, 16, 64, 256), 1)  # 2 MiB: needs room, the 8 MiB one goes
+    sizes = sorted(st.nbytes() for e in pool.by_size.values() for st in e.values())
+    assert sizes == [2 << 20, 4 << 20]
+    assert pb not in [st.data_ptr() for e in pool.by_size.values() for st in e.values()]
+    del c
