@@ -4,7 +4,7 @@ from importlib import import_module as _import_module
 __version__ = "0.1.0"
 
 # Submodules load on first use: `import cellkern` stays cheap and never imports torch or touches a GPU driver.
-_SUBMODULES = ("ops", "nn", "star", "data", "models", "train", "reference")
+_SUBMODULES = ("ops", "nn", "star", "data", "models", "train", "reference", "predict")
 
 
 def __getattr__(name):

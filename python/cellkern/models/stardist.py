@@ -76,12 +76,12 @@ class _StarDist(torch.nn.Module):
             f = [a * b for a, b in zip(f, (s,) * self.ndim if isinstance(s, int) else s)]
         return tuple(f)
 
-    def input_interval(self, lo, hi, dim):
+    def input_interval(self, lo, hi, dim, numeric=False):
         """The input pixels along ``dim`` that output cells [lo, hi] depend on (a hull), from the layers (stem,
         U-Net, feature convolution, heads)."""
         stem = [block.layers() + [pool] for block, pool in zip(self.stem, self.stem_pool)]
         heads = [m for m in (self.features, self.prob) if m is not None]  # dist: the same 1x1 geometry as prob
-        return input_interval(*stem, self.unet, heads)(lo, hi, dim)
+        return input_interval(*stem, self.unet, heads)(lo, hi, dim, numeric)
 
     def receptive_field(self):
         """The exact :class:`cellkern.nn.unet.ReceptiveField` of an output cell (at input pixel cell * grid)."""

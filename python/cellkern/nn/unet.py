@@ -214,23 +214,24 @@ class UNet(torch.nn.Module):
             x = self.decoder[level](x, skips[level])
         return self.head(x) if self.head is not None else x
 
-    def input_interval(self, lo, hi, dim):
+    def input_interval(self, lo, hi, dim, numeric=False):
         """The input positions along ``dim`` that output positions [lo, hi] can depend on (a hull), walking the
         layers backwards: decoder levels from the output down, where each level's interval is also demanded from
-        the skip, then the encoder back up, taking the hull of the skip's and the deeper path's demands."""
+        the skip, then the encoder back up, taking the hull of the skip's and the deeper path's demands.
+        ``numeric``: the positions that can change the output's rounding (see :func:`layers_back`)."""
         if self.head is not None:
-            lo, hi = layers_back([self.head], lo, hi, dim)
+            lo, hi = layers_back([self.head], lo, hi, dim, numeric)
         skip_demand = []
         for level in range(self.depth):
             block = self.decoder[level]
-            lo, hi = layers_back(block.layers(), lo, hi, dim)
+            lo, hi = layers_back(block.layers(), lo, hi, dim, numeric)
             skip_demand.append((lo, hi))
-            lo, hi = layers_back([block.up], lo, hi, dim)
-        lo, hi = layers_back(self.bottleneck.layers(), lo, hi, dim)
+            lo, hi = layers_back([block.up], lo, hi, dim, numeric)
+        lo, hi = layers_back(self.bottleneck.layers(), lo, hi, dim, numeric)
         for level in reversed(range(self.depth)):
-            lo, hi = layers_back([self.pool], lo, hi, dim)
+            lo, hi = layers_back([self.pool], lo, hi, dim, numeric)
             lo, hi = min(lo, skip_demand[level][0]), max(hi, skip_demand[level][1])
-            lo, hi = layers_back(self.encoder[level].layers(), lo, hi, dim)
+            lo, hi = layers_back(self.encoder[level].layers(), lo, hi, dim, numeric)
         return lo, hi
 
     def receptive_field(self):
@@ -281,14 +282,35 @@ def _geometry(m, dim):
     return None
 
 
-def layers_back(layers, lo, hi, dim):
+WINOGRAD_TILE = 4  # output tile of the CPU kernel's Winograd F(4x4, 3x3) along H and W
+
+
+def _winograd_dim(m, dim):
+    """Whether ``m`` may run on the Winograd path along ``dim``: a 3x3 (in H, W), stride-1, dilation-1 convolution
+    (conservative: the kernel also needs enough channels, which is not checked; a wider hull is still correct)."""
+    if not isinstance(m, torch.nn.modules.conv._ConvNd) or m.transposed:
+        return False
+    nd = len(m.kernel_size)
+    hw = range(nd - 2, nd)
+    return dim in hw and all(m.kernel_size[i] == 3 and m.stride[i] == 1 and m.dilation[i] == 1 for i in hw)
+
+
+def layers_back(layers, lo, hi, dim, numeric=False):
     """Map an interval of output positions of a chain of layers (given in forward order) to the hull of the input
-    positions it reads, on an unbounded grid (zero padding only removes inputs)."""
+    positions it reads, on an unbounded grid (zero padding only removes inputs).
+
+    ``numeric``: the hull of the inputs that can change the outputs' floating-point rounding, not only their
+    value: a Winograd convolution computes each 4x4 output tile (tiles start at output 0) from the whole 6x6
+    input tile, so the interval is first widened to whole tiles. Tiled inference crops halos this wide to be
+    bit-equal to a whole-image run."""
     for m in reversed(list(layers)):
         g = _geometry(m, dim)
         if g is None:
             continue
         transposed, k, s, p, d = g
+        if numeric and _winograd_dim(m, dim):
+            t = WINOGRAD_TILE
+            lo, hi = lo - lo % t, hi - hi % t + t - 1
         if not transposed:
             # y[i] reads x[i*s - p + j*d], j = 0 .. k-1
             lo, hi = lo * s - p, hi * s - p + (k - 1) * d
@@ -301,12 +323,12 @@ def layers_back(layers, lo, hi, dim):
 
 
 def input_interval(*stages):
-    """An input_interval(lo, hi, dim) function for stages run in order; a stage is a module with its own
-    ``input_interval`` or a list of plain layers."""
-    def walk(lo, hi, dim):
+    """An input_interval(lo, hi, dim, numeric=False) function for stages run in order; a stage is a module with its
+    own ``input_interval`` or a list of plain layers."""
+    def walk(lo, hi, dim, numeric=False):
         for stage in reversed(stages):
-            lo, hi = stage.input_interval(lo, hi, dim) if hasattr(stage, "input_interval") else \
-                layers_back(stage, lo, hi, dim)
+            lo, hi = stage.input_interval(lo, hi, dim, numeric) if hasattr(stage, "input_interval") else \
+                layers_back(stage, lo, hi, dim, numeric)
         return lo, hi
     return walk
 
