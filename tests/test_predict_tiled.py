@@ -106,3 +106,15 @@ def test_bad_image_and_output_write_nothing():
     with pytest.raises(ValueError, match="out"):
         predict_tiled(net, np.zeros((1, 64, 64), np.float32), out=out)
     assert (out == 7).all()
+
+
+def test_probe_leaves_batch_norm_statistics_alone():
+    torch.manual_seed(0)
+    net = UNet(2, 1, 1, depth=2, base_channels=8, batch_norm=True)  # left in training mode on purpose
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    img = np.random.default_rng(6).random((1, 100, 90), dtype=np.float32)
+    out = predict_tiled(net, img)
+    assert net.training
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    np.testing.assert_array_equal(out, predict_whole(net, img))

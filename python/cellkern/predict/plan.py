@@ -98,10 +98,13 @@ def estimate_bytes_per_pixel(model, dtype=torch.float32):
     handles = [m.register_forward_hook(hook) for m in leaves]
     p = next(model.parameters())
     channels = getattr(model, "in_channels", None) or model.config.n_channel_in
+    was_training = model.training
+    model.eval()  # the probe must not move batch-norm statistics
     try:
         with torch.no_grad():
             model(torch.zeros((1, channels) + probe, dtype=dtype, device=p.device))
     finally:
+        model.train(was_training)
         for h in handles:
             h.remove()
     return total[0] / 2 / math.prod(probe)
