@@ -131,7 +131,7 @@ def plan_tiles(model, shape, tile_size=None, memory_budget=None, batch_size=1):
         return model.input_interval(c0, c1 - 1, d, numeric=True)
 
     # the halo a core needs (phase-independent once the core starts on the alignment)
-    need = [(-interval(0, align[d], d)[0], interval(0, align[d], d)[1] - align[d] + 1) for d in range(nd)]
+    need = [(-lo, hi - a + 1) for a, (lo, hi) in ((a, interval(0, a, d)) for d, a in enumerate(align))]
     rf = model.receptive_field()
     if tile_size is None:
         budget = DEFAULT_BUDGET if memory_budget is None else memory_budget

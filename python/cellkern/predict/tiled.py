@@ -48,9 +48,7 @@ def _read(image, ranges, spatial):
     the hull of the source positions, then a gather only on axes that run past the image."""
     idx = [_reflect(np.arange(a, b), s) for (a, b), s in zip(ranges, spatial)]
     hull = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
-    block = np.asarray(image[(slice(None),) + hull])
-    if hasattr(block, "compute"):  # a dask array slice
-        block = block.compute()
+    block = np.asarray(image[(slice(None),) + hull])  # computes a dask slice, reads a zarr one
     for d, (i, h) in enumerate(zip(idx, hull)):
         if not (len(i) == h.stop - h.start and i[0] == h.start and np.all(np.diff(i) == 1)):
             block = np.take(block, i - h.start, axis=d + 1)
