@@ -54,17 +54,19 @@ void bind_star(py::module_& m) {
   m.def(
       "star_polygons_to_label",
       [](py::handle dist, py::handle points, py::handle trig, py::handle order, double sy, double sx, py::handle coord,
-         py::handle labels, bool emu, uintptr_t stream) {
+         py::handle labels, int64_t origin_y, int64_t origin_x, bool emu, uintptr_t stream) {
         Keepalive keep;
         TensorView dv = view(dist, "dist", keep), pv = view(points, "points", keep), tv = view(trig, "trig", keep),
                    ov = view(order, "order", keep), cv = view(coord, "coord", keep), lv = view(labels, "labels", keep);
         ensure_backend(dv, emu);
         py::gil_scoped_release nogil;
-        polygons_to_label(dv, pv, tv, ov, sy, sx, cv, lv, emu, reinterpret_cast<void*>(stream));
+        polygons_to_label(dv, pv, tv, ov, sy, sx, cv, lv, origin_y, origin_x, emu, reinterpret_cast<void*>(stream));
       },
       py::arg("dist"), py::arg("points"), py::arg("trig"), py::arg("order"), py::arg("scale_y"), py::arg("scale_x"),
-      py::arg("coord"), py::arg("labels"), py::arg("emu") = false, py::arg("stream") = 0,
-      "Paint polygons in `order` into the zeroed int32 labels (label i + 1 for polygon i).");
+      py::arg("coord"), py::arg("labels"), py::arg("origin_y") = 0, py::arg("origin_x") = 0, py::arg("emu") = false,
+      py::arg("stream") = 0,
+      "Paint polygons in `order` into the zeroed int32 labels (label i + 1 for polygon i); labels[0, 0] is image "
+      "pixel (origin_y, origin_x).");
   m.def(
       "star_nms_candidates",
       [](py::handle prob, double thresh, int64_t y0, int64_t y1, int64_t x0, int64_t x1, py::handle cand) {

@@ -237,7 +237,7 @@ void dist_to_coord(const TensorView& dist, const TensorView& points, const Tenso
 
 void polygons_to_label(const TensorView& dist, const TensorView& points, const TensorView& trig,
                        const TensorView& order, double scale_y, double scale_x, const TensorView& coord,
-                       const TensorView& labels, bool use_emu, void* stream) {
+                       const TensorView& labels, int64_t origin_y, int64_t origin_x, bool use_emu, void* stream) {
   PolyArgs a = poly_args(dist, points, trig, scale_y, scale_x, coord);
   const int64_t so[1] = {a.n};
   check_in(order, "order", DType::i64, so, 1, dist, "dist");
@@ -250,6 +250,11 @@ void polygons_to_label(const TensorView& dist, const TensorView& points, const T
   a.H = labels.shape[0];
   a.W = labels.shape[1];
   a.labels = labels.ptr<int32_t>();
+  CK_CHECK_VALUE(origin_y >= 0 && origin_x >= 0, "origin: must be non-negative, got (", origin_y, ", ", origin_x, ")");
+  CK_CHECK_VALUE(origin_y <= (int64_t(1) << 52) - a.H && origin_x <= (int64_t(1) << 52) - a.W,
+                 "origin: the window must end below 2^52 (pixel centres exact in float64)");
+  a.origin[0] = origin_y;
+  a.origin[1] = origin_x;
   Backend b = pick_backend(dist, use_emu);
   if (a.H == 0 || a.W == 0) return;
   if (b == Backend::cpu)

@@ -77,6 +77,8 @@ struct PolyArgs {
   // polygons_to_label
   const int64_t* order = nullptr;  // (n,) paint order: ascending prob, stable; polygon order[r] has priority r
   int64_t H = 0, W = 0;
+  int64_t origin[2] = {0, 0};      // image coordinates of labels[0, 0]: a window of a larger image, painted as that
+                                   // image would be (vertices and the pixel rule stay in image coordinates)
   int32_t* labels = nullptr;       // (H, W) output; label of polygon i is i + 1
   int device = 0;
 };
@@ -140,7 +142,7 @@ void dist_to_coord(const TensorView& dist, const TensorView& points, const Tenso
                    double scale_x, const TensorView& coord, bool use_emu, void* stream);
 void polygons_to_label(const TensorView& dist, const TensorView& points, const TensorView& trig,
                        const TensorView& order, double scale_y, double scale_x, const TensorView& coord,
-                       const TensorView& labels, bool use_emu, void* stream);
+                       const TensorView& labels, int64_t origin_y, int64_t origin_x, bool use_emu, void* stream);
 
 // Candidates: cells with prob > thresh inside the border window [y0, y1) x [x0, x1), in descending prob order
 // (stable: raster order breaks ties). Returns the count; with cand.ndim == 0 it only counts.

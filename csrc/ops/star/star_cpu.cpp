@@ -350,8 +350,9 @@ struct Crossing {
 // One row of one polygon with skimage's rule (star::pixel_in_polygon), computed from the few edges that cross
 // the row: a pixel farther than 1e-6 from a crossing is decided by the crossing's position (the formula's
 // rounding error is below 1e-10 for coordinates under 1e5), nearer ones by skimage's formula itself.
-void raster_row(const float* r, const float* c, int n, int64_t py, int64_t c0, int64_t c1, int32_t label,
-                int32_t* row, std::vector<Crossing>& cr) {
+// py: the row in image coordinates; c0..c1: columns of `row`, at image coordinates ox + c0..ox + c1.
+void raster_row(const float* r, const float* c, int n, int64_t py, int64_t ox, int64_t c0, int64_t c1,
+                int32_t label, int32_t* row, std::vector<Crossing>& cr) {
   cr.clear();
   const double Y = double(py), eps = 1e-12, delta = 1e-6;
   bool vertex_on_row = false;
@@ -370,7 +371,7 @@ void raster_row(const float* r, const float* c, int n, int64_t py, int64_t c0, i
   }
   if (cr.empty() && !vertex_on_row) return;
   for (int64_t px = c0; px <= c1; ++px) {
-    const double X0 = double(px);
+    const double X0 = double(px + ox);
     bool right = false, left = false;
     for (const Crossing& e : cr) {
       bool pos, neg;
@@ -436,8 +437,8 @@ void polygons_to_label_cpu(const PolyArgs& a) {
   parallel_for(a.n, std::max<int64_t>(256, kSerialWork / (16 * a.n_rays)), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const float* r = a.coord + i * 2 * n;
-      star::raster_range(r, n, a.H, r0[i], r1[i]);
-      star::raster_range(r + n, n, a.W, c0[i], c1[i]);
+      star::raster_range(r, n, a.origin[0], a.H, r0[i], r1[i]);
+      star::raster_range(r + n, n, a.origin[1], a.W, c0[i], c1[i]);
     }
   });
   constexpr int64_t kBand = 16;
@@ -463,7 +464,8 @@ void polygons_to_label_cpu(const PolyArgs& a) {
         const int64_t i = items[t];
         const float* r = a.coord + i * 2 * n;
         for (int64_t y = std::max(y0, r0[i]); y < std::min(y1, r1[i] + 1); ++y)
-          raster_row(r, r + n, n, y, c0[i], c1[i], int32_t(i + 1), a.labels + y * a.W, cr);
+          raster_row(r, r + n, n, y + a.origin[0], a.origin[1], c0[i], c1[i], int32_t(i + 1), a.labels + y * a.W,
+                     cr);
       }
     }
   });

@@ -117,13 +117,13 @@ __global__ void paint_kernel(PolyArgs a) {
     const float* rr = a.coord + i * 2 * a.n_rays;
     const float* cc = rr + a.n_rays;
     int64_t r0, r1, c0, c1;
-    star::raster_range(rr, a.n_rays, a.H, r0, r1);
-    star::raster_range(cc, a.n_rays, a.W, c0, c1);
+    star::raster_range(rr, a.n_rays, a.origin[0], a.H, r0, r1);
+    star::raster_range(cc, a.n_rays, a.origin[1], a.W, c0, c1);
     if (r1 < r0 || c1 < c0) continue;
     const int64_t w = c1 - c0 + 1, total = (r1 - r0 + 1) * w;
     for (int64_t p = threadIdx.x; p < total; p += blockDim.x) {
       const int64_t y = r0 + p / w, x = c0 + p % w;
-      if (star::pixel_in_polygon(rr, cc, a.n_rays, double(y), double(x)))
+      if (star::pixel_in_polygon(rr, cc, a.n_rays, double(y + a.origin[0]), double(x + a.origin[1])))
         atomicMax(a.labels + y * a.W + x, int32_t(r + 1));
     }
   }

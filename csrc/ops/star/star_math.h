@@ -784,8 +784,10 @@ CK_HD bool pixel_in_polygon(const float* r, const float* c, int n, double py, do
   return right || left;
 }
 
-// skimage's bounding range of rows/cols tested: [max(0, int(min)), min(size - 1, ceil(max))], int() truncating.
-CK_HD void raster_range(const float* v, int n, int64_t size, int64_t& lo, int64_t& hi) {
+// skimage's bounding range of rows/cols tested, [max(0, int(min)), min(size - 1, ceil(max))] (int() truncating),
+// for a window of `size` pixels starting at image coordinate `origin` >= 0: the same range intersected with the
+// window, returned in window coordinates.
+CK_HD void raster_range(const float* v, int n, int64_t origin, int64_t size, int64_t& lo, int64_t& hi) {
   double mn = double(v[0]), mx = double(v[0]);
   for (int i = 1; i < n; ++i) {
     mn = dmin(mn, double(v[i]));
@@ -795,9 +797,11 @@ CK_HD void raster_range(const float* v, int n, int64_t size, int64_t& lo, int64_
   mn = dmax(-big, dmin(big, mn));
   mx = dmax(-big, dmin(big, mx));
   lo = int64_t(std::trunc(mn));
-  if (lo < 0) lo = 0;
+  if (lo < origin) lo = origin;
   hi = int64_t(std::ceil(mx));
-  if (hi > size - 1) hi = size - 1;
+  if (hi > origin + size - 1) hi = origin + size - 1;
+  lo -= origin;
+  hi -= origin;
 }
 
 // dist_to_coord for one vertex, in StarDist's float32 rounding steps: offset = f32(d * trig), then

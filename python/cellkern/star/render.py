@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numbers
+import operator
 
 import numpy as np
 
@@ -63,7 +64,7 @@ def dist_to_coord(dist, points, scale_dist=(1, 1)):
     return coord
 
 
-def polygons_to_label(dist, points, *args, prob=None, shape=None, thr=-np.inf, scale_dist=(1, 1)):
+def polygons_to_label(dist, points, *args, prob=None, shape=None, thr=-np.inf, scale_dist=(1, 1), origin=(0, 0)):
     """Rasterise star-convex polygons into an int32 label image of ``shape`` (StarDist's ``polygons_to_label``).
 
     ``dist (n_polys, n_rays)``, ``points (n_polys, 2)`` (pixel centres, (row, col)), ``prob (n_polys,)`` or None.
@@ -75,6 +76,10 @@ def polygons_to_label(dist, points, *args, prob=None, shape=None, thr=-np.inf, s
     * where polygons overlap the higher probability wins (ties: the later one in input order);
     * a pixel belongs to a polygon when its centre is inside or on the boundary (``skimage.draw.polygon``'s rule)
       of the float32 vertices of :func:`dist_to_coord`.
+
+    ``origin (oy, ox)``: the result is the window ``[oy, oy + H) x [ox, ox + W)`` of the label image an origin of
+    (0, 0) would paint over a larger image, pixel for pixel (``points`` stay in image coordinates; the vertices
+    and skimage's rule are evaluated there, so block-wise rendering of a big image equals the whole one).
 
     numpy arrays or torch tensors (CPU or CUDA); returns the same kind. Raises ValueError for non-finite
     coordinates of kept polygons.
@@ -104,6 +109,12 @@ def polygons_to_label(dist, points, *args, prob=None, shape=None, thr=-np.inf, s
         raise ValueError(f"shape: expected (H, W), got {shape!r}") from None
     if H < 0 or W < 0:
         raise ValueError(f"shape: must be non-negative, got {shape!r}")
+    try:
+        oy, ox = (operator.index(v) for v in origin)
+    except (TypeError, ValueError):
+        raise ValueError(f"origin: expected 2 ints (oy, ox), got {origin!r}") from None
+    if oy < 0 or ox < 0:
+        raise ValueError(f"origin: must be non-negative, got {origin!r}")
     D, P = _polys(dist, points)
     sy, sx = _scale(scale_dist)
     n = int(D.shape[0])
@@ -138,7 +149,7 @@ def polygons_to_label(dist, points, *args, prob=None, shape=None, thr=-np.inf, s
     coord = _p.new_empty((int(D.shape[0]), 2, int(D.shape[1])), np.float32, D)
     trig = _p.to_device(_p.trig_table(int(D.shape[1])), D)
     _C.star_polygons_to_label(_p.dlp(D), _p.dlp(P), _p.dlp(trig), _p.dlp(order), sy, sx, _p.dlp(coord),
-                              _p.dlp(labels), _p.emu_for(D), _p.stream_for(D))
+                              _p.dlp(labels), oy, ox, _p.emu_for(D), _p.stream_for(D))
     return labels
 
 
