@@ -94,3 +94,48 @@ def test_quick_demo(tmp_path, capsys):
 def test_python_dash_m():
     r = subprocess.run([sys.executable, "-m", "cellkern", "info"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "cellkern" in r.stdout and "cuda:" in r.stdout
+
+
+@pytest.mark.parametrize("suffix_in,suffix_out", [(".tif", ".zarr"), (".npy", ".tif"), (".zarr", ".npy")])
+def test_predict_big_image(tmp_path, capsys, suffix_in, suffix_out):
+    """`cellkern predict`: block by block, from and to each format, the labels of segmenting the image whole."""
+    zarr = pytest.importorskip("zarr")
+    import torch
+
+    torch.manual_seed(0)
+    model = StarDist2D(n_rays=8, grid=(2, 2), unet_depth=2, unet_base_channels=8, net_conv_after_unet=16)
+    with torch.no_grad():
+        model.dist.bias.fill_(12.0)
+        model.prob.weight.mul_(100)
+    image, _ = synthetic_nuclei((300, 280), 30, seed=3)
+    prob, _ = model.predict(image)
+    model.thresholds = {"prob": float(np.percentile(prob, 80)), "nms": 0.4}
+    model.save(tmp_path / "model")
+    src, dst = tmp_path / ("in" + suffix_in), tmp_path / ("labels" + suffix_out)
+    if suffix_in == ".tif":
+        tifffile.imwrite(src, image)
+    elif suffix_in == ".npy":
+        np.save(src, image)
+    else:
+        zarr.create_array(src, shape=image.shape, chunks=(100, 100), dtype=image.dtype)[:] = image
+    main(["predict", str(src), "--model", str(tmp_path / "model"), "--out", str(dst), "--block-size", "128",
+          "--no-progress"])
+    text = capsys.readouterr().out
+    got = {".tif": tifffile.imread, ".npy": np.load, ".zarr": lambda p: zarr.open_array(p, mode="r")[:]}[suffix_out](dst)
+    expect, _ = model.predict_instances(image)
+    assert expect.max() > 10
+    np.testing.assert_array_equal(got, expect)
+    assert f"{expect.max()} objects" in text and "9 blocks of 128x128" in text and "peak memory" in text
+    assert not (tmp_path / ("labels" + suffix_out + ".run.zarr")).exists()  # the intermediate store is removed
+
+
+def test_predict_bad_input(tmp_path, capsys):
+    StarDist2D(n_rays=8, grid=(2, 2), unet_depth=1, unet_base_channels=8, net_conv_after_unet=0).save(tmp_path / "m")
+    np.save(tmp_path / "x.npy", np.zeros((64, 64), np.float32))
+    for argv, message in ((["predict", str(tmp_path / "x.npy"), "--out", str(tmp_path / "y.png")], "OUT: expected"),
+                          (["predict", str(tmp_path / "nope.npy"), "--out", str(tmp_path / "y.npy")], "no such file"),
+                          (["predict", str(tmp_path / "x.npy"), "--out", str(tmp_path / "y.npy"), "--block-size",
+                            "30"], "multiple")):
+        with pytest.raises(SystemExit):
+            main(argv + ["--model", str(tmp_path / "m")])
+        assert message in capsys.readouterr().err

@@ -60,10 +60,26 @@ def test_tiled_into_memmap(tmp_path):
     np.testing.assert_array_equal(np.asarray(out), whole)
 
 
-def test_stardist_not_supported_yet():
-    model = StarDist2D(n_rays=8, grid=(2, 2), unet_depth=2, unet_base_channels=8)
-    with pytest.raises(TypeError, match="UNet"):
-        predict_tiled(model, np.zeros((1, 64, 64), np.float32))
+@pytest.mark.parametrize("shape,tile", [((333, 215), 128), ((130, 64), 128)])
+def test_stardist_tiled_bit_equal(shape, tile):
+    """StarDist's outputs live on its grid: (1 + n_rays) channels of ceil(size / grid) cells."""
+    torch.manual_seed(0)
+    model = StarDist2D(n_rays=8, grid=(2, 2), unet_depth=2, unet_base_channels=8, net_conv_after_unet=16).eval()
+    img = np.random.default_rng(6).random((1,) + shape, dtype=np.float32)
+    whole = predict_whole(model, img)
+    assert whole.shape == (9, -(-shape[0] // 2), -(-shape[1] // 2))
+    np.testing.assert_array_equal(predict_tiled(model, img, tile), whole)
+    # the same numbers as the model's own forward on the padded image
+    x = np.pad(img, [(0, 0)] + [(0, -s % f) for s, f in zip(shape, model.downsampling_factor)], mode="reflect")
+    with torch.no_grad():
+        logit, dist = model(torch.from_numpy(x[None]))
+    ref = torch.cat([logit, dist], 1)[0].numpy()
+    np.testing.assert_array_equal(whole, ref[:, :whole.shape[1], :whole.shape[2]])
+
+
+def test_not_a_model():
+    with pytest.raises(TypeError, match="model"):
+        predict_tiled(torch.nn.Identity(), np.zeros((1, 64, 64), np.float32))
 
 
 def test_memory_budget_picks_tiles():

@@ -1,4 +1,4 @@
-"""`cellkern train | segment | evaluate | demo | info`: the command-line entry points."""
+"""`cellkern train | segment | predict | evaluate | demo | info`: the command-line entry points."""
 from __future__ import annotations
 
 import argparse
@@ -152,6 +152,118 @@ def _segment(args) -> None:
                      [(labels, "prediction", "tab:orange")])
 
 
+def _open_input(path):
+    """A big image without reading it: .npy memory-mapped, .zarr opened, .tif/.tiff through tifffile's zarr view
+    (memory-mapped when the file allows it)."""
+    import numpy as np
+
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if not p.exists():
+        raise FileNotFoundError(f"IN: no such file or folder: {p}")
+    if suffix == ".npy":
+        return np.load(p, mmap_mode="r")
+    if suffix == ".zarr":
+        import zarr
+
+        return zarr.open_array(p, mode="r")
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            return tifffile.memmap(p, mode="r")
+        except ValueError:  # compressed or tiled: read through its zarr view, one block at a time
+            import zarr
+
+            return zarr.open_array(tifffile.imread(p, aszarr=True), mode="r")
+    raise ValueError(f"IN: expected a .tif, .tiff, .npy or .zarr image, got {p}")
+
+
+def _open_output(path, shape, block):
+    """Where the labels go: a zarr array chunked by block or a memory-mapped .npy (both persistent, so an
+    interrupted run resumes), or None for a .tif (written at the end)."""
+    import numpy as np
+
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix == ".zarr":
+        import zarr
+
+        if p.exists():
+            z = zarr.open_array(p, mode="r+")
+            if tuple(z.shape) != tuple(shape) or np.dtype(z.dtype) != np.uint32:
+                raise ValueError(f"OUT: {p} exists with shape {tuple(z.shape)} and dtype {z.dtype}, not {shape} "
+                                 f"uint32: remove it or give another path")
+            return z
+        return zarr.create_array(p, shape=shape, chunks=tuple(min(b, s) for b, s in zip(block, shape)),
+                                 dtype=np.uint32, fill_value=0)
+    if suffix == ".npy":
+        if p.exists():
+            m = np.load(p, mmap_mode="r+")
+            if m.shape == tuple(shape) and m.dtype == np.uint32:
+                return m
+        return np.lib.format.open_memmap(p, mode="w+", dtype=np.uint32, shape=tuple(shape))
+    if suffix in (".tif", ".tiff"):
+        return None
+    raise ValueError(f"OUT: expected a .tif, .tiff, .npy or .zarr path, got {p}")
+
+
+def _predict(args) -> None:
+    import resource
+
+    import numpy as np
+
+    _set_threads(args.threads)
+    model = load_model(args.model)
+    image = _open_input(args.image)
+    spatial = tuple(image.shape[:model.ndim])
+    if args.block_size is None:
+        from .predict import plan_tiles
+
+        block = plan_tiles(model, spatial).core
+    else:
+        block = (args.block_size,) * model.ndim
+    out_path = Path(args.out)
+    out = _open_output(out_path, spatial, block)
+    store = args.store or str(out_path.with_name(out_path.name + ".run.zarr"))
+    client = cluster = None
+    if args.workers and args.scheduler:
+        raise ValueError("give --workers or --scheduler, not both")
+    if args.workers:
+        from distributed import Client, LocalCluster
+
+        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=args.threads or 1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+    scheduler = client if client is not None else args.scheduler
+    t0 = time.perf_counter()
+    try:
+        labels, details = model.predict_instances_big(image, block, prob_thresh=args.prob_thresh,
+                                                      nms_thresh=args.nms_thresh, out=out, store=store,
+                                                      scheduler=scheduler, threads=args.threads,
+                                                      progress=not args.no_progress)
+    finally:
+        if client is not None:
+            client.close()
+            cluster.close()
+    if out is None:
+        import tifffile
+
+        tifffile.imwrite(out_path, labels, compression="zlib")
+    elif isinstance(out, np.memmap):
+        out.flush()
+    if not args.keep_store:
+        import shutil
+
+        shutil.rmtree(store, ignore_errors=True)
+    st = details["stats"]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    print(f"{args.image}: {len(details['prob'])} objects in {time.perf_counter() - t0:.1f} s, {st['blocks']} blocks "
+          f"of {'x'.join(map(str, block))} ({st['predicted_before']} predicted and {st['rendered_before']} "
+          f"labelled by an earlier run, {st['nms_rounds']} NMS rounds), peak memory {peak:.2f} GB (this process) "
+          f"-> {out_path}")
+
+
 def _evaluate(args) -> None:
     from .star import matching_dataset
     from .train import read_array
@@ -303,6 +415,26 @@ def _parser():
     s.add_argument("--threads", type=int)
     s.set_defaults(fn=_segment)
 
+    pr = sub.add_parser("predict", help="segment an image of any size block by block (exact, resumable, on dask)",
+                        description="Instances of a big image with a trained StarDist2D, block by block, equal to "
+                                    "segmenting it whole. IN and OUT: .tif/.tiff, .npy or .zarr. An interrupted run "
+                                    "resumes from OUT's run store (OUT.run.zarr) when run again with the same "
+                                    "arguments.")
+    pr.add_argument("image", metavar="IN", help="image (.tif/.tiff, .npy or .zarr; (Y, X) or (Y, X, C))")
+    pr.add_argument("--model", required=True, help="folder of a saved model (cellkern train --out)")
+    pr.add_argument("--out", required=True, help="label image to write (.tif/.tiff, .npy or .zarr; uint32)")
+    pr.add_argument("--block-size", type=int, help="block core in pixels, a multiple of the model's alignment "
+                                                   "(default: from a 256 MiB activation budget)")
+    pr.add_argument("--workers", type=int, help="run the blocks on a local dask cluster of N worker processes")
+    pr.add_argument("--scheduler", help="run the blocks on the dask.distributed scheduler at this address")
+    pr.add_argument("--store", help="zarr group for the intermediate prediction (default OUT.run.zarr)")
+    pr.add_argument("--keep-store", action="store_true", help="keep the intermediate store after a finished run")
+    pr.add_argument("--prob-thresh", type=float, help="default: the model's")
+    pr.add_argument("--nms-thresh", type=float, help="default: the model's")
+    pr.add_argument("--threads", type=int, help="CPU threads (per worker with --workers)")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bars")
+    pr.set_defaults(fn=_predict)
+
     e = sub.add_parser("evaluate", help="F1 / AP at IoU 0.5 of a trained model on labelled images")
     e.add_argument("images", nargs="?")
     e.add_argument("masks", nargs="?")
@@ -332,7 +464,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     try:
         args.fn(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError, NotImplementedError) as e:
         # bad input: one clear line, not a traceback (CELLKERN_DEBUG=1 shows it)
         if os.environ.get("CELLKERN_DEBUG"):
             raise

@@ -174,9 +174,9 @@ class _StarDist(torch.nn.Module):
         finally:
             self.train(was_training)
         crop = tuple(slice(0, -(-s // g)) for s, g in zip(spatial, self.config.grid))
-        prob = torch.sigmoid(logit[0, 0])[crop].float().cpu().numpy()
+        prob = sigmoid(logit[0, 0][crop].float().cpu().numpy())
         dist = dist[0][(slice(None),) + crop].float().cpu().numpy()
-        return prob, np.maximum(np.moveaxis(dist, 0, -1), np.float32(1e-3))
+        return prob, clip_dist(np.moveaxis(dist, 0, -1))
 
     def predict_instances(self, image, prob_thresh=None, nms_thresh=None, normalize=True):
         """Instance labels of an image: :meth:`predict`, then non-maximum suppression of the candidates
@@ -187,6 +187,43 @@ class _StarDist(torch.nn.Module):
         x = self._image(image)
         prob, dist = self._predict(x, normalize)
         return self.instances_from_prediction(prob, dist, x.shape[1:], prob_thresh, nms_thresh)
+
+    def predict_instances_big(self, image, block_size, prob_thresh=None, nms_thresh=None, normalize=True, out=None,
+                              store=None, scheduler=None, threads=None, progress=False):
+        """:meth:`predict_instances` of an image too big for memory, block by block, with **the same labels** (the
+        same ids) for objects of any size. Returns ``(labels, details)``: ``labels`` is ``out`` (or a new uint32
+        numpy array; uint64 when the ids need it), ``details`` holds ``points`` and ``prob`` of the objects in id
+        order and ``stats`` (blocks computed / reused per stage, NMS rounds, seconds).
+
+        ``image``: numpy, memory-mapped, zarr or dask array, ``(*spatial)`` or ``(*spatial, C)``; read one block
+        (plus its halo) at a time. ``block_size``: the block core in pixels (int or per axis), a multiple of
+        :func:`cellkern.predict.alignment` and at least the receptive field. ``normalize``: percentiles of the
+        whole image (exact, streamed over blocks: :func:`cellkern.data.normalize.percentiles`), then each block
+        normalised with them. ``out``: an array to write the labels into (numpy, memmap or zarr; uint32, uint64
+        or int64). ``store``: a zarr group path for the intermediate prediction and the per-block progress
+        (default: a temporary directory, removed at the end); a re-run with the same store, model, image shape,
+        block size, thresholds and normalisation after an interruption recomputes only the blocks not yet done
+        (the labels too when ``out`` is the same zarr array or memory-mapped file). ``scheduler``: None (this
+        process), a ``distributed.Client`` or a scheduler address: every block task then runs on the cluster
+        (the store and a zarr ``out`` must be reachable by the workers). ``threads``: torch / cellkern threads in
+        each task. ``progress``: tqdm bars per stage.
+
+        How the labels stay exact: (1) the network runs per block on a tile whose halo covers its numeric
+        receptive field (:mod:`cellkern.predict`: bit-equal to the whole image); (2) every block lists its
+        candidates (prob > prob_thresh, 2 cells from the image border) and the largest distance ``rmax`` among
+        all candidates gives the reach beyond which two centres cannot overlap (``2 rmax``); (3) each block runs
+        the NMS on its window (core plus the reach), with the window's candidates outside its core that the other
+        blocks' current decisions suppress taken out, and decides its core; blocks whose taken-out set changed
+        run again, until no decision changes. Any such fixed point is the global greedy result (by induction on
+        the probability rank: a window then holds exactly the globally kept higher-ranked neighbours of each of
+        its core candidates), and every round fixes at least the next rank, so it ends; in practice after 2-3
+        rounds. (4) ids are ranks in descending probability (ties: raster order), as the whole image numbers
+        them; (5) each block paints the kept objects whose centres lie within reach, in global order, into its
+        pixels (:func:`cellkern.star.polygons_to_label` with an origin). 2D models only."""
+        from ..predict.instances import predict_instances_big
+
+        return predict_instances_big(self, image, block_size, prob_thresh, nms_thresh, normalize, out, store,
+                                     scheduler, threads, progress)
 
     def instances_from_prediction(self, prob, dist, shape=None, prob_thresh=None, nms_thresh=None):
         """The decoding step of :meth:`predict_instances` on a prediction ``(prob, dist)`` in :meth:`predict`'s
@@ -271,6 +308,18 @@ class StarDist3D(_StarDist):
 
         return decode3d(prob, dist, self.rays, self.config.grid, prob_thresh, nms_thresh, shape,
                         anisotropy=self.config.anisotropy)
+
+
+def sigmoid(logit):
+    """The probability of a logit, float32. In float64 through numpy, elementwise: the value of a cell never
+    depends on where it sits in the array (torch's vectorised CPU sigmoid and its scalar tail can differ in the
+    last bit), so big images predicted block by block get exactly the whole image's probabilities."""
+    return (1.0 / (1.0 + np.exp(-np.asarray(logit, np.float64)))).astype(np.float32)
+
+
+def clip_dist(dist):
+    """Distances clipped below at 1e-3 (as StarDist: a polygon never collapses to its centre)."""
+    return np.maximum(dist, np.float32(1e-3))
 
 
 def _config(config, overrides, ndim, cls_name):

@@ -11,7 +11,7 @@ import torch
 
 from ..nn.unet import WINOGRAD_TILE
 
-__all__ = ["TilePlan", "plan_tiles", "alignment", "estimate_bytes_per_pixel"]
+__all__ = ["TilePlan", "plan_tiles", "alignment", "estimate_bytes_per_pixel", "output_spec"]
 
 DEFAULT_BUDGET = 256 << 20  # bytes of activations per batch of tiles when neither tile_size nor a budget is given
 
@@ -20,7 +20,8 @@ DEFAULT_BUDGET = 256 << 20  # bytes of activations per batch of tiles when neith
 class TilePlan:
     """Tiles over an image of ``shape`` (spatial), run as if it were reflect-padded at the end to ``padded``.
 
-    Per axis ``d``: cores ``[k * core[d], min((k + 1) * core[d], shape[d]))`` partition the image; the tile of a core
+    Per axis ``d``: cores ``[k * core[d], min((k + 1) * core[d], shape[d]))`` partition the image (their outputs:
+    the cells ``[c0 / grid, ceil(c1 / grid))`` of a model predicting on a coarser ``grid``); the tile of a core
     is the input range ``[a, b)`` of the padded image that holds every input that can change the core's outputs,
     even in their rounding (:meth:`cellkern.nn.UNet.input_interval` with ``numeric=True``), widened so that ``a``
     is a multiple of ``align[d]`` (the down-sampling factor, times the Winograd tile on the axes it tiles: then
@@ -33,6 +34,7 @@ class TilePlan:
     core: tuple
     align: tuple
     factor: tuple
+    grid: tuple
     axes: tuple  # per axis: [(core_lo, core_hi, tile_lo, tile_hi), ...]
 
     @property
@@ -60,6 +62,20 @@ def _spatial_dims(model):
         raise TypeError("model: expected a cellkern.nn.UNet or a model with ndim, downsampling_factor and "
                         "input_interval (cellkern.models.StarDist2D/3D)")
     return nd
+
+
+def output_spec(model):
+    """``(channels, grid)`` of the model's output: a U-Net has ``output_channels`` per input pixel; a StarDist
+    model has 1 + n_rays channels (probability logit, then the distances, concatenated) per cell of its
+    ``config.grid``."""
+    nd = _spatial_dims(model)
+    channels = getattr(model, "output_channels", None)
+    if channels is not None:
+        return int(channels), (1,) * nd
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "n_rays", None) and getattr(config, "grid", None):
+        return 1 + int(config.n_rays), tuple(int(g) for g in config.grid)
+    raise TypeError(f"model: expected a cellkern.nn.UNet or a StarDist model, got {type(model).__name__}")
 
 
 def alignment(model):
@@ -127,8 +143,10 @@ def plan_tiles(model, shape, tile_size=None, memory_budget=None, batch_size=1):
     align = alignment(model)
     padded = tuple(-(-s // f) * f for s, f in zip(shape, factor))
 
-    def interval(c0, c1, d):
-        return model.input_interval(c0, c1 - 1, d, numeric=True)
+    _, grid = output_spec(model)
+
+    def interval(c0, c1, d):  # the input a core [c0, c1) needs: that of its output cells
+        return model.input_interval(c0 // grid[d], -(-c1 // grid[d]) - 1, d, numeric=True)
 
     # the halo a core needs (phase-independent once the core starts on the alignment)
     need = [(-lo, hi - a + 1) for a, (lo, hi) in ((a, interval(0, a, d)) for d, a in enumerate(align))]
@@ -169,4 +187,4 @@ def plan_tiles(model, shape, tile_size=None, memory_budget=None, batch_size=1):
             b = min(padded[d], a + -(-(hi + 1 - a) // factor[d]) * factor[d])
             ax.append((c0, c1, a, b))
         axes.append(ax)
-    return TilePlan(shape, padded, core, align, factor, tuple(axes))
+    return TilePlan(shape, padded, core, align, factor, grid, tuple(axes))

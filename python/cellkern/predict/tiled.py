@@ -9,9 +9,9 @@ import numpy as np
 import torch
 
 from .. import _pool
-from .plan import plan_tiles
+from .plan import output_spec, plan_tiles
 
-__all__ = ["predict_tiled", "predict_whole"]
+__all__ = ["predict_tiled", "predict_whole", "run_tiles"]
 
 
 def _reflect(idx, size):
@@ -24,9 +24,7 @@ def _reflect(idx, size):
 
 
 def _check_image(model, image):
-    if getattr(model, "output_channels", None) is None:
-        # StarDist's outputs live on its prediction grid and come as a (prob, dist) pair: not handled here yet
-        raise TypeError(f"model: expected a cellkern.nn.UNet (an output per input pixel), got {type(model).__name__}")
+    output_spec(model)  # TypeError for what is not a model we can tile
     nd = model.ndim
     shape = getattr(image, "shape", None)
     if shape is None or not hasattr(image, "__getitem__"):
@@ -43,6 +41,10 @@ def _check_image(model, image):
     return tuple(int(s) for s in shape[1:])
 
 
+def _cells(spatial, grid):
+    return tuple(-(-s // g) for s, g in zip(spatial, grid))
+
+
 def _read(image, ranges, spatial):
     """The (C, *tile) float32 block of the image reflect-padded at the end, for tile ranges [(a, b), ...]: one read of
     the hull of the source positions, then a gather only on axes that run past the image."""
@@ -56,14 +58,15 @@ def _read(image, ranges, spatial):
 
 
 def _forward(model, x):
-    """One no-grad, eval-mode forward of a (N, C, *spatial) float32 numpy batch -> float32 numpy (N, C_out, ...)."""
+    """One no-grad, eval-mode forward of a (N, C, *spatial) float32 numpy batch -> float32 numpy (N, C_out, ...);
+    a model returning a tuple (StarDist's logit and distances) has its outputs concatenated along channels."""
     p = next(model.parameters())
     t = torch.from_numpy(x)
     if p.device.type != "cpu":
         t = t.pin_memory().to(p.device, non_blocking=True)
     with torch.no_grad():
         y = model(t.to(p.dtype))
-    y = y[0] if isinstance(y, (tuple, list)) else y
+    y = torch.cat(tuple(y), 1) if isinstance(y, (tuple, list)) else y
     return y.float().cpu().numpy() if p.device.type != "cpu" or y.dtype != torch.float32 else y.numpy()
 
 
@@ -80,61 +83,80 @@ class _Eval:
         self.model.train(self.was)
 
 
-def predict_whole(model, image):
+def predict_whole(model, image, transform=None):
     """One forward pass over the whole image ``(C, *spatial)``, reflect-padded at the end to multiples of the
-    down-sampling factor, output cropped back: ``(C_out, *spatial)`` float32 numpy. What :func:`predict_tiled`
-    equals."""
+    down-sampling factor, output cropped back: ``(C_out, *cells)`` float32 numpy, ``cells`` = ``spatial`` for a
+    U-Net, ``ceil(spatial / grid)`` for a StarDist model (see :func:`cellkern.predict.plan.output_spec`).
+    ``transform``: applied to the float32 input before the forward (elementwise, e.g. a normalisation with
+    global constants, or the tiles would differ). What :func:`predict_tiled` equals."""
     spatial = _check_image(model, image)
     factor = tuple(model.downsampling_factor)
     ranges = [(0, -(-s // f) * f) for s, f in zip(spatial, factor)]
     x = _read(image, ranges, spatial)
+    if transform is not None:
+        x = transform(x)
     with _Eval(model):
         y = _forward(model, x[None])[0]
-    return np.ascontiguousarray(y[(slice(None),) + tuple(slice(0, s) for s in spatial)])
+    return np.ascontiguousarray(y[(slice(None),) + tuple(slice(0, c) for c in _cells(spatial, output_spec(model)[1]))])
 
 
-def predict_tiled(model, image, tile_size=None, batch_size=1, memory_budget=None, out=None, progress=False):
-    """Run ``model`` (a :class:`cellkern.nn.UNet`, or a model with the same ``ndim``, ``in_channels``,
-    ``output_channels``, ``downsampling_factor``, ``input_interval(lo, hi, dim, numeric)`` and ``receptive_field()``)
-    over ``image (C, *spatial)`` (numpy,
-    memory-mapped, zarr or dask array; read one tile at a time) tile by tile, per :func:`plan_tiles`.
+def run_tiles(model, image, plan, tiles, out, batch_size=1, transform=None, bar=None):
+    """Run ``tiles`` of ``plan`` (tuples of (core_lo, core_hi, tile_lo, tile_hi) per axis) in batches of tiles of
+    one shape and write their output cells into ``out (C_out, *cells)``. The model must be in eval mode."""
+    grid, spatial = plan.grid, plan.shape
+    groups = defaultdict(list)
+    for tile in tiles:
+        groups[tuple(b - a for _, _, a, b in tile)].append(tile)
+    for group in groups.values():
+        for k in range(0, len(group), batch_size):
+            batch = group[k:k + batch_size]
+            x = np.stack([_read(image, [(a, b) for _, _, a, b in t], spatial) for t in batch])
+            if transform is not None:
+                x = transform(x)
+            y = _forward(model, x)
+            for t, yt in zip(batch, y):
+                # cores and tiles start on multiples of the grid: cell c0 / g of the image is cell (c0 - a) / g here
+                dst = tuple(slice(c0 // g, -(-c1 // g)) for (c0, c1, _, _), g in zip(t, grid))
+                src = tuple(slice((c0 - a) // g, (c0 - a) // g + d.stop - d.start) for (c0, _, a, _), g, d
+                            in zip(t, grid, dst))
+                out[(slice(None),) + dst] = yt[(slice(None),) + src]
+            del x, y
+            if bar is not None:
+                bar.update(len(batch))
+        _pool.empty_cache()  # the next shape cannot reuse these buffers
+    return out
 
-    Returns ``out`` (or a new float32 numpy array) of shape ``(C_out, *spatial)``: on CPU float32 bit-equal to
-    :func:`predict_whole`. ``out`` may be any array with numpy-style slice assignment (numpy, memmap, zarr); its
-    shape is checked before anything is written. Tiles of one shape run together in batches of ``batch_size``
-    (the buffer pool reuses their activations from batch to batch; between shapes it is emptied, so memory stays
-    at one batch's working set). ``progress``: a tqdm bar over tiles."""
+
+def predict_tiled(model, image, tile_size=None, batch_size=1, memory_budget=None, out=None, progress=False,
+                  transform=None):
+    """Run ``model`` (a :class:`cellkern.nn.UNet` or a StarDist model, or a model with the same ``ndim``,
+    ``in_channels``, ``output_channels``, ``downsampling_factor``, ``input_interval(lo, hi, dim, numeric)`` and
+    ``receptive_field()``) over ``image (C, *spatial)`` (numpy, memory-mapped, zarr or dask array; read one tile at
+    a time) tile by tile, per :func:`plan_tiles`.
+
+    Returns ``out`` (or a new float32 numpy array) of shape ``(C_out, *cells)`` (as :func:`predict_whole`): on CPU
+    float32 bit-equal to :func:`predict_whole`. ``out`` may be any array with numpy-style slice assignment (numpy,
+    memmap, zarr); its shape is checked before anything is written. Tiles of one shape run together in batches of
+    ``batch_size`` (the buffer pool reuses their activations from batch to batch; between shapes it is emptied, so
+    memory stays at one batch's working set). ``transform``: applied to every float32 input batch (elementwise
+    only, see :func:`predict_whole`). ``progress``: a tqdm bar over tiles."""
     spatial = _check_image(model, image)
     plan = plan_tiles(model, spatial, tile_size, memory_budget, batch_size)
-    with _Eval(model):
-        c_out = model.output_channels
-        want = (c_out,) + spatial
-        if out is None:
-            out = np.empty(want, np.float32)
-        elif tuple(getattr(out, "shape", ())) != want:
-            raise ValueError(f"out: expected shape {want}, got {tuple(getattr(out, 'shape', ()))}")
-        groups = defaultdict(list)
-        for tile in plan.tiles:
-            groups[tuple(b - a for _, _, a, b in tile)].append(tile)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
+    c_out, grid = output_spec(model)
+    want = (c_out,) + _cells(spatial, grid)
+    if out is None:
+        out = np.empty(want, np.float32)
+    elif tuple(getattr(out, "shape", ())) != want:
+        raise ValueError(f"out: expected shape {want}, got {tuple(getattr(out, 'shape', ()))}")
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(plan), desc="tiles", unit="tile")
-        try:
-            for tiles in groups.values():
-                for k in range(0, len(tiles), batch_size):
-                    batch = tiles[k:k + batch_size]
-                    x = np.stack([_read(image, [(a, b) for _, _, a, b in t], spatial) for t in batch])
-                    y = _forward(model, x)
-                    for t, yt in zip(batch, y):
-                        crop = tuple(slice(c0 - a, c1 - a) for c0, c1, a, _ in t)
-                        out[(slice(None),) + tuple(slice(c0, c1) for c0, c1, _, _ in t)] = yt[(slice(None),) + crop]
-                    del x, y
-                    if bar is not None:
-                        bar.update(len(batch))
-                _pool.empty_cache()  # the next shape cannot reuse these buffers
-        finally:
-            if bar is not None:
-                bar.close()
+        bar = tqdm(total=len(plan), desc="tiles", unit="tile")
+    try:
+        with _Eval(model):
+            run_tiles(model, image, plan, plan.tiles, out, batch_size, transform, bar)
+    finally:
+        if bar is not None:
+            bar.close()
     return out
