@@ -196,6 +196,9 @@ def test_bad_input_writes_nothing(tmp_path):
     bad[5, 5] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         m.predict_instances_big(bad, 128, out=out)
+    racy = zarr.create_array(tmp_path / "racy.zarr", shape=(300, 300), chunks=(100, 100), dtype=np.uint32)
+    with pytest.raises(ValueError, match="must divide the block size"):
+        m.predict_instances_big(img, 128, out=racy, scheduler="tcp://127.0.0.1:1")
     other = zarr.open_group(tmp_path / "other.zarr", mode="w")
     other.create_array("x", shape=(2,), dtype=np.uint8)
     with pytest.raises(ValueError, match="does not hold a cellkern run"):

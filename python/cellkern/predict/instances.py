@@ -254,7 +254,9 @@ def _open_store(store, fingerprint, shapes):
         if name in group:
             arrays[name] = group[name]
         else:
-            arrays[name] = group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+            # uncompressed: network outputs do not compress, and (de)compressing them cost more than the NMS
+            arrays[name] = group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
+                                              compressors=None)
     return group, arrays
 
 
@@ -293,6 +295,13 @@ def predict_instances_big(model, image, block_size, prob_thresh=None, nms_thresh
                                                        np.dtype(np.int64)):
         raise ValueError(f"out: expected a uint32, uint64 or int64 array, got {out.dtype}")
 
+    chunks = getattr(out, "chunks", None)
+    if scheduler is not None and chunks is not None and not isinstance(out, np.ndarray) and any(
+            c % k for c, k in zip(plan.core, tuple(chunks))):
+        # workers write whole blocks; a chunk shared by two blocks would be written by two processes at once
+        raise ValueError(f"out: its chunks {tuple(chunks)} must divide the block size {plan.core} when blocks run "
+                         f"on a cluster")
+
     lo = hi = None
     if normalize:
         from ..data.normalize import percentiles
@@ -322,6 +331,7 @@ def predict_instances_big(model, image, block_size, prob_thresh=None, nms_thresh
         todo = [int(k) for k in np.flatnonzero(np.asarray(pred_done[:]) == 0)]
         done = engine.map(_task_predict_mark, [(k, pred_done) for k in todo], "predict")
         stats["predicted"], stats["predicted_before"] = len(done), n_blocks - len(done)
+        stats["seconds_predict"] = time.perf_counter() - t_start
 
         # 2. candidates and how far two of them can interact
         cand = engine.map(_task_candidates, [(k,) for k in range(n_blocks)], "candidates")
@@ -367,6 +377,7 @@ def predict_instances_big(model, image, block_size, prob_thresh=None, nms_thresh
             if not changed:
                 break
         stats["nms_rounds"] = rounds
+        stats["seconds_nms"] = time.perf_counter() - t_start - stats["seconds_predict"]
 
         # 4. global ids: rank in (descending probability, raster) order, as the whole-image NMS keeps them
         flat = np.concatenate([r[0] for r in results]) if n_blocks else np.zeros(0, np.int64)

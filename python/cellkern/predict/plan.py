@@ -101,7 +101,7 @@ def _per_axis(v, nd, name):
 def estimate_bytes_per_pixel(model, dtype=torch.float32):
     """Bytes of activations a no-grad forward holds per input pixel (estimate): half the sum of every leaf layer's
     output on a probe input, measured with forward hooks (the forward frees most outputs once read)."""
-    nd = _spatial_dims(model)
+    _spatial_dims(model)  # TypeError for what is not a model
     probe = tuple(2 * a for a in alignment(model))
     total = [0]
 

@@ -2,7 +2,6 @@
 forward pass it is bit-equal to."""
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 
 import numpy as np
