@@ -1,5 +1,6 @@
-"""Star-convex polygons: cellkern vs StarDist (star_dist 2D/3D, polygon NMS, polygons_to_label, matching) on
-synthetic nuclei, in one process, alternating after warm-up (benchmarks/common.py)."""
+"""Star-convex polygons and polyhedra: cellkern vs StarDist (star_dist 2D/3D, polygon and polyhedron NMS,
+polygons_to_label, polyhedron_to_label, matching 2D/3D) on synthetic nuclei, in one process, alternating after
+warm-up (benchmarks/common.py). The peak memory of the 3D NMS is measured in child processes (--nms3d-memory)."""
 from __future__ import annotations
 
 import os
@@ -31,12 +32,15 @@ def _stardist():
         from stardist.geometry import polygons_to_label, star_dist, star_dist3D
         from stardist.matching import matching
         from stardist.nms import non_maximum_suppression
+        from stardist.geometry import polyhedron_to_label
+        from stardist.nms import non_maximum_suppression_3d
         from stardist.rays3d import Rays_GoldenSpiral
     except ImportError:
         print("stardist is not installed: cellkern only (pip install stardist)", file=sys.stderr)
         return None
     return dict(star_dist=star_dist, star_dist3D=star_dist3D, polygons_to_label=polygons_to_label,
-                matching=matching, nms=non_maximum_suppression, Rays=Rays_GoldenSpiral)
+                matching=matching, nms=non_maximum_suppression, Rays=Rays_GoldenSpiral, nms3d=non_maximum_suppression_3d,
+                polyhedron_to_label=polyhedron_to_label)
 
 
 @functools.lru_cache(maxsize=None)
@@ -47,7 +51,8 @@ def _data(size, n):
 
 def _cases(args):
     sd = _stardist()
-    wanted = set(args.ops.split(",")) if args.ops else {"star_dist", "star_dist3d", "nms", "p2l", "matching"}
+    wanted = set(args.ops.split(",")) if args.ops else {"star_dist", "star_dist3d", "nms", "p2l", "matching",
+                                                        "nms3d", "p2l3d", "matching3d"}
     cases = []
     sizes = QUICK_2D if args.quick else [s for s in SIZES_2D if s[0] <= args.max_size]
     for size, n in sizes:
@@ -113,15 +118,110 @@ def _cases(args):
                 info["identical_to_stardist"] = bool(np.array_equal(ck.star_dist3d(lbl3, rays, g), peers["stardist"]()))
             cases.append(common.Case(f"star_dist3d {'x'.join(map(str, shape))}/{n} objects, 96 rays, grid {g}",
                                      ours=lambda g=g: ck.star_dist3d(lbl3, rays, g), peers=peers, info=info))
+    if wanted & {"nms3d", "nms3d_full", "p2l3d", "matching3d"}:
+        cases += _cases_3d(args, sd, wanted)
     return cases
 
 
+@functools.lru_cache(maxsize=None)
+def _data3d(shape, n, n_rays, g):
+    """Synthetic nuclei, their edt probability on the grid and StarDist's own distances (both sides decode the
+    same prediction)."""
+    _, lbl = synthetic_nuclei(shape, n, seed=1)
+    rays = ck.Rays_GoldenSpiral(n_rays)
+    sub = (slice(None, None, g),) * 3
+    prob = np.ascontiguousarray(ck.edt_prob(lbl)[sub], np.float32)
+    dist = ck.star_dist3d(lbl, rays, (g, g, g))
+    return lbl, rays, prob, dist
+
+
+def _cases_3d(args, sd, wanted):
+    cases = []
+    shape, n = QUICK_3D if args.quick else (SHAPE_3D, N_3D)
+    tag = f"{'x'.join(map(str, shape))}/{n} objects, 96 rays"
+    grids = [2] + ([1] if "nms3d_full" in wanted or args.quick else [])
+    for g in grids:
+        lbl, rays, prob, dist = _data3d(shape, n, 96, g)
+        sdrays = sd["Rays"](96) if sd else None
+        ours = ck.non_maximum_suppression_3d(dist, prob, rays, grid=(g,) * 3, nms_thresh=0.4, prob_thresh=0.5)
+        stats = ck.last_nms3d_stats()
+        pred = ck.polyhedron_to_label(ours[2], ours[0], rays, shape, prob=ours[1])
+        info = {"op": "nms3d", "shape": shape, "grid": g, "candidates": stats.get("candidates"),
+                "kept_ours": len(ours[0]), "stats": stats, "f1_vs_truth": ck.matching(lbl, pred).f1}
+        peers = {}
+        if sd:
+            theirs = sd["nms3d"](dist, prob, sdrays, grid=(g,) * 3, nms_thresh=0.4, prob_thresh=0.5)
+            want = sd["polyhedron_to_label"](theirs[2], theirs[0], sdrays, shape, prob=theirs[1], verbose=False)
+            info.update(kept_stardist=len(theirs[0]), f1_vs_stardist=ck.matching(want, pred).f1)
+            peers = {"stardist": lambda d=dist, p=prob, g=g: sd["nms3d"](d, p, sdrays, grid=(g,) * 3, nms_thresh=0.4,
+                                                                           prob_thresh=0.5)}
+        if "nms3d" in wanted or (g == 1 and "nms3d_full" in wanted):
+            cases.append(common.Case(f"nms3d {tag}, grid {g} ({info['candidates']} candidates)",
+                                     ours=lambda d=dist, p=prob, g=g: ck.non_maximum_suppression_3d(
+                                         d, p, rays, grid=(g,) * 3, nms_thresh=0.4, prob_thresh=0.5),
+                                     peers=peers, info=info))
+        if g == 2 and "p2l3d" in wanted:
+            pts, probs, dists = ours
+            p2l_info = {"op": "polyhedron_to_label", "shape": shape, "polyhedra": len(pts)}
+            p2l_peers = {}
+            if sd:
+                theirs = sd["polyhedron_to_label"](dists, pts, sdrays, shape, prob=probs, verbose=False)
+                p2l_info["identical_to_stardist"] = bool(np.array_equal(theirs, pred))
+                p2l_info["voxels_differing"] = int(np.count_nonzero(theirs != pred))
+                p2l_peers = {"stardist": lambda: sd["polyhedron_to_label"](dists, pts, sdrays, shape, prob=probs,
+                                                                           verbose=False)}
+            cases.append(common.Case(f"polyhedron_to_label {tag}, {len(pts)} polyhedra",
+                                     ours=lambda: ck.polyhedron_to_label(dists, pts, rays, shape, prob=probs),
+                                     peers=p2l_peers, info=p2l_info))
+        if g == 2 and "matching3d" in wanted:
+            m_peers = {"stardist": lambda: sd["matching"](lbl, pred, thresh=0.5)} if sd else {}
+            cases.append(common.Case(f"matching 3D {tag}, IoU 0.5", ours=lambda: ck.matching(lbl, pred),
+                                     peers=m_peers, info={"op": "matching3d", "shape": shape}))
+    return cases
+
+
+def _nms3d_memory(args):
+    """Peak RSS of one 3D NMS call, ours and StarDist's, each in a fresh child process that first loads the same
+    prediction (the baseline is subtracted)."""
+    import json
+    import subprocess
+
+    shape, n = QUICK_3D if args.quick else (SHAPE_3D, N_3D)
+    out = {}
+    for g in (2, 1):
+        for who in ("baseline", "cellkern", "stardist"):
+            code = (f"import sys, resource; sys.path.insert(0, {os.path.dirname(__file__)!r}); import bench_star as b; "
+                    f"lbl, rays, prob, dist = b._data3d({shape!r}, {n}, 96, {g}); "
+                    "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+                    f"who = {who!r}\n"
+                    "if who == 'cellkern': b.ck.non_maximum_suppression_3d(dist, prob, rays, grid=(%d,)*3, "
+                    "nms_thresh=0.4)\n"
+                    "if who == 'stardist': b._stardist()['nms3d'](dist, prob, b._stardist()['Rays'](96), "
+                    "grid=(%d,)*3, nms_thresh=0.4)\n"
+                    "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)") % (g, g)
+            rss = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            out[f"grid{g}_{who}_peak_kib"] = int(rss.stdout.split()[-1])
+        base = out[f"grid{g}_baseline_peak_kib"]
+        print(f"nms3d grid {g}: peak RSS above the loaded prediction: cellkern "
+              f"{(out[f'grid{g}_cellkern_peak_kib'] - base) / 1024:.1f} MiB, stardist "
+              f"{(out[f'grid{g}_stardist_peak_kib'] - base) / 1024:.1f} MiB", flush=True)
+    print(json.dumps(out))
+
+
 def _args(ap):
-    ap.add_argument("--ops", default="", help="comma list of star_dist,star_dist3d,nms,p2l,matching (default all)")
+    ap.add_argument("--ops", default="", help="comma list of star_dist,star_dist3d,nms,p2l,matching,nms3d,"
+                    "nms3d_full (full resolution: StarDist takes minutes),p2l3d,matching3d (default all but "
+                    "nms3d_full)")
+    ap.add_argument("--nms3d-memory", action="store_true", help="only measure the 3D NMS peak memory, then exit")
     ap.add_argument("--max-size", type=int, default=4096, help="largest 2D image side to run")
     # StarDist's NMS takes seconds to a minute per call on the large images: fewer repeats by default
     ap.set_defaults(repeat=5, warmup=1)
 
 
 if __name__ == "__main__":
-    common.main("star", _cases, _args)
+    if "--nms3d-memory" in sys.argv:
+        import argparse
+
+        _nms3d_memory(argparse.Namespace(quick="--quick" in sys.argv))
+    else:
+        common.main("star", _cases, _args)

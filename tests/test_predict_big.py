@@ -204,3 +204,27 @@ def test_bad_input_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="does not hold a cellkern run"):
         m.predict_instances_big(img, 128, out=out, store=tmp_path / "other.zarr")
     assert not out.any()
+
+
+def test_big_equals_whole_3d():
+    """StarDist3D: blocks smaller than the objects' reach in z (the window spans the volume) and in y/x."""
+    from cellkern.models import StarDist3D
+
+    torch.manual_seed(0)
+    m = StarDist3D(n_rays=32, grid=(1, 2, 2), unet_depth=1, unet_base_channels=8, net_conv_after_unet=16,
+                   anisotropy=(2.0, 1.0, 1.0)).eval()
+    with torch.no_grad():
+        m.dist.bias.fill_(9.0)
+        m.dist.weight.mul_(30)
+        m.prob.weight.mul_(5)
+    rng = np.random.default_rng(0)
+    img = (rng.random((40, 100, 90)) * 1000).astype(np.float32)
+    img[10:30, 20:50, 10:40] += 2000
+    prob, _ = m.predict(img)
+    thr = float(np.percentile(prob[2:-2, 2:-2, 2:-2], 90))
+    whole, det = m.predict_instances(img, prob_thresh=thr, nms_thresh=0.3)
+    big, info = m.predict_instances_big(img, (26, 48, 48), prob_thresh=thr, nms_thresh=0.3)
+    assert whole.max() > 50
+    np.testing.assert_array_equal(big, whole)
+    np.testing.assert_array_equal(info["points"], det["points"])
+    assert info["stats"]["blocks"] == 12 and info["stats"]["nms_rounds"] >= 2

@@ -21,5 +21,6 @@ inline void copy_dims(const Ints& v, int nd, int64_t* dst, const char* name) {
 void bind_pool(pybind11::module_& m);
 void bind_conv(pybind11::module_& m);
 void bind_star(pybind11::module_& m);
+void bind_star3d(pybind11::module_& m);
 
 }  // namespace ck

@@ -37,6 +37,7 @@ PYBIND11_MODULE(_C, m) {
   bind_pool(m);
   bind_conv(m);
   bind_star(m);
+  bind_star3d(m);
 
   m.def("set_num_threads", &ck::set_num_threads, py::arg("n"),
         "Threads for cellkern's OpenMP regions (0 = OpenMP's default).");

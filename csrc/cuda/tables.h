@@ -6,6 +6,7 @@
 #include "ops/conv/conv_cuda.cuh"
 #include "ops/pool/pool_cuda.cuh"
 #include "ops/star/star_cuda.cuh"
+#include "ops/star3d/star3d_cuda.cuh"
 
 namespace ck {
 
@@ -20,10 +21,12 @@ const std::vector<NamedTable>& device_tables() {
                                 &conv_cuda::fold, &conv_cuda::bias_grad};
   static const StarKernels star{&star_cuda::star_dist, &star_cuda::dist_to_coord, &star_cuda::polygons_to_label,
                                 &star_cuda::nms};
+  static const Star3Kernels star3d{&star3d_cuda::render, &star3d_cuda::nms};
   static const std::vector<NamedTable> tables = {
       {"pool", table_of(pool)},
       {"conv", table_of(conv)},
       {"star", table_of(star)},
+      {"star3d", table_of(star3d)},
   };
   return tables;
 }

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from cellkern.data import synthetic_nuclei
-from cellkern.models._decode3d import decode3d, rasterize
+from cellkern.star.polyhedra import decode3d, polyhedron_to_label
 from cellkern.star import edt_prob
 
 sd_geometry = pytest.importorskip("stardist.geometry", reason="stardist not installed")
@@ -54,13 +54,11 @@ def test_rasterised_polyhedra_equal_stardists(anisotropy):
     rays = stardist.Rays_GoldenSpiral(48, anisotropy=anisotropy)
     rng = np.random.default_rng(0)
     for _ in range(6):
-        # random real distances: no voxel centre sits exactly on a face, where float32 and float64 may disagree
         d = rng.uniform(1.5, 7.0, 48).astype(np.float32)
-        lab = sd_geometry.polyhedron_to_label(d[None], np.array([[9, 9, 9]]), rays, shape=(19, 19, 19),
-                                              verbose=False)
-        theirs = {tuple(p) for p in (np.argwhere(lab > 0) - 9).tolist()}
-        ours = {tuple(p) for p in rasterize(d, rays.vertices, anisotropy=anisotropy).tolist()}
-        assert ours == theirs
+        theirs = sd_geometry.polyhedron_to_label(d[None], np.array([[9, 9, 9]]), rays, shape=(19, 19, 19),
+                                                 verbose=False)
+        np.testing.assert_array_equal(polyhedron_to_label(d[None], np.array([[9, 9, 9]]), rays, (19, 19, 19)),
+                                      theirs)
 
 
 def test_decode3d_keeps_what_stardists_nms_keeps():
@@ -71,8 +69,9 @@ def test_decode3d_keeps_what_stardists_nms_keeps():
     prob = edt_prob(lab, (1.5, 1.0, 1.0)) + 1e-4 * np.random.default_rng(0).random(lab.shape, np.float32)
     points, probs, dists = sd_nms.non_maximum_suppression_3d(dist, prob, rays, prob_thresh=0.5, nms_thresh=0.4,
                                                              verbose=False)
-    labels, det = decode3d(prob, dist, rays.vertices, prob_thresh=0.5, nms_thresh=0.4, anisotropy=(1.5, 1.0, 1.0))
+    labels, det = decode3d(prob, dist, rays, prob_thresh=0.5, nms_thresh=0.4)
     assert {tuple(p) for p in det["points"].tolist()} == {tuple(p) for p in points.tolist()}
     theirs = sd_geometry.polyhedron_to_label(dists, points, rays, shape=lab.shape, prob=probs, verbose=False)
-    # the same objects; voxels exactly on a face (integer-valued distances) may be decided differently
-    assert np.mean((theirs > 0) != (labels > 0)) < 0.01
+    # the same objects, painted the same; voxels exactly at a hull vertex (integer-valued distances along the
+    # spiral's poles) are decided by Qhull's rounding in StarDist
+    assert np.mean((theirs > 0) != (labels > 0)) < 1e-3

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 
 import numpy as np
@@ -293,8 +294,8 @@ class StarDist2D(_StarDist):
 
 class StarDist3D(_StarDist):
     """StarDist for 3D volumes (star-convex polyhedra on ``n_rays`` golden-spiral rays shaped by the config's
-    anisotropy). predict_instances decodes with a simple, exact-on-voxels reference decoder
-    (:mod:`cellkern.models._decode3d`): correct but slow on large volumes."""
+    anisotropy, StarDist's ``Rays_GoldenSpiral``). predict_instances decodes with cellkern's 3D NMS and
+    polyhedron_to_label (:func:`cellkern.star.polyhedra.decode3d`)."""
 
     ndim = 3
 
@@ -303,11 +304,23 @@ class StarDist3D(_StarDist):
         """The (n_rays, 3) unit ray directions (z, y, x) the distances are measured along."""
         return rays_golden_spiral(self.config.n_rays, self.config.anisotropy)
 
-    def _decode(self, prob, dist, prob_thresh, nms_thresh, shape):
-        from ._decode3d import decode3d
+    @property
+    def ray_set(self):
+        """The rays as a Rays object (vertices and the faces the polyhedra are made of)."""
+        return _ray_set(self.config.n_rays, None if self.config.anisotropy is None else
+                        tuple(float(a) for a in self.config.anisotropy))
 
-        return decode3d(prob, dist, self.rays, self.config.grid, prob_thresh, nms_thresh, shape,
-                        anisotropy=self.config.anisotropy)
+    def _decode(self, prob, dist, prob_thresh, nms_thresh, shape):
+        from ..star.polyhedra import decode3d
+
+        return decode3d(prob, dist, self.ray_set, self.config.grid, prob_thresh, nms_thresh, shape)
+
+
+@functools.lru_cache(maxsize=8)
+def _ray_set(n_rays, anisotropy):
+    from ..star.rays import Rays_GoldenSpiral
+
+    return Rays_GoldenSpiral(n_rays, anisotropy=anisotropy)
 
 
 def sigmoid(logit):

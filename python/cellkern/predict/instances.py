@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from ..star import non_maximum_suppression, polygons_to_label
+from ..star import non_maximum_suppression, non_maximum_suppression_3d, polygons_to_label, polyhedron_to_label
 from .plan import output_spec, plan_tiles
 from .tiled import _Eval, run_tiles
 
@@ -138,8 +138,13 @@ def _task_nms(job, k, box, removed):
     if len(removed):
         coords = np.unravel_index(removed, job.cells)
         prob[tuple(c - a for c, (a, _) in zip(coords, box))] = np.nan
-    _, probs, dists, inds = non_maximum_suppression(dist, prob, job.grid, b=0, nms_thresh=job.nms_thresh,
-                                                    prob_thresh=job.prob_thresh, return_inds=True)
+    if len(shape) == 3:
+        _, probs, dists, inds = non_maximum_suppression_3d(dist, prob, job.model.ray_set, job.grid, b=0,
+                                                           nms_thresh=job.nms_thresh, prob_thresh=job.prob_thresh,
+                                                           stable=True, return_inds=True)
+    else:
+        _, probs, dists, inds = non_maximum_suppression(dist, prob, job.grid, b=0, nms_thresh=job.nms_thresh,
+                                                        prob_thresh=job.prob_thresh, return_inds=True)
     coords = np.unravel_index(inds, shape)
     core = job.core_cells(k)
     inside = np.ones(len(inds), bool)
@@ -157,7 +162,12 @@ def _task_render(job, k, flat, probs, dists, ids, out, done):
     origin = tuple(c0 for c0, _, _, _ in block)
     shape = tuple(c1 - c0 for c0, c1, _, _ in block)
     points = np.stack([c * g for c, g in zip(np.unravel_index(flat, job.cells), job.grid)], 1).astype(np.int64)
-    local = polygons_to_label(dists, points, probs, shape=shape, origin=origin)
+    if len(shape) == 3:
+        # paint order = global id order (the whole volume's): lower id on top
+        local = polyhedron_to_label(dists, points, job.model.ray_set, shape, prob=-ids.astype(np.float64),
+                                    labels=np.arange(1, len(ids) + 1), origin=origin)
+    else:
+        local = polygons_to_label(dists, points, probs, shape=shape, origin=origin)
     lut = np.concatenate([np.zeros(1, ids.dtype), ids])
     if out is None:
         return lut[local]
@@ -267,9 +277,6 @@ def predict_instances_big(model, image, block_size, prob_thresh=None, nms_thresh
     See :meth:`cellkern.models.StarDist2D.predict_instances_big` for the arguments and the algorithm. Returns
     ``(labels, details)``: ``labels`` is ``out`` (or a new numpy array), details has ``points``, ``prob`` of the
     kept objects in id order and ``stats`` (blocks computed and reused per stage, NMS rounds, seconds)."""
-    if model.ndim != 2:
-        raise NotImplementedError("predict_instances_big: 2D models only for now (3D decodes with the reference "
-                                  "decoder, which has no block form yet)")
     t_start = time.perf_counter()
     from ..models.stardist import _threshold
 

@@ -14,6 +14,8 @@ from .star import rays_golden_spiral  # noqa: F401
 from .star import star_dist3d_ref  # noqa: F401
 from .star import star_dist_ref  # noqa: F401
 from .star import star_polygon_intersection_area  # noqa: F401
+from .star3d import inside_polyhedron, nms3d, polyhedron_volume, polyhedron_voxels  # noqa: F401
+from .star3d import polyhedron_to_label as polyhedron_to_label_ref  # noqa: F401
 
 # The torch.nn rebuilds load on first use: the NumPy oracles above work without torch.
 _TORCH = {"ReferenceUNet": "unet", "gradient_extents": "unet", "ReferenceStarDist": "stardist"}

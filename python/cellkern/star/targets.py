@@ -56,7 +56,8 @@ def star_dist3d(labels, rays=96, grid=None, *, anisotropy=None, out=None):
     """3D star distances ``((D-1)//gz+1, (H-1)//gy+1, (W-1)//gx+1, n_rays)`` float32 along unit rays (z, y, x).
 
     ``rays``: an int (that many rays on StarDist's golden spiral, :func:`rays_golden_spiral`, optionally with
-    ``anisotropy``), an ``(n_rays, 3)`` array, or an object with ``.vertices`` (StarDist's ``Rays_*``).
+    ``anisotropy``), an ``(n_rays, 3)`` array, or an object with ``.vertices`` (``cellkern.star.rays.Rays_*`` or
+    StarDist's).
 
     StarDist's 3D semantics (``stardist.geometry.star_dist3D``): float32 offsets accumulate ``+= ray`` until
     ``lrint(origin + offset)`` leaves the image or the object; the distance is the length of the *rounded*
