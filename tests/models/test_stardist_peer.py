@@ -72,6 +72,5 @@ def test_decode3d_keeps_what_stardists_nms_keeps():
     labels, det = decode3d(prob, dist, rays, prob_thresh=0.5, nms_thresh=0.4)
     assert {tuple(p) for p in det["points"].tolist()} == {tuple(p) for p in points.tolist()}
     theirs = sd_geometry.polyhedron_to_label(dists, points, rays, shape=lab.shape, prob=probs, verbose=False)
-    # the same objects, painted the same; voxels exactly at a hull vertex (integer-valued distances along the
-    # spiral's poles) are decided by Qhull's rounding in StarDist
-    assert np.mean((theirs > 0) != (labels > 0)) < 1e-3
+    # the same objects, painted voxel for voxel the same (ids: StarDist numbers them in its candidate order)
+    np.testing.assert_array_equal(theirs > 0, labels > 0)

@@ -41,7 +41,7 @@ void polyhedron_to_label_cpu(const Render3Args& a) {
   const int R = a.rays.n_rays;
   const int64_t Z = a.shape[0], Y = a.shape[1], X = a.shape[2];
   std::vector<float> pv(size_t(a.n) * 3 * R);
-  std::vector<double> inv_d(size_t(a.n) * R), tol(a.n);
+  std::vector<double> inv_d(size_t(a.n) * R), tol(a.n), rin2(a.n), rout2(a.n);
   std::vector<int64_t> box(size_t(a.n) * 6);
   parallel_for(a.n, std::max<int64_t>(16, kSerialWork / (16 * R)), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
@@ -51,6 +51,7 @@ void polyhedron_to_label_cpu(const Render3Args& a) {
       star3d::sd_bbox(pv.data() + i * 3 * R, R, box.data() + 6 * i);
       for (int k = 0; k < R; ++k) inv_d[i * R + k] = 1.0 / double(d[k]);
       tol[i] = star3d::render_tol(c, d, R);
+      star3d::render_radii(a.rays, d, tol[i], &rin2[i], &rout2[i]);
     }
   });
   // z bands of a few slices; each band paints the polyhedra reaching it in rank order, so the first (highest
@@ -94,14 +95,15 @@ void polyhedron_to_label_cpu(const Render3Args& a) {
       const int64_t i = items[t];
       const int64_t* bx = box.data() + 6 * i;
       const star3d::Poly3 p{a.points + 3 * i, a.dist + i * R, pv.data() + i * 3 * R, inv_d.data() + i * R, tol[i],
-                            a.hull_vertex ? a.hull_vertex + i * R : nullptr};
+                            a.hull_vertex ? a.hull_vertex + i * R : nullptr, rin2[i], rout2[i]};
       const int32_t label = a.labels[i];
       for (int64_t z = std::max(zb0, bx[0]); z < std::min(zb1, bx[1] + 1); ++z)
         for (int64_t y = std::max<int64_t>(0, bx[2]); y <= std::min(Y - 1, bx[3]); ++y) {
           int32_t* row = a.out + (z * Y + y) * X;
+          int hint = -1;
           for (int64_t x = std::max<int64_t>(0, bx[4]); x <= std::min(X - 1, bx[5]); ++x) {
             if (!a.use_overlap && row[x] != 0) continue;  // taken by a higher-ranked polyhedron
-            if (!star3d::render_inside(a.rays, p, a.mode, z + oz, y + oy, x + ox)) continue;
+            if (!star3d::render_inside(a.rays, p, a.mode, z + oz, y + oy, x + ox, hint)) continue;
             row[x] = row[x] == 0 ? label : a.overlap_label;
           }
         }

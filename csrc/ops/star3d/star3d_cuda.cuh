@@ -40,7 +40,7 @@ __global__ void render_kernel(Render3Args a) {
   double* inv_d = smem;                              // (R,)
   float* pv = reinterpret_cast<float*>(smem + R);    // (R, 3)
   __shared__ int64_t box[6];
-  __shared__ double tol;
+  __shared__ double tol, rin2, rout2;
   const int64_t Z = a.shape[0], Y = a.shape[1], X = a.shape[2];
   for (int64_t r = blockIdx.x; r < a.n; r += gridDim.x) {
     const float* c = a.points + 3 * r;
@@ -53,6 +53,7 @@ __global__ void render_kernel(Render3Args a) {
     if (threadIdx.x == 0) {
       star3d::sd_bbox(pv, R, box);
       tol = star3d::render_tol(c, d, R);
+      star3d::render_radii(a.rays, d, tol, &rin2, &rout2);
     }
     __syncthreads();
     // in window coordinates
@@ -61,11 +62,12 @@ __global__ void render_kernel(Render3Args a) {
     const int64_t y0 = box[2] - oy < 0 ? 0 : box[2] - oy, y1 = box[3] - oy > Y - 1 ? Y - 1 : box[3] - oy;
     const int64_t x0 = box[4] - ox < 0 ? 0 : box[4] - ox, x1 = box[5] - ox > X - 1 ? X - 1 : box[5] - ox;
     if (z0 <= z1 && y0 <= y1 && x0 <= x1) {
-      const star3d::Poly3 p{c, d, pv, inv_d, tol, a.hull_vertex ? a.hull_vertex + r * R : nullptr};
+      const star3d::Poly3 p{c, d, pv, inv_d, tol, a.hull_vertex ? a.hull_vertex + r * R : nullptr, rin2, rout2};
+      int hint = -1;
       const int64_t wy = y1 - y0 + 1, wx = x1 - x0 + 1, total = (z1 - z0 + 1) * wy * wx;
       for (int64_t q = threadIdx.x; q < total; q += blockDim.x) {
         const int64_t z = z0 + q / (wy * wx), y = y0 + q / wx % wy, x = x0 + q % wx;
-        if (!star3d::render_inside(a.rays, p, a.mode, z + oz, y + oy, x + ox)) continue;
+        if (!star3d::render_inside(a.rays, p, a.mode, z + oz, y + oy, x + ox, hint)) continue;
         const int64_t v = (z * Y + y) * X + x;
         atomicMin(a.rank + v, int32_t(r));
         if (a.use_overlap) atomicAdd(a.count + v, 1);

@@ -117,10 +117,9 @@ CK_HD int cube_cell(const double* u, int res) {
 // The face whose cone holds direction u (u != 0), its coefficients in a[3]. Walks from the cube-map guess across
 // the edge opposite the most negative coefficient; a walk that does not settle (rounding at a shared edge) ends
 // in a scan for the face with the largest smallest coefficient.
-CK_HD int locate(const RayTables& t, const double* u, double* a) {
-  const double len = sqrt(dadd(dadd(dmul(u[0], u[0]), dmul(u[1], u[1])), dmul(u[2], u[2])));
-  const double slack = -1e-12 * len;
-  int f = t.dirmap[cube_cell(u, t.res)];
+CK_HD int locate(const RayTables& t, const double* u, double* a, int hint = -1) {
+  const double slack = -1e-12 * (fabs(u[0]) + fabs(u[1]) + fabs(u[2]));
+  int f = hint >= 0 ? hint : t.dirmap[cube_cell(u, t.res)];
   for (int step = 0; step < 64; ++step) {
     coeffs(t, f, u, a);
     int k = 0;
@@ -160,7 +159,30 @@ struct Poly3 {
   const double* inv_d;  // 1 / d
   double tol;
   const uint8_t* hull_vertex;  // (n_rays,) or null, see Render3Args
+  double rin2, rout2;  // squared radii of a ball inside and a ball holding the polyhedron, less / plus the band
 };
+
+// The radii of Poly3: the polyhedron holds the ball up to its nearest face plane (each face's tetrahedron holds
+// the part of that ball in its cone) and lies in the ball of its farthest vertex.
+CK_HD void render_radii(const RayTables& t, const float* d, double tol, double* rin2, double* rout2) {
+  double rin = 1e300, rout = 0;
+  for (int f = 0; f < t.n_faces; ++f) {
+    const int32_t* w = t.faces + 3 * f;
+    double v[3][3];
+    for (int i = 0; i < 3; ++i)
+      for (int j = 0; j < 3; ++j) v[i][j] = double(d[w[i]]) * double(t.verts[3 * w[i] + j]);
+    const double p[3] = {v[1][0] - v[0][0], v[1][1] - v[0][1], v[1][2] - v[0][2]};
+    const double q[3] = {v[2][0] - v[0][0], v[2][1] - v[0][1], v[2][2] - v[0][2]};
+    const double n[3] = {p[1] * q[2] - p[2] * q[1], p[2] * q[0] - p[0] * q[2], p[0] * q[1] - p[1] * q[0]};
+    const double nn = sqrt(n[0] * n[0] + n[1] * n[1] + n[2] * n[2]);
+    const double h = nn > 0 ? fabs(n[0] * v[0][0] + n[1] * v[0][1] + n[2] * v[0][2]) / nn : 0;
+    rin = h < rin ? h : rin;
+  }
+  for (int k = 0; k < t.n_rays; ++k) rout = double(d[k]) > rout ? double(d[k]) : rout;
+  const double a = rin * (1 - 4 * tol), b = rout * (1 + 4 * tol) + 1e-6;
+  *rin2 = a > 0 ? a * a : 0;
+  *rout2 = b * b;
+}
 
 // The band: float32 rounding of StarDist's coordinates (magnitude `scale`) relative to the smallest distance,
 // with a 16x margin.
@@ -174,20 +196,24 @@ CK_HD double render_tol(const float* c, const float* d, int n_rays) {
   return 1e-6 + 1e-5 * scale / (dmin > 1e-6 ? dmin : 1e-6);
 }
 
-CK_HD bool render_inside(const RayTables& t, const Poly3& p, int mode, int64_t z, int64_t y, int64_t x) {
+// `hint`: the face of the previous voxel (neighbouring voxels mostly share it), -1 for none; updated.
+CK_HD bool render_inside(const RayTables& t, const Poly3& p, int mode, int64_t z, int64_t y, int64_t x, int& hint) {
   if (mode == int(RenderMode::bbox)) return true;
   const float fz = float(z), fy = float(y), fx = float(x);
   if (mode == int(RenderMode::kernel)) return sd_in_kernel(fz, fy, fx, p.pv, t.faces, t.n_faces);
   const double u[3] = {dsub(double(z), double(p.c[0])), dsub(double(y), double(p.c[1])),
                        dsub(double(x), double(p.c[2]))};
-  const double len = sqrt(dadd(dadd(dmul(u[0], u[0]), dmul(u[1], u[1])), dmul(u[2], u[2])));
-  if (len > 1e-9) {
+  const double len2 = dadd(dadd(dmul(u[0], u[0]), dmul(u[1], u[1])), dmul(u[2], u[2]));
+  if (len2 > p.rout2) return false;
+  if (len2 > 1e-18) {
+    if (len2 < p.rin2) return true;
     double a[3];
-    const int f = locate(t, u, a);
+    const int f = locate(t, u, a, hint);
+    hint = f;
     const double s = level(t, f, a, p.inv_d);
     if (s > 1 + p.tol) return false;
-    const double m = (a[0] < a[1] ? (a[0] < a[2] ? a[0] : a[2]) : (a[1] < a[2] ? a[1] : a[2])) / len;
-    if (s < 1 - p.tol && m > p.tol) return true;
+    const double m = a[0] < a[1] ? (a[0] < a[2] ? a[0] : a[2]) : (a[1] < a[2] ? a[1] : a[2]);
+    if (s < 1 - p.tol && m > 0 && m * m > p.tol * p.tol * len2) return true;
   }
   if (sd_in_kernel(fz, fy, fx, p.pv, t.faces, t.n_faces)) return true;
   if (p.hull_vertex)

@@ -222,7 +222,7 @@ def polyhedron_to_label(dist, points, rays, shape, prob=None, thr=-np.inf, label
     out = _p.new_zeros(shape, np.int32, d32)
     if len(order) == 0:
         return out
-    hull = _hull_vertices(d32, p32, rays)
+    hull = _hull_vertices(d32, p32, rays, shape, origin)
     on_device = (_p.is_torch(d32) and d32.device.type == "cuda") or _p.emu_for(d32)
     rank = _p.new_empty(shape, np.int32, d32) if on_device else None
     count = _p.new_empty(shape, np.int32, d32) if on_device and overlap_label is not None else None
@@ -233,28 +233,35 @@ def polyhedron_to_label(dist, points, rays, shape, prob=None, thr=-np.inf, label
     return out
 
 
-def _hull_vertices(d32, p32, rays):
-    """(n, n_rays) uint8 marking the vertices that sit exactly on a voxel centre and are vertices of the convex
-    hull (None when there are none). StarDist's Qhull hull test rejects such a voxel (it lies on the hull), so only
-    the kernel test can paint it; happens with integer distances along axis-aligned rays (star_dist3d's poles)."""
+def _hull_vertices(d32, p32, rays, shape, origin):
+    """(n, n_rays) uint8 marking the vertices that sit exactly on a voxel centre of the output that StarDist's
+    convex-hull test puts outside the hull (None when there are none). A voxel at a vertex lies on the hull, so
+    StarDist's Qhull plane test (``normal . p + offset > 0`` for some facet) decides it by rounding; scipy's
+    ConvexHull runs the same Qhull with StarDist's (empty) options, so the same test here gives StarDist's
+    answer. Happens with integer distances along axis-aligned rays (star_dist3d's poles) from integer centres;
+    a network's distances practically never."""
     d = (d32.cpu().numpy() if _p.is_torch(d32) else d32).astype(np.float32)
     c = (p32.cpu().numpy() if _p.is_torch(p32) else p32).astype(np.float32)
     v = np.asarray(rays.vertices, np.float32)
     pv = c[:, None, :] + d[:, :, None] * v[None]  # StarDist's float32 vertices
-    on_voxel = np.all(pv == np.round(pv), axis=2)
-    rows = np.where(on_voxel.any(axis=1))[0]
+    lo, hi = np.asarray(origin, np.float32), np.asarray(origin, np.float32) + np.asarray(shape, np.float32) - 1
+    cand = np.all((pv == np.round(pv)) & (pv >= lo) & (pv <= hi), axis=2)
+    rows = np.where(cand.any(axis=1))[0]
     if len(rows) == 0:
         return None
     from scipy.spatial import ConvexHull, QhullError
 
-    mask = np.zeros(on_voxel.shape, np.uint8)
+    mask = np.zeros(cand.shape, np.uint8)
     for i in rows:
         try:
-            hv = ConvexHull(pv[i].astype(np.float64)).vertices
-        except QhullError:  # flat polyhedron: every vertex is on the hull
-            hv = np.arange(pv.shape[1])
-        mask[i, hv] = on_voxel[i, hv]
-    return mask
+            e = ConvexHull(pv[i].astype(np.float64), qhull_options="").equations
+        except QhullError:  # flat: StarDist's Qhull fails as well and its hull test rejects every voxel
+            mask[i, cand[i]] = 1
+            continue
+        for k in np.where(cand[i])[0]:
+            z, y, x = (float(t) for t in pv[i, k])
+            mask[i, k] = bool(np.any(((e[:, 0] * z + e[:, 1] * y) + e[:, 2] * x) + e[:, 3] > 0))
+    return mask if mask.any() else None
 
 
 def _contig(x):
