@@ -68,7 +68,7 @@ def _cases(args):
         dist = ck.star_dist(lbl, 32)
         for g in (1, 2):
             d, p = (dist, prob) if g == 1 else (ck.star_dist(lbl, 32, (2, 2)), np.ascontiguousarray(prob[::2, ::2]))
-            ours = ck.non_maximum_suppression(d, p, grid=(g, g))
+            ours = ck.non_maximum_suppression(d, p, grid=(g, g), nms_thresh=0.4)
             info = {"op": "nms", "size": size, "grid": g, "candidates": ck.last_nms_stats()["candidates"],
                     "kept_ours": len(ours[0]), "pair_paths": ck.last_nms_stats()}
             if "nms" in wanted:
@@ -82,7 +82,8 @@ def _cases(args):
                     peers = {"stardist": lambda d=d, p=p, g=g: sd["nms"](d, p, grid=(g, g), nms_thresh=0.4,
                                                                          prob_thresh=0.5)}
                 cases.append(common.Case(f"nms {tag}, grid {g} ({info['candidates']} candidates)",
-                                         ours=lambda d=d, p=p, g=g: ck.non_maximum_suppression(d, p, grid=(g, g)),
+                                         ours=lambda d=d, p=p, g=g: ck.non_maximum_suppression(d, p, grid=(g, g),
+                                                                                            nms_thresh=0.4),
                                          peers=peers, info=info))
             if g == 1:
                 points, probs, dists = ours

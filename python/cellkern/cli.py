@@ -284,7 +284,7 @@ def _evaluate(args) -> None:
         x, y = (read_array(x), read_array(y)) if isinstance(x, str) else (x, y)
         preds.append(model.predict_instances(x)[0])
         truth.append(y)
-    m = matching_dataset(truth, preds, thresh=0.5)
+    m = matching_dataset(truth, preds, thresh=0.5, show_progress=False)
     print(f"{len(X)} images in {time.perf_counter() - t0:.1f} s: F1 {m.f1:.4f}, AP {m.accuracy:.4f} at IoU 0.5 "
           f"(tp {m.tp}, fp {m.fp}, fn {m.fn}; thresholds {model.thresholds})")
 

@@ -4,7 +4,7 @@ import pytest
 
 from cellkern.data import synthetic_nuclei
 from cellkern.reference import edt_prob_ref, matching_dataset_ref, matching_ref
-from cellkern.star import label_overlap, matching, matching_dataset, non_maximum_suppression, polygons_to_label
+from cellkern.star import label_overlap_sparse, matching, matching_dataset, non_maximum_suppression, polygons_to_label
 from cellkern.star import star_dist
 
 THRESHS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)
@@ -34,7 +34,7 @@ def _pairs(n=4, shape=(96, 96)):
 def test_overlap_counts_by_hand():
     t = np.array([[0, 1, 1, 0], [2, 2, 1, 0], [5, 5, 5, 0]], np.int32)
     p = np.array([[9, 9, 1, 0], [0, 0, 1, 1], [0, 3, 3, 3]], np.uint16)
-    n_true, n_pred, st, sp, pairs, cnt = label_overlap(t, p)
+    n_true, n_pred, st, sp, pairs, cnt = label_overlap_sparse(t, p)
     assert (n_true, n_pred) == (3, 3)  # ids 1, 2, 5 and 1, 3, 9 in ascending order
     np.testing.assert_array_equal(st, [3, 2, 3])
     np.testing.assert_array_equal(sp, [3, 3, 2])

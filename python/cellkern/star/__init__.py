@@ -10,6 +10,12 @@ from .rays import (Rays_Base, Rays_Cartesian, Rays_Explicit, Rays_GoldenSpiral, 
 from .geometry3d import (dist_to_centroid, dist_to_coord3d, dist_to_coord3D, dist_to_volume, export_to_obj_file3d,
                          export_to_obj_file3D)
 from .targets import edt_prob, rays_golden_spiral, star_dist, star_dist3d
+# StarDist's 2D names (stardist.nms, stardist.geometry, stardist.matching)
+from .matching import (DatasetMatching, MatchingReport, group_matching_labels, intersection_over_pred,
+                       intersection_over_true, intersection_over_union, label_are_sequential, label_overlap_sparse,
+                       matching_dataset_lazy, relabel_sequential)
+from .nms import non_maximum_suppression_inds, non_maximum_suppression_sparse
+from .render import polygons_to_label_coord, ray_angles, relabel_image_stardist
 
 __all__ = ["star_dist", "star_dist3d", "rays_golden_spiral", "edt_prob", "non_maximum_suppression", "last_nms_stats",
            "dist_to_coord", "polygons_to_label", "decode", "matching", "matching_dataset", "MatchingStats",
@@ -19,4 +25,9 @@ __all__ = ["star_dist", "star_dist3d", "rays_golden_spiral", "edt_prob", "non_ma
            "non_maximum_suppression_3d_inds", "relabel_image_stardist3D", "relabel_image_stardist3d",
            "last_nms3d_stats", "polyhedron_volumes", "decode3d", "Rays_Base", "Rays_GoldenSpiral", "Rays_Octo",
            "Rays_Tetra", "Rays_SubDivide", "Rays_Cartesian", "Rays_Explicit", "rays_from_json", "dist_to_coord3d",
-           "dist_to_coord3D", "dist_to_volume", "dist_to_centroid", "export_to_obj_file3d", "export_to_obj_file3D"]
+           "dist_to_coord3D", "dist_to_volume", "dist_to_centroid", "export_to_obj_file3d", "export_to_obj_file3D",
+           # StarDist's 2D API
+           "non_maximum_suppression_sparse", "non_maximum_suppression_inds", "polygons_to_label_coord",
+           "relabel_image_stardist", "ray_angles", "matching_dataset_lazy", "relabel_sequential",
+           "group_matching_labels", "intersection_over_union", "intersection_over_true", "intersection_over_pred",
+           "label_are_sequential", "label_overlap_sparse", "MatchingReport", "DatasetMatching"]

@@ -68,7 +68,7 @@ def optimize_thresholds(model, X_val, Y_val, nms_threshs=(0.3, 0.4, 0.5), iou_th
             prob_thresh = float(np.clip(t, *bracket))
             if prob_thresh not in values:
                 labels = [_instances(model, p, d, y.shape, prob_thresh, nms) for (p, d), y in zip(preds, Y)]
-                stats = matching_dataset(Y, labels, thresh=tuple(iou_threshs))
+                stats = matching_dataset(Y, labels, thresh=tuple(iou_threshs), show_progress=False)
                 values[prob_thresh] = float(np.mean([getattr(s, measure) for s in stats]))
                 bar.update()
                 bar.set_postfix_str(f"{prob_thresh:.3f} -> {values[prob_thresh]:.3f}")
