@@ -60,6 +60,7 @@ void bind_star3d(py::module_& m) {
         d["kept"] = s.kept;
         d["pairs"] = s.pairs;
         d["box_rejected"] = s.box_rejected;
+        d["bounded"] = s.bounded;
         d["voxels"] = s.voxels;
         d["early"] = s.early;
         d["table"] = s.table;

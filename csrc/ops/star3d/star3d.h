@@ -83,8 +83,10 @@ struct Nms3Args {
 };
 
 struct Nms3Stats {
-  int64_t kept = 0, pairs = 0, box_rejected = 0, voxels = 0, early = 0;
-  bool table = false;  // integer centres: voxels enumerated from the offset table
+  // kept; pairs met in the bucket grid, rejected by boxes, decided by the bound on the count (i's voxels near k),
+  // stopped early once decided; voxels examined
+  int64_t kept = 0, pairs = 0, box_rejected = 0, bounded = 0, early = 0, voxels = 0;
+  bool table = false;  // integer centres: membership from the cube of offsets
   double ms_geometry = 0, ms_sweep = 0;
 };
 

@@ -115,51 +115,54 @@ void polyhedron_to_label_cpu(const Render3Args& a) {
 
 namespace {
 
-// Integer offsets u with |u| <= reach, sorted by length, with the face whose cone holds u and its coefficients:
-// a polyhedron centred on an integer voxel holds centre + u exactly when level(face, coef, 1/d) <= 1, so its
-// voxels come from a prefix of this table without locating anything.
-struct OffsetTable {
-  std::vector<int16_t> off;   // (m, 3)
-  std::vector<int32_t> face;  // (m,)
-  std::vector<double> coef;   // (m, 3)
-  std::vector<double> len;    // (m,) ascending
+// Every integer offset u in the cube |u|_inf <= reach with the face whose cone holds u: a polyhedron centred on an
+// integer voxel holds centre + u exactly when level(face, finv_face u, 1/d) <= 1, so membership needs no walk. Only
+// the face is stored (2 bytes: the cube stays in cache); its coefficients are 9 multiply-adds away.
+struct OffsetCube {
+  int reach = 0;
+  int64_t side = 0;
+  std::vector<int16_t> face;  // -1: the centre, always inside
+  int64_t index(int64_t z, int64_t y, int64_t x) const { return ((z + reach) * side + (y + reach)) * side + x + reach; }
 };
 
-OffsetTable offset_table(const RayTables& t, int reach) {
-  OffsetTable tab;
-  struct E {
-    double len;
-    int16_t u[3];
-  };
-  std::vector<E> es;
-  const double r2 = double(reach) * reach;
-  for (int z = -reach; z <= reach; ++z)
-    for (int y = -reach; y <= reach; ++y)
-      for (int x = -reach; x <= reach; ++x) {
-        const double l2 = double(z) * z + double(y) * y + double(x) * x;
-        if (l2 <= r2) es.push_back({std::sqrt(l2), {int16_t(z), int16_t(y), int16_t(x)}});
-      }
-  std::stable_sort(es.begin(), es.end(), [](const E& p, const E& q) { return p.len < q.len; });
-  const size_t m = es.size();
-  tab.off.resize(3 * m);
-  tab.face.resize(m);
-  tab.coef.resize(3 * m);
-  tab.len.resize(m);
-  parallel_for(int64_t(m), 4096, [&](int64_t e0, int64_t e1) {
-    for (int64_t e = e0; e < e1; ++e) {
-      const double u[3] = {double(es[e].u[0]), double(es[e].u[1]), double(es[e].u[2])};
-      for (int j = 0; j < 3; ++j) tab.off[3 * e + j] = es[e].u[j];
-      tab.len[e] = es[e].len;
-      if (es[e].len == 0) {
-        tab.face[e] = -1;  // the centre: always inside
-        tab.coef[3 * e] = tab.coef[3 * e + 1] = tab.coef[3 * e + 2] = 0;
-      } else {
-        tab.face[e] = star3d::locate(t, u, &tab.coef[3 * e]);
+OffsetCube offset_cube(const RayTables& t, int reach) {
+  OffsetCube c;
+  c.reach = reach;
+  c.side = 2 * int64_t(reach) + 1;
+  c.face.resize(c.side * c.side * c.side);
+  parallel_for(c.side * c.side, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t z = r / c.side - reach, y = r % c.side - reach;
+      int hint = -1;
+      for (int64_t x = -reach; x <= reach; ++x) {
+        const double u[3] = {double(z), double(y), double(x)};
+        double a[3];
+        if (z == 0 && y == 0 && x == 0)
+          c.face[c.index(z, y, x)] = -1;
+        else
+          c.face[c.index(z, y, x)] = int16_t(hint = star3d::locate(t, u, a, hint));
       }
     }
   });
-  return tab;
+  return c;
 }
+
+// A kept polyhedron as a bitmap over its voxel box, with per-row prefix counts: the number of its voxels in any
+// row segment is one subtraction.
+struct KeptMap {
+  int64_t box[6];
+  int64_t wz = 0, wy = 0, wx = 0;
+  std::vector<uint8_t> bits;     // (wz, wy, wx)
+  std::vector<int32_t> prefix;   // (wz, wy, wx + 1)
+  int64_t ones(int64_t z, int64_t y, int64_t x0, int64_t x1) const {  // [x0, x1] in voxel coordinates
+    const int32_t* p = prefix.data() + ((z - box[0]) * wy + (y - box[2])) * (wx + 1) - box[4];
+    return p[x1 + 1] - p[x0];
+  }
+};
+
+struct PairStats {
+  int64_t voxels = 0, early = 0, bounded = 0;
+};
 
 template <class D>
 Nms3Stats nms3d_typed(const Nms3Args& a) {
@@ -183,20 +186,37 @@ Nms3Stats nms3d_typed(const Nms3Args& a) {
       dmax[i] = m;
     }
   });
-  // the offset table pays off for integer centres (every grid candidate) and a table of moderate size
+  // the cube of offsets pays off for integer centres (every grid candidate) of moderate size (reach 64: 4.4 MB)
   const int reach = int(std::ceil(a.reach)) + 1;
-  st.table = integral && reach <= 96;
-  OffsetTable tab;
-  if (st.table) tab = offset_table(a.rays, reach);
+  st.table = integral && reach <= 64 && a.rays.n_faces < 32768;
+  OffsetCube cube;
+  if (st.table) cube = offset_cube(a.rays, reach);
   st.ms_geometry = ms_since(t0);
 
+  // whether voxel (z, y, x) lies in polyhedron k (1 / d in inv)
+  auto member = [&](int64_t k, const double* inv, int64_t z, int64_t y, int64_t x) {
+    const double* c = a.points + 3 * k;
+    if (st.table) {
+      const int64_t dz = z - int64_t(c[0]), dy = y - int64_t(c[1]), dx = x - int64_t(c[2]);
+      const int f = cube.face[cube.index(dz, dy, dx)];
+      if (f < 0) return true;
+      const double u[3] = {double(dz), double(dy), double(dx)};
+      double w[3];
+      star3d::coeffs(a.rays, f, u, w);
+      return star3d::level(a.rays, f, w, inv) <= 1 + star3d::kFaceTol;
+    }
+    const double u[3] = {double(z) - c[0], double(y) - c[1], double(x) - c[2]};
+    return star3d::nms_inside(a.rays, u, inv);
+  };
+
   const auto t1 = std::chrono::steady_clock::now();
-  std::vector<uint8_t> bitmap;
+  KeptMap km;
   std::vector<double> inv_i(R);
   std::vector<int64_t> nbrs;
   const int nt = std::max(1, usable_threads());
   std::vector<std::vector<double>> inv_t(nt, std::vector<double>(R));
-  std::vector<Nms3Stats> part(nt);
+  std::vector<std::vector<int64_t>> span_t(nt);  // (z, y, x0, x1) row segments of the pair at hand
+  std::vector<PairStats> part(nt);
   for (int64_t i = 0; i < n; ++i) {
     if (a.state[i] == 2) continue;
     a.state[i] = 1;
@@ -225,94 +245,88 @@ Nms3Stats nms3d_typed(const Nms3Args& a) {
           }
         }
     if (nbrs.empty()) continue;
-    // kept polyhedron i as a bitmap over its box
-    const int64_t wz = bi[1] - bi[0] + 1, wy = bi[3] - bi[2] + 1, wx = bi[5] - bi[4] + 1;
-    if (wz <= 0 || wy <= 0 || wx <= 0) continue;  // holds no voxel: overlaps nothing
-    bitmap.assign(size_t(wz * wy * wx), 0);
+    std::copy(bi, bi + 6, km.box);
+    km.wz = bi[1] - bi[0] + 1, km.wy = bi[3] - bi[2] + 1, km.wx = bi[5] - bi[4] + 1;
+    if (km.wz <= 0 || km.wy <= 0 || km.wx <= 0) continue;  // holds no voxel: overlaps nothing
+    km.bits.assign(size_t(km.wz * km.wy * km.wx), 0);
+    km.prefix.assign(size_t(km.wz * km.wy * (km.wx + 1)), 0);
     const D* di = dist + i * R;
     for (int k = 0; k < R; ++k) inv_i[k] = star3d::inv_dist(di[k]);
-    if (st.table) {
-      const int64_t m = std::upper_bound(tab.len.begin(), tab.len.end(), dmax[i] + 1e-9) - tab.len.begin();
-      for (int64_t e = 0; e < m; ++e) {
-        if (tab.face[e] >= 0 && star3d::level(a.rays, tab.face[e], &tab.coef[3 * e], inv_i.data()) > 1 + star3d::kFaceTol)
-          continue;
-        const int64_t z = int64_t(ci[0]) + tab.off[3 * e] - bi[0], y = int64_t(ci[1]) + tab.off[3 * e + 1] - bi[2],
-                      x = int64_t(ci[2]) + tab.off[3 * e + 2] - bi[4];
-        if (z >= 0 && z < wz && y >= 0 && y < wy && x >= 0 && x < wx) bitmap[(z * wy + y) * wx + x] = 1;
+    parallel_for(km.wz * km.wy, 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t z = bi[0] + r / km.wy, y = bi[2] + r % km.wy;
+        uint8_t* row = km.bits.data() + r * km.wx;
+        int32_t* pre = km.prefix.data() + r * (km.wx + 1);
+        for (int64_t x = 0; x < km.wx; ++x) {
+          row[x] = member(i, inv_i.data(), z, y, bi[4] + x);
+          pre[x + 1] = pre[x] + row[x];
+        }
       }
-    } else {
-      for (int64_t z = 0; z < wz; ++z)
-        for (int64_t y = 0; y < wy; ++y)
-          for (int64_t x = 0; x < wx; ++x) {
-            const double u[3] = {double(bi[0] + z) - ci[0], double(bi[2] + y) - ci[1], double(bi[4] + x) - ci[2]};
-            bitmap[(z * wy + y) * wx + x] = star3d::nms_inside(a.rays, u, inv_i.data());
-          }
-    }
-    dynamic_for(int64_t(nbrs.size()), int64_t(nbrs.size()) * int64_t(bitmap.size()), [&](int64_t q) {
+    });
+    dynamic_for(int64_t(nbrs.size()), int64_t(nbrs.size()) * int64_t(km.bits.size()), [&](int64_t q) {
 #ifdef _OPENMP
       const int tid = omp_in_parallel() ? omp_get_thread_num() : 0;
 #else
       const int tid = 0;
 #endif
-      Nms3Stats& ps = part[tid];
+      PairStats& ps = part[tid];
       double* inv_k = inv_t[tid].data();
       const int64_t k = nbrs[q];
       const D* dk = dist + k * R;
       for (int r = 0; r < R; ++r) inv_k[r] = star3d::inv_dist(dk[r]);
       const double limit = star3d::nms_limit(vol[i], vol[k], a.thresh, a.criterion);
       const double* ck = a.points + 3 * k;
+      const int64_t* bk = box.data() + 6 * k;
+      // the rows of both boxes, each cut to k's ball: k's voxels lie there, so i's voxels there bound the count
+      const int64_t z0 = std::max(bi[0], bk[0]), z1 = std::min(bi[1], bk[1]);
+      const int64_t y0 = std::max(bi[2], bk[2]), y1 = std::min(bi[3], bk[3]);
+      const double r2 = dmax[k] * dmax[k] * (1 + 1e-9) + 1e-9;
+      std::vector<int64_t>& spans = span_t[tid];
+      spans.clear();
+      int64_t bound = 0;
+      for (int64_t z = z0; z <= z1; ++z) {
+        const double dz = double(z) - ck[0];
+        for (int64_t y = y0; y <= y1; ++y) {
+          const double dy = double(y) - ck[1], h2 = r2 - dz * dz - dy * dy;
+          if (h2 < 0) continue;
+          const double h = std::sqrt(h2);
+          const int64_t x0 = std::max(std::max(bi[4], bk[4]), int64_t(std::ceil(ck[2] - h)));
+          const int64_t x1 = std::min(std::min(bi[5], bk[5]), int64_t(std::floor(ck[2] + h)));
+          if (x0 > x1) continue;
+          const int64_t ones = km.ones(z, y, x0, x1);
+          if (!ones) continue;
+          bound += ones;
+          spans.insert(spans.end(), {z, y, x0, x1});
+        }
+      }
+      if (double(bound) <= limit) {  // even all of i's voxels near k would not suppress it
+        ++ps.bounded;
+        return;
+      }
       int64_t count = 0;
-      bool suppress = false;
-      if (st.table) {
-        const int64_t m = std::upper_bound(tab.len.begin(), tab.len.end(), dmax[k] + 1e-9) - tab.len.begin();
-        const int64_t oz = int64_t(ck[0]) - bi[0], oy = int64_t(ck[1]) - bi[2], ox = int64_t(ck[2]) - bi[4];
-        for (int64_t e = 0; e < m; ++e) {
-          // at most every remaining entry could still count
-          if (double(count + (m - e)) <= limit) {
-            ++ps.early;
-            break;
-          }
-          const int64_t z = oz + tab.off[3 * e], y = oy + tab.off[3 * e + 1], x = ox + tab.off[3 * e + 2];
-          if (z < 0 || z >= wz || y < 0 || y >= wy || x < 0 || x >= wx || !bitmap[(z * wy + y) * wx + x]) continue;
+      for (size_t t = 0; t < spans.size(); t += 4) {
+        const int64_t z = spans[t], y = spans[t + 1];
+        const uint8_t* row = km.bits.data() + ((z - bi[0]) * km.wy + (y - bi[2])) * km.wx - bi[4];
+        for (int64_t x = spans[t + 2]; x <= spans[t + 3]; ++x) {
+          if (!row[x]) continue;
+          --bound;  // i's voxels left unexamined
           ++ps.voxels;
-          if (tab.face[e] >= 0 &&
-              star3d::level(a.rays, tab.face[e], &tab.coef[3 * e], inv_k) > 1 + star3d::kFaceTol)
-            continue;
-          if (double(++count) > limit) {
-            suppress = true;
-            break;
+          if (member(k, inv_k, z, y, x) && double(++count) > limit) {
+            a.state[k] = 2;
+            return;
+          }
+          if (double(count + bound) <= limit) {
+            ++ps.early;
+            return;
           }
         }
-      } else {
-        const int64_t* bk = box.data() + 6 * k;
-        const int64_t z0 = std::max(bi[0], bk[0]), z1 = std::min(bi[1], bk[1]);
-        const int64_t y0 = std::max(bi[2], bk[2]), y1 = std::min(bi[3], bk[3]);
-        const int64_t x0 = std::max(bi[4], bk[4]), x1 = std::min(bi[5], bk[5]);
-        int64_t left = (z1 - z0 + 1) * (y1 - y0 + 1) * (x1 - x0 + 1);
-        for (int64_t z = z0; z <= z1 && !suppress; ++z)
-          for (int64_t y = y0; y <= y1 && !suppress; ++y)
-            for (int64_t x = x0; x <= x1; ++x, --left) {
-              if (double(count + left) <= limit) {
-                ++ps.early;
-                z = z1 + 1, y = y1 + 1;
-                break;
-              }
-              if (!bitmap[((z - bi[0]) * wy + (y - bi[2])) * wx + (x - bi[4])]) continue;
-              ++ps.voxels;
-              const double u[3] = {double(z) - ck[0], double(y) - ck[1], double(x) - ck[2]};
-              if (!star3d::nms_inside(a.rays, u, inv_k)) continue;
-              if (double(++count) > limit) {
-                suppress = true;
-                break;
-              }
-            }
       }
-      if (suppress) a.state[k] = 2;
     });
   }
   for (const auto& p : part) {
     st.voxels += p.voxels;
     st.early += p.early;
+    st.bounded += p.bounded;
   }
   st.ms_sweep = ms_since(t1);
   return st;

@@ -145,6 +145,26 @@ CK_HD double level(const RayTables& t, int f, const double* a, const double* inv
   return dadd(dadd(dmul(a[0], inv_d[v[0]]), dmul(a[1], inv_d[v[1]])), dmul(a[2], inv_d[v[2]]));
 }
 
+// The distance from the centre to the nearest face plane: the polyhedron holds that ball (the part of the ball in
+// each face's cone lies on the inner side of the face's plane).
+template <class D>
+CK_HD double inner_radius(const RayTables& t, const D* d) {
+  double rin = 1e300;
+  for (int f = 0; f < t.n_faces; ++f) {
+    const int32_t* w = t.faces + 3 * f;
+    double v[3][3];
+    for (int i = 0; i < 3; ++i)
+      for (int j = 0; j < 3; ++j) v[i][j] = double(d[w[i]]) * double(t.verts[3 * w[i] + j]);
+    const double p[3] = {v[1][0] - v[0][0], v[1][1] - v[0][1], v[1][2] - v[0][2]};
+    const double q[3] = {v[2][0] - v[0][0], v[2][1] - v[0][1], v[2][2] - v[0][2]};
+    const double n[3] = {p[1] * q[2] - p[2] * q[1], p[2] * q[0] - p[0] * q[2], p[0] * q[1] - p[1] * q[0]};
+    const double nn = sqrt(n[0] * n[0] + n[1] * n[1] + n[2] * n[2]);
+    const double h = nn > 0 ? fabs(n[0] * v[0][0] + n[1] * v[0][1] + n[2] * v[0][2]) / nn : 0;
+    rin = h < rin ? h : rin;
+  }
+  return rin;
+}
+
 // ---- polyhedron_to_label: StarDist's rule, fast ----------------------------------------------------------------
 //
 // The walk and the level decide every voxel clearly inside (level < 1 - tol, off the cone boundaries by tol) or
@@ -165,21 +185,9 @@ struct Poly3 {
 // The radii of Poly3: the polyhedron holds the ball up to its nearest face plane (each face's tetrahedron holds
 // the part of that ball in its cone) and lies in the ball of its farthest vertex.
 CK_HD void render_radii(const RayTables& t, const float* d, double tol, double* rin2, double* rout2) {
-  double rin = 1e300, rout = 0;
-  for (int f = 0; f < t.n_faces; ++f) {
-    const int32_t* w = t.faces + 3 * f;
-    double v[3][3];
-    for (int i = 0; i < 3; ++i)
-      for (int j = 0; j < 3; ++j) v[i][j] = double(d[w[i]]) * double(t.verts[3 * w[i] + j]);
-    const double p[3] = {v[1][0] - v[0][0], v[1][1] - v[0][1], v[1][2] - v[0][2]};
-    const double q[3] = {v[2][0] - v[0][0], v[2][1] - v[0][1], v[2][2] - v[0][2]};
-    const double n[3] = {p[1] * q[2] - p[2] * q[1], p[2] * q[0] - p[0] * q[2], p[0] * q[1] - p[1] * q[0]};
-    const double nn = sqrt(n[0] * n[0] + n[1] * n[1] + n[2] * n[2]);
-    const double h = nn > 0 ? fabs(n[0] * v[0][0] + n[1] * v[0][1] + n[2] * v[0][2]) / nn : 0;
-    rin = h < rin ? h : rin;
-  }
+  double rout = 0;
   for (int k = 0; k < t.n_rays; ++k) rout = double(d[k]) > rout ? double(d[k]) : rout;
-  const double a = rin * (1 - 4 * tol), b = rout * (1 + 4 * tol) + 1e-6;
+  const double a = inner_radius(t, d) * (1 - 4 * tol), b = rout * (1 + 4 * tol) + 1e-6;
   *rin2 = a > 0 ? a * a : 0;
   *rout2 = b * b;
 }
