@@ -599,3 +599,18 @@ def test_everything_is_exported():
              "intersection_over_pred", "label_are_sequential", "label_overlap"]
     for n in names:
         assert n in ck.__all__ and callable(getattr(ck, n)), n
+
+
+def test_star_dist_accepts_stardists_mode_argument():
+    """StarDist's star_dist(lbl, n_rays, grid, mode) / star_dist3D(lbl, rays, grid, mode): mode is accepted (one
+    implementation here) and checked."""
+    _, lbl = synthetic_nuclei((40, 48), 5, seed=2)
+    np.testing.assert_array_equal(ck.star_dist(lbl, 16, (1, 1), "cpp"), ck.star_dist(lbl, 16))
+    np.testing.assert_array_equal(ck.star_dist(lbl, 16, mode="python"), ck.star_dist(lbl, 16))
+    _, lbl3 = synthetic_nuclei((12, 16, 16), 3, seed=2)
+    rays = ck.Rays_GoldenSpiral(20)
+    np.testing.assert_array_equal(ck.star_dist3d(lbl3, rays, (1, 1, 1), "opencl"), ck.star_dist3d(lbl3, rays))
+    relabelled = ck.relabel_image_stardist3D(lbl3, rays, mode="cpp")
+    assert relabelled.shape == lbl3.shape
+    with pytest.raises(ValueError, match="mode"):
+        ck.star_dist(lbl, 16, mode="gpu")

@@ -23,7 +23,7 @@ def _grid(grid, nd):
     return [int(g) for g in grid]
 
 
-def star_dist(labels, n_rays=32, grid=None, *, out=None):
+def star_dist(labels, n_rays=32, grid=None, mode="cpp", *, out=None):
     """Distance from every pixel of an object to the object's boundary along ``n_rays`` equally spaced rays.
 
     ``labels``: a 2D integer label image (numpy array or torch tensor, CPU or CUDA; 0 is background, any other
@@ -40,8 +40,12 @@ def star_dist(labels, n_rays=32, grid=None, *, out=None):
     ``sinf``/``cosf``, one ulp off for a few angles, which moves those rays' distances by ~1e-7. StarDist casts
     labels to uint16 (ids above 65535 wrap); here every integer dtype is compared as is.
 
+    ``mode``: StarDist's implementation choice ('cpp', 'python' or 'opencl'), accepted for its signature and
+    ignored (one implementation here, on the input's device); anything else raises ValueError, as StarDist.
+
     ``out``: an optional preallocated float32 output to reuse (it is overwritten).
     """
+    _check_mode(mode)
     lab = _p.as_array(labels, "labels", kind="int")
     if lab.ndim == 3:
         return star_dist3d(lab, n_rays, grid, out=out)
@@ -52,7 +56,7 @@ def star_dist(labels, n_rays=32, grid=None, *, out=None):
     return _run(lab, _p.ray_steps_2d(int(n_rays)), _grid(grid, 2), out)
 
 
-def star_dist3d(labels, rays=96, grid=None, *, anisotropy=None, out=None):
+def star_dist3d(labels, rays=96, grid=None, mode="cpp", *, anisotropy=None, out=None):
     """3D star distances ``((D-1)//gz+1, (H-1)//gy+1, (W-1)//gx+1, n_rays)`` float32 along unit rays (z, y, x).
 
     ``rays``: an int (that many rays on StarDist's golden spiral, :func:`rays_golden_spiral`, optionally with
@@ -63,7 +67,10 @@ def star_dist3d(labels, rays=96, grid=None, *, anisotropy=None, out=None):
     ``lrint(origin + offset)`` leaves the image or the object; the distance is the length of the *rounded*
     offset of that first voxel outside, with no half-step back-off (an axis ray in an object whose last voxel is
     m voxels away reports m + 1).
+
+    ``mode``: StarDist's ('cpp', 'python' or 'opencl'), accepted and ignored, as in :func:`star_dist`.
     """
+    _check_mode(mode)
     lab = _p.as_array(labels, "labels", kind="int")
     if lab.ndim != 3:
         raise ValueError(f"labels: expected a 3D (D, H, W) label image, got shape {tuple(lab.shape)}")
@@ -81,6 +88,11 @@ def star_dist3d(labels, rays=96, grid=None, *, anisotropy=None, out=None):
         if np.any(np.abs(verts) > 1):
             raise ValueError("rays: components must lie in [-1, 1] (unit vectors)")
     return _run(lab, verts, _grid(grid, 3), out)
+
+
+def _check_mode(mode):
+    if mode not in ("cpp", "python", "opencl"):
+        raise ValueError(f"mode: expected 'cpp', 'python' or 'opencl' (StarDist's; ignored here), got {mode!r}")
 
 
 def _run(lab, steps, grid, out):
