@@ -121,13 +121,17 @@ def polyhedron_volumes(dist, rays):
 # ---- polyhedron_to_label -------------------------------------------------------------------------------------
 
 def _finite_range(D, name):
-    if not bool(_isfinite_all(D)):
+    """Finite distances below MAX_DIST, checked through the extremes (NaN propagates into them): no temporary
+    the size of ``D``."""
+    if not (D.numel() if _p.is_torch(D) else D.size):
+        return
+    lo, hi = (float(D.min()), float(D.max()))
+    if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ValueError(f"{name}: must be finite (no NaN or inf)")
-    if D.numel() if _p.is_torch(D) else D.size:
-        m = float(D.abs().max() if _p.is_torch(D) else np.abs(D).max())
-        if m >= MAX_DIST:
-            raise ValueError(f"{name}: distances must be below 2^16 = {MAX_DIST:g} (got {m:g}); the work grows "
-                             "with the cube of the largest one")
+    m = max(abs(lo), abs(hi))
+    if m >= MAX_DIST:
+        raise ValueError(f"{name}: distances must be below 2^16 = {MAX_DIST:g} (got {m:g}); the work grows "
+                         "with the cube of the largest one")
 
 
 def _isfinite_all(x):
