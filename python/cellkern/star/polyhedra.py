@@ -376,11 +376,11 @@ def _grid3(grid):
     return np.array([int(g) for g in grid], np.int64)
 
 
-def _border_mask(shape, b):
-    """StarDist's border: b cells excluded on each side (int, None, or per axis (before, after))."""
-    m = np.ones(shape, bool)
+def _border_window(shape, b):
+    """StarDist's border as the window of cells left (slices): b cells excluded on each side (an int, None, or per
+    axis (before, after))."""
     if b is None:
-        return m
+        return tuple(slice(0, n) for n in shape)
     if isinstance(b, numbers.Integral):
         b = ((int(b), int(b)),) * len(shape)
     try:
@@ -389,9 +389,7 @@ def _border_mask(shape, b):
         raise ValueError(f"b: expected an int, None or per-axis (before, after) pairs, got {b!r}") from None
     if len(b) != len(shape) or min(min(p) for p in b) < 0:
         raise ValueError(f"b: expected {len(shape)} non-negative (before, after) pairs, got {b!r}")
-    inner = np.zeros(shape, bool)
-    inner[tuple(slice(x if x > 0 else None, -y if y > 0 else None) for x, y in b)] = True
-    return inner
+    return tuple(slice(min(x, n), max(min(x, n), n - y)) for (x, y), n in zip(b, shape))
 
 
 def non_maximum_suppression_3d(dist, prob, rays, grid=(1, 1, 1), b=2, nms_thresh=0.5, prob_thresh=0.5,
@@ -426,8 +424,12 @@ def non_maximum_suppression_3d(dist, prob, rays, grid=(1, 1, 1), b=2, nms_thresh
         raise ValueError("prob_thresh: must not be NaN")
     g = _grid3(grid)
     Ph = P.cpu().numpy() if _p.is_torch(P) else P
-    ind = (Ph > prob_thresh) & _border_mask(Ph.shape, b)
-    flat = np.flatnonzero(ind)
+    # candidates of the window only (no mask the size of the grid): flat indices in raster order
+    win = _border_window(Ph.shape, b)
+    local = np.nonzero(Ph[win] > prob_thresh)
+    flat = np.ravel_multi_index(tuple(c + w.start for c, w in zip(local, win)), Ph.shape) if Ph.size else \
+        np.zeros(0, np.int64)
+    del local
     probi = Ph.reshape(-1)[flat]
     order = np.argsort(-probi.astype(np.float64), kind="stable") if stable else np.argsort(probi)[::-1]
     flat, probi = flat[order], probi[order]
