@@ -38,8 +38,8 @@ struct Render3Args {
   const float* dist = nullptr;      // (n, n_rays) float32, > 0
   const float* points = nullptr;    // (n, 3) float32 centres (z, y, x)
   const int32_t* labels = nullptr;  // (n,) the label of each row
-  // (n, n_rays) or null: vertex k of row r lies exactly on a voxel centre and is a vertex of the convex hull.
-  // StarDist's Qhull test puts such a voxel outside the hull, so only its kernel test can paint it.
+  // (n, n_rays) or null: vertex k of row r lies exactly on a voxel centre that StarDist's Qhull hull test puts
+  // outside the hull (python/cellkern/star/polyhedra.py), so only its kernel test can paint that voxel.
   const uint8_t* hull_vertex = nullptr;
   int64_t shape[3] = {0, 0, 0};
   int64_t origin[3] = {0, 0, 0};    // voxel coordinates of out[0, 0, 0]: a window of a larger volume, painted as

@@ -170,8 +170,9 @@ CK_HD double inner_radius(const RayTables& t, const D* d) {
 // The walk and the level decide every voxel clearly inside (level < 1 - tol, off the cone boundaries by tol) or
 // clearly outside (level > 1 + tol); StarDist's float32 rule could not differ there. The rest (voxels within tol
 // of a face or of a cone boundary, and the centre) get StarDist's rule itself: in the kernel, or in a tetrahedron.
-// (StarDist's "full" mode also requires the convex hull via Qhull; mathematically implied, it can only differ on
-// a hull face within float rounding, which is not reproduced.)
+// StarDist's "full" mode also requires the convex hull via Qhull; mathematically implied, it only matters on the
+// hull within float rounding: at vertices sitting exactly on a voxel centre, Python passes Qhull's verdict
+// (hull_vertex); elsewhere on a hull face it is not reproduced.
 struct Poly3 {
   const float* c;      // centre (float32)
   const float* d;      // distances (float32)
