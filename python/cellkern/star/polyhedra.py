@@ -92,9 +92,11 @@ def _tables_host(vb: bytes, fb: bytes, n_rays: int):
     dirs = np.concatenate(dirs)
     best = np.empty(len(dirs), np.int32)
     worst = np.inf
-    for i0 in range(0, len(dirs), 1024):
-        co = np.einsum("fij,nj->nfi", finv, dirs[i0:i0 + 1024]).min(axis=2)
-        best[i0:i0 + 1024] = co.argmax(axis=1)
+    # 128 directions at a time: this table is built on a call's first use of a ray set, and bigger chunks (a
+    # chunk's temporary is 128 x faces x 3 float64) made it the largest allocation of a whole 3D NMS call
+    for i0 in range(0, len(dirs), 128):
+        co = np.einsum("fij,nj->nfi", finv, dirs[i0:i0 + 128]).min(axis=2)
+        best[i0:i0 + 128] = co.argmax(axis=1)
         worst = min(worst, float(co.max(axis=1).min()))
     if worst < -1e-9:
         raise ValueError("rays: the faces' cones do not cover every direction (not a star-convex ray set)")
