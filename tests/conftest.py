@@ -105,3 +105,16 @@ def fake_cuda_capsule():
 
     yield make
     keep.clear()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fuzz-long", action="store_true", help="tests/test_fuzz.py: 50x the CI number of examples")
+    parser.addoption("--fuzz-scale", type=float, default=None, help="tests/test_fuzz.py: K x the CI examples")
+
+
+def pytest_configure(config):
+    # Read by tests/test_fuzz.py when it is imported (after this hook), so hypothesis settings see it.
+    scale = config.getoption("--fuzz-scale") or (50.0 if config.getoption("--fuzz-long") else None)
+    if scale:
+        import os
+        os.environ["CELLKERN_FUZZ_SCALE"] = str(scale)
