@@ -159,7 +159,9 @@ def _onnxruntime():
     try:
         import onnxruntime
     except ImportError:
-        _log("onnxruntime is not installed: no ORT peer (pip install onnxruntime onnx)")
+        from cellkern._optional import message
+
+        _log(message("onnxruntime", "the ONNX Runtime peer", "bench") + ": running without it")
         return None
     return onnxruntime
 

@@ -319,6 +319,7 @@ def main():
     if args.worker_method:
         _worker(args)
         return
+    common.check_plot(args.plot)
 
     bad = [m for m in args.methods if m not in METHODS]
     if bad:

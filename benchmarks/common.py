@@ -157,6 +157,18 @@ def print_table(title: str, results: list[dict], threads: int) -> None:
             print(f"    => {r['ratio']:.2f}x vs best peer ({r['best_peer']})")
 
 
+def check_plot(plot_requested: bool) -> None:
+    """--plot needs matplotlib: say so before the benchmark runs, not after it."""
+    if not plot_requested:
+        return
+    from cellkern._optional import MissingDependency, check
+
+    try:
+        check("matplotlib", purpose="--plot", extra="bench")
+    except MissingDependency as e:
+        raise SystemExit(f"{Path(sys.argv[0]).name}: {e}") from None
+
+
 def plot(payloads: list[dict], path: Path) -> None:
     """Per allocator: median times with quartile whiskers (log scale), and the speed-up over each peer."""
     import matplotlib
@@ -222,6 +234,7 @@ def main(benchmark: str, make_cases: Callable[[argparse.Namespace], list[Case]],
     if add_args:
         add_args(ap)
     args = ap.parse_args()
+    check_plot(args.plot and not args.child)
 
     if args.child:
         set_threads(args.threads)

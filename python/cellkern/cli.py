@@ -48,6 +48,21 @@ def _pairs(images, masks, name="images"):
     return [str(f) for f in xs], [str(f) for f in ys]
 
 
+def _need(*names, purpose, extra=None):
+    from ._optional import check
+
+    check(*names, purpose=purpose, extra=extra)
+
+
+def _need_tiff(*paths, purpose, extra="train"):
+    """tifffile, when any of ``paths`` is a TIFF file or a folder holding one."""
+    def tiff(p):
+        return p.suffix.lower() in (".tif", ".tiff")
+
+    if any(p and (tiff(Path(p)) or Path(p).is_dir() and any(map(tiff, Path(p).iterdir()))) for p in paths):
+        _need("tifffile", purpose=purpose, extra=extra)
+
+
 def _set_threads(n):
     if n:
         import torch
@@ -74,6 +89,9 @@ def _train(args) -> None:
     from .models import StarDist2D
     from .train import Augmentation, fit
 
+    _need("matplotlib", purpose="cellkern train (its history.png)")
+    if not args.synthetic:
+        _need_tiff(args.images, args.masks, args.val_images, args.val_masks, purpose="cellkern train (TIFF files)")
     _set_threads(args.threads)
     if args.synthetic:
         if args.images or args.masks:
@@ -132,6 +150,9 @@ def _segment(args) -> None:
 
     from .train import read_array
 
+    if args.png:
+        _need("matplotlib", purpose="cellkern segment --png")
+    _need_tiff(args.image, args.out, purpose="cellkern segment (TIFF files)")
     _set_threads(args.threads)
     model = load_model(args.model)
     image = read_array(args.image)
@@ -213,6 +234,10 @@ def _predict(args) -> None:
 
     import numpy as np
 
+    _need("zarr", purpose="cellkern predict (its run store)", extra="big")
+    _need_tiff(args.image, args.out, purpose="cellkern predict (TIFF files)", extra="big")
+    if args.workers or args.scheduler:
+        _need("distributed", purpose="cellkern predict --workers/--scheduler", extra="big")
     _set_threads(args.threads)
     model = load_model(args.model)
     image = _open_input(args.image)
@@ -268,6 +293,8 @@ def _evaluate(args) -> None:
     from .star import matching_dataset
     from .train import read_array
 
+    if not args.synthetic:
+        _need_tiff(args.images, args.masks, purpose="cellkern evaluate (TIFF files)")
     _set_threads(args.threads)
     model = load_model(args.model)
     if args.synthetic:
@@ -319,6 +346,8 @@ def _overlay_png(path, image, outlines, titles=None):
 
 
 def _demo(args) -> None:
+    _need("torch", purpose="cellkern demo")
+    _need("matplotlib", purpose="cellkern demo (its PNG)")
     import numpy as np
     import torch
 
@@ -460,11 +489,15 @@ def _parser():
 
 
 def main(argv=None) -> None:
+    from ._optional import MissingDependency
+
     ap = _parser()
     args = ap.parse_args(argv)
     try:
+        if args.cmd != "info":
+            _need("torch", purpose=f"cellkern {args.cmd}")
         args.fn(args)
-    except (ValueError, TypeError, FileNotFoundError, NotImplementedError) as e:
+    except (ValueError, TypeError, FileNotFoundError, NotImplementedError, MissingDependency) as e:
         # bad input: one clear line, not a traceback (CELLKERN_DEBUG=1 shows it)
         if os.environ.get("CELLKERN_DEBUG"):
             raise

@@ -26,7 +26,9 @@ def batched(x, nd, name="x"):
 
 def require_torch():
     if torch is None:
-        raise ImportError("this needs PyTorch: pip install torch==2.13.0 (or your torch)")
+        from .._optional import require
+
+        return require("torch", "this cellkern call (torch tensors, autograd, torch.compile)")
     return torch
 
 

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from .._optional import require
 from ..star import non_maximum_suppression, non_maximum_suppression_3d, polygons_to_label, polyhedron_to_label
 from .plan import output_spec, plan_tiles
 from .tiled import _Eval, run_tiles
@@ -194,7 +195,7 @@ class _Engine:
         """fn(job, *a) for a in args, results in order."""
         bar = None
         if self.progress and args:
-            from tqdm.auto import tqdm
+            tqdm = require("tqdm.auto", "progress bars").tqdm
 
             bar = tqdm(total=len(args), desc=desc, unit="block")
         try:
@@ -220,10 +221,7 @@ class _Engine:
 def _client(scheduler):
     if scheduler is None:
         return None
-    try:
-        import distributed
-    except ImportError:
-        raise ImportError("scheduler: dask.distributed is needed (pip install distributed)") from None
+    distributed = require("distributed", "predict_instances_big(scheduler=...)")
     if isinstance(scheduler, distributed.Client):
         return scheduler
     if isinstance(scheduler, str):
@@ -309,6 +307,7 @@ def predict_instances_big(model, image, block_size, prob_thresh=None, nms_thresh
         raise ValueError(f"out: its chunks {tuple(chunks)} must divide the block size {plan.core} when blocks run "
                          f"on a cluster")
 
+    require("zarr", "predict_instances_big (its run store)")  # before the percentile pass over the whole image
     lo = hi = None
     if normalize:
         from ..data.normalize import percentiles

@@ -149,7 +149,9 @@ def predict_tiled(model, image, tile_size=None, batch_size=1, memory_budget=None
         raise ValueError(f"out: expected shape {want}, got {tuple(getattr(out, 'shape', ()))}")
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from .._optional import require
+
+        tqdm = require("tqdm.auto", "predict_tiled(progress=True)").tqdm
 
         bar = tqdm(total=len(plan), desc="tiles", unit="tile")
     try:

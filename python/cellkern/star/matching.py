@@ -356,7 +356,9 @@ def _dataset(y_gen, total, thresh, criterion, by_image, show_progress, parallel)
     ts, single = _threshs(thresh)
     if criterion not in _CRITERIA:
         raise ValueError(f"criterion: expected one of {_CRITERIA}, got {criterion!r}")
-    from tqdm import tqdm
+    from .._optional import require
+
+    tqdm = require("tqdm", "matching_dataset").tqdm
 
     pairs_it = tqdm(y_gen, disable=not bool(show_progress), total=total)
     one = functools.partial(_overlap_scores, criterion=criterion)

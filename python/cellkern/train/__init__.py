@@ -1,4 +1,7 @@
 """Training StarDist models: data sampling and augmentation, the training loop (DDP-ready), threshold search."""
+from .._optional import require as _require
+
+_require("torch", "cellkern.train")  # fails here with the pip command, not deep inside
 from .augment import (Augmentation, add_noise, adjust_intensity, elastic_offsets, flip_rotate, gaussian_blur,
                       resample, zoom_coordinates)
 from .data import PairedImages, random_crop_corner, read_array

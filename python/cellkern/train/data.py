@@ -21,9 +21,9 @@ def read_array(path) -> np.ndarray:
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix in (".tif", ".tiff"):
-        import tifffile
+        from .._optional import require
 
-        return tifffile.imread(p)
+        return require("tifffile", f"reading {p.name}").imread(p)
     if suffix == ".npy":
         return np.load(p, allow_pickle=False)
     raise ValueError(f"{p}: unsupported file type {suffix!r} (expected one of {', '.join(IMAGE_SUFFIXES)})")
@@ -103,7 +103,9 @@ class PairedImages:
 
     def check(self, progress=False):
         """Reads every pair once: validates it and records ``shapes`` and ``n_foreground``. Returns self."""
-        from tqdm.auto import tqdm
+        from .._optional import require
+
+        tqdm = require("tqdm.auto", "PairedImages.check").tqdm
 
         shapes, fg = [], []
         for i in tqdm(range(len(self)), desc="checking data", disable=not progress, leave=False):

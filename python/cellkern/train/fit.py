@@ -107,8 +107,10 @@ def _allreduce(dist, array, device):
 
 def plot_history(history, path):
     """Writes the training curves (loss, validation loss, validation F1 / AP at IoU 0.5 per epoch) to a PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from .._optional import require
+
+    FigureCanvasAgg = require("matplotlib.backends.backend_agg", "plot_history").FigureCanvasAgg
+    Figure = require("matplotlib.figure", "plot_history").Figure
 
     fig = Figure(figsize=(9, 3.5), dpi=100)
     FigureCanvasAgg(fig)
@@ -170,7 +172,11 @@ def fit(model, X, Y, validation_data=None, *, epochs=None, steps_per_epoch=None,
     Returns the history: per-epoch lists ``epoch, loss, loss_prob, loss_dist, val_loss, val_f1, val_ap, lr, time``
     and ``best_epoch``, ``thresholds``, ``stopped_early``.
     """
-    from tqdm.auto import tqdm
+    from .._optional import require
+
+    tqdm = require("tqdm.auto", "fit").tqdm
+    if out_dir is not None:  # history.png is written at the end: a missing matplotlib must not cost the training
+        require("matplotlib", "fit(out_dir=...) (its history.png)")
 
     nd = len(model.downsampling_factor)
     factor = tuple(int(f) for f in model.downsampling_factor)

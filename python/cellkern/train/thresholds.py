@@ -37,7 +37,9 @@ def optimize_thresholds(model, X_val, Y_val, nms_threshs=(0.3, 0.4, 0.5), iou_th
     Returns ``{"prob": float, "nms": float, "measure": value at the optimum}``.
     """
     from scipy.optimize import minimize_scalar
-    from tqdm.auto import tqdm
+    from .._optional import require
+
+    tqdm = require("tqdm.auto", "optimize_thresholds").tqdm
 
     if len(X_val) != len(Y_val):
         raise ValueError(f"X_val and Y_val: {len(X_val)} images but {len(Y_val)} masks")
