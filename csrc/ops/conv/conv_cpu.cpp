@@ -108,7 +108,12 @@ class PanelRows {
     const int64_t hspan = std::min(rows_in_plane * KH_, (rows_in_plane - 1) * g.s[1] + (KH_ - 1) * g.d[1] + 1);
     const int64_t planes = rb_ <= 1 ? 1 : ceil_div(rb_, g.out[1]) + 1;
     cap_ = std::min(rb_ * KD_ * KH_, planes * KD_ * hspan);
-    data_.assign(size_t(g.Cin * cap_ * row_len_), T(0));
+    try {  // the one per-thread buffer that grows with the geometry: say how large it was
+      data_.assign(size_t(g.Cin * cap_ * row_len_), T(0));
+    } catch (const std::bad_alloc&) {
+      throw MemoryError(str("conv: could not allocate a ", g.Cin * cap_ * row_len_ * int64_t(sizeof(T)),
+                            "-byte panel of input rows (one per thread)"));
+    }
     zero_.assign(size_t(row_len_), T(0));
     keys_.assign(size_t(cap_), -2);
     rows_.resize(size_t(rb_ * g.Cin * KD_ * KH_));
