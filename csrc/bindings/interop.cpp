@@ -19,11 +19,27 @@ TensorView view(py::handle obj, const char* name, Keepalive& keep) {
     if (!py::hasattr(obj, "__dlpack__"))
       throw TypeError(str(name, ": expected an array (numpy array, torch tensor or DLPack capsule), got ",
                           std::string(py::str(py::type::of(obj).attr("__name__")))));
+    // A producer that cannot export (numpy object or string arrays, non-native byte order) raises BufferError: the
+    // argument is of the wrong kind for a kernel, a TypeError naming it.
+    auto export_error = [&](py::error_already_set& e) {
+      if (!e.matches(PyExc_BufferError)) throw;
+      throw TypeError(str(name, ": cannot be read as a numeric array (", e.what(), ")"));
+    };
+    // torch refuses to export meta tensors (BufferError): say what is wrong with the argument instead.
+    if (py::hasattr(obj, "device") && py::hasattr(obj.attr("device"), "type")) {
+      const std::string dev = py::str(obj.attr("device").attr("type"));
+      CK_CHECK_VALUE(dev == "cpu" || dev == "cuda", name, ": cellkern runs on cpu and cuda data, got a tensor on ",
+                     dev);
+    }
     try {  // versioned first: it carries the read-only flag
       cap = obj.attr("__dlpack__")(py::arg("max_version") = py::make_tuple(1, 0));
     } catch (py::error_already_set& e) {
-      if (!e.matches(PyExc_TypeError)) throw;
-      cap = obj.attr("__dlpack__")();
+      if (!e.matches(PyExc_TypeError)) export_error(e);
+      try {
+        cap = obj.attr("__dlpack__")();
+      } catch (py::error_already_set& e2) {
+        export_error(e2);
+      }
     }
     keep.push_back(cap);
   }
@@ -59,8 +75,9 @@ TensorView view(py::handle obj, const char* name, Keepalive& keep) {
     case kDLCUDAManaged:
       v.device = {DeviceType::cuda, dl->device.device_id};
       break;
-    default:
-      v.device = {DeviceType::other, dl->device.device_id};
+    default:  // meta, mps, ...: nothing a kernel could read
+      throw ValueError(str(name, ": cellkern runs on cpu and cuda data, got DLPack device type ",
+                           int(dl->device.device_type)));
   }
   v.ndim = dl->ndim;
   v.data = static_cast<char*>(dl->data) + dl->byte_offset;

@@ -22,6 +22,48 @@ Backend backend_from(const std::string& s) {
   return Backend::cpu;
 }
 
+// Opens a parallel region of the given kind on `threads` threads, in which one worker (not the calling thread's)
+// throws an exception of the given kind: the exception must come out of the call, never std::terminate.
+void test_parallel_throw(const std::string& region, const std::string& kind, int threads) {
+  auto raise = [&] {
+    if (kind == "bad_alloc") throw std::bad_alloc();
+    if (kind == "memory") throw ck::MemoryError("test: could not allocate 123456789 bytes");
+    if (kind == "value") throw ck::ValueError("test: a value error from a worker");
+    if (kind == "type") throw ck::TypeError("test: a type error from a worker");
+    if (kind == "none") return;
+    throw ck::RuntimeError("test: a runtime error from a worker");
+  };
+  const int before = ck::num_threads();
+  ck::set_num_threads(threads);
+  struct Restore {
+    int n;
+    ~Restore() { ck::set_num_threads(n); }
+  } restore{before};
+  py::gil_scoped_release nogil;
+  constexpr int64_t n = 64;
+  if (region == "parallel_for") {
+    ck::parallel_for(n, 1, [&](int64_t b, int64_t) {
+      if (b > 0) raise();
+    });
+  } else if (region == "dynamic_for") {
+    ck::dynamic_for(n, ck::kSerialWork + 1, [&](int64_t i) {
+      if (i == n / 2) raise();
+    });
+  } else if (region == "run_workers") {
+    ck::run_workers(threads, true, [&](int w) {
+      if (w == threads - 1) raise();
+    });
+  } else if (region == "nested") {  // a kernel's parallel_for inside a parallel region (runs serially there)
+    ck::parallel_for(n, 1, [&](int64_t b, int64_t e) {
+      ck::parallel_for(e - b, 1, [&](int64_t, int64_t) {
+        if (b > 0) raise();
+      });
+    });
+  } else {
+    throw ck::ValueError("region: expected parallel_for, dynamic_for, run_workers or nested, got '" + region + "'");
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -31,6 +73,13 @@ PYBIND11_MODULE(_C, m) {
       if (p) std::rethrow_exception(p);
     } catch (const ck::TypeError& e) {
       PyErr_SetString(PyExc_TypeError, e.what());
+    } catch (const ck::MemoryError& e) {
+      PyErr_SetString(PyExc_MemoryError, e.what());
+    } catch (const std::bad_alloc&) {
+      PyErr_SetString(PyExc_MemoryError, "out of memory: a cellkern kernel could not allocate its working memory "
+                                         "(std::bad_alloc)");
+    } catch (const std::length_error& e) {  // a std::vector asked for more than max_size()
+      PyErr_SetString(PyExc_MemoryError, (std::string("out of memory: ") + e.what()).c_str());
     }
   });
 
@@ -39,6 +88,8 @@ PYBIND11_MODULE(_C, m) {
   bind_star(m);
   bind_star3d(m);
 
+  m.def("_test_parallel_throw", &test_parallel_throw, py::arg("region"), py::arg("kind"), py::arg("threads"),
+        "Test hook: a worker of a parallel region throws `kind`; returns only if nothing was thrown.");
   m.def("set_num_threads", &ck::set_num_threads, py::arg("n"),
         "Threads for cellkern's OpenMP regions (0 = OpenMP's default).");
   m.def("get_num_threads", &ck::num_threads);

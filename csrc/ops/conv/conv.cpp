@@ -18,12 +18,13 @@ void check_params(const ConvParams& p) {
   CK_CHECK_VALUE(p.nd == 2 || p.nd == 3, "convolution has 2 or 3 spatial dims, got ", p.nd);
   const char* dims = kDims[p.nd - 2];
   for (int i = 0; i < p.nd; ++i) {
-    CK_CHECK_VALUE(p.stride[i] > 0 && p.stride[i] < kMaxParam, "stride must be positive, got ", p.stride[i],
-                   " for dim ", dims[i]);
-    CK_CHECK_VALUE(p.dilation[i] > 0 && p.dilation[i] < kMaxParam, "dilation must be positive, got ",
+    CK_CHECK_VALUE(p.stride[i] > 0 && p.stride[i] < kMaxParam, "stride must be positive and below 2^31, got ",
+                   p.stride[i], " for dim ", dims[i]);
+    CK_CHECK_VALUE(p.dilation[i] > 0 && p.dilation[i] < kMaxParam, "dilation must be positive and below 2^31, got ",
                    p.dilation[i], " for dim ", dims[i]);
     CK_CHECK_VALUE(p.pad_lo[i] >= 0 && p.pad_hi[i] >= 0 && p.pad_lo[i] < kMaxParam && p.pad_hi[i] < kMaxParam,
-                   "padding must be non-negative, got ", p.pad_lo[i], " and ", p.pad_hi[i], " for dim ", dims[i]);
+                   "padding must be non-negative and below 2^31, got ", p.pad_lo[i], " and ", p.pad_hi[i], " for dim ",
+                   dims[i]);
   }
   CK_CHECK_VALUE(p.groups > 0, "groups must be positive, got ", p.groups);
   CK_CHECK_VALUE(int(p.pad_mode) >= 0 && int(p.pad_mode) <= 3,
@@ -99,6 +100,9 @@ Problem make_problem(const Shape& xs, const char* xname, const Shape& ws, const 
   g.pad = p.pad_mode;
   const int off = 3 - nd;
   int64_t n_in = 1, n_out = 1;
+  // Sizes that overflow int64 name the tensor (x, or out for the input of a transposed convolution's problem).
+  const std::string in_size = str(xname, ": the number of elements"), out_size = "the output's number of elements "
+                              "(check stride, padding and dilation)";
   r.out_shape[0] = g.N;
   r.out_shape[1] = r.cout_total;
   for (int i = 0; i < nd; ++i) {
@@ -107,7 +111,7 @@ Problem make_problem(const Shape& xs, const char* xname, const Shape& ws, const 
     g.in[a] = xs.s[2 + i];
     g.k[a] = ws.s[2 + i];
     CK_CHECK_VALUE(g.in[a] > 0, xname, ": spatial dimensions must be non-empty, got shape ", str_shape(xs));
-    CK_CHECK_VALUE(g.k[a] > 0 && g.k[a] < kMaxParam, "weight: kernel dimensions must be positive, got shape ",
+    CK_CHECK_VALUE(g.k[a] > 0 && g.k[a] < kMaxParam, "weight: kernel dimensions must be in [1, 2^31), got shape ",
                    str_shape(ws));
     g.s[a] = p.stride[i];
     g.d[a] = p.dilation[i];
@@ -122,19 +126,20 @@ Problem make_problem(const Shape& xs, const char* xname, const Shape& ws, const 
                      "the input size, got padding ", std::max(p.pad_lo[i], p.pad_hi[i]), " for dim ", dim,
                      " of size ", g.in[a]);
     const int64_t span = checked_mul(g.d[a], g.k[a] - 1, "dilation * (kernel_size - 1)");
-    CK_CHECK_VALUE(g.in[a] + g.lo[a] + r.hi[a] > span, "the kernel (size ", g.k[a], ", dilation ", g.d[a],
+    CK_CHECK_VALUE(g.in[a] + g.lo[a] + r.hi[a] > span, "weight, dilation: the kernel (size ", g.k[a], ", dilation ", g.d[a],
                    ") is larger than the padded input (", g.in[a], " + padding ", g.lo[a] + r.hi[a], ") along dim ",
                    dim, " of ", xname, " ", str_shape(xs));
     g.out[a] = conv::out_size(g.in[a], g.k[a], g.s[a], g.d[a], g.lo[a], r.hi[a]);
     r.out_shape[2 + i] = g.out[a];
-    r.k_elems = checked_mul(r.k_elems, g.k[a], "the kernel size");
-    n_in = checked_mul(n_in, g.in[a], "the input size");
-    n_out = checked_mul(n_out, g.out[a], "the output size");
+    r.k_elems = checked_mul(r.k_elems, g.k[a], "weight: the kernel size");
+    n_in = checked_mul(n_in, g.in[a], in_size.c_str());
+    n_out = checked_mul(n_out, g.out[a], out_size.c_str());
   }
-  g.x_bs = checked_mul(r.cin_total, n_in, "the input size");
-  g.y_bs = checked_mul(r.cout_total, n_out, "the output size");
-  checked_mul(g.N, std::max(g.x_bs, g.y_bs), "the tensor size");
-  checked_mul(r.cout_total, checked_mul(g.Cin, r.k_elems, "the weight size"), "the weight size");
+  g.x_bs = checked_mul(r.cin_total, n_in, in_size.c_str());
+  g.y_bs = checked_mul(r.cout_total, n_out, out_size.c_str());
+  checked_mul(g.N, g.x_bs, in_size.c_str());
+  checked_mul(g.N, g.y_bs, out_size.c_str());
+  checked_mul(r.cout_total, checked_mul(g.Cin, r.k_elems, "weight: the weight size"), "weight: the weight size");
   return r;
 }
 
@@ -182,7 +187,33 @@ void for_groups(int64_t groups, Backend be, const F& f) {
   for (int64_t gi = 0; gi < groups; ++gi) f(gi);
 }
 
+// The same convolution with parameters that cannot matter set to 1: the stride of a dim with one output (only
+// output 0 exists, which reads -lo + k d) and the dilation of a one-tap dim. A stride of 2^31 - 1 giving a 1x1
+// output then runs the ordinary kernels.
+ConvGeom tidy(ConvGeom g) {
+  for (int a = 0; a < 3; ++a) {
+    if (g.out[a] == 1) g.s[a] = 1;
+    if (g.k[a] == 1) g.d[a] = 1;
+  }
+  return g;
+}
+
+// The algorithm a backend runs g with: the process-wide choice, or gather for sparse geometries on the CPU.
+ConvAlgo algo_for(const ConvGeom& g, Backend be) {
+  return be == Backend::cpu && conv_sparse_geometry(g) ? ConvAlgo::gather : conv_algorithm();
+}
+
 }  // namespace
+
+bool conv_sparse_geometry(const ConvGeom& g) {
+  bool disjoint = true;
+  for (int a = 0; a < 3; ++a) disjoint = disjoint && g.k[a] == g.s[a] && (g.k[a] == 1 || g.d[a] == 1);
+  if (disjoint) return false;
+  const int64_t span = (g.k[2] - 1) * g.d[2];
+  const int64_t fwd = (std::min<int64_t>(g.out[2], 24) - 1) * g.s[2] + span + 1;
+  const int64_t bwd = std::min<int64_t>(g.in[2], 24) + span;
+  return std::max(fwd, bwd) > kGatherWidth;
+}
 
 ConvAlgo conv_set_algorithm(ConvAlgo a) {
   CK_CHECK_VALUE(int(a) >= 0 && int(a) <= 2, "algorithm must be 0 (auto), 1 (direct) or 2 (winograd)");
@@ -307,7 +338,8 @@ Problem transposed_problem(const Shape& xs, const Shape& ws, const Shape& ys, co
   Problem r = make_problem(ys, "out", ws, p);
   for (int i = 0; i < nd; ++i) {
     const int a = 3 - nd + i;
-    const int64_t base = (xs.s[2 + i] - 1) * r.g.s[a] - 2 * r.g.lo[a] + r.g.d[a] * (r.g.k[a] - 1) + 1;
+    const int64_t base = checked_mul(xs.s[2 + i] - 1, r.g.s[a], "x: (size - 1) * stride") - 2 * r.g.lo[a] +
+                         r.g.d[a] * (r.g.k[a] - 1) + 1;
     const int64_t extra = std::max(r.g.s[a], r.g.d[a]);
     CK_CHECK_VALUE(xs.s[2 + i] > 0 && ys.s[2 + i] >= base && ys.s[2 + i] < base + extra, "out: size ", ys.s[2 + i],
                    " along dim ", kDims[nd - 2][i], " is not (in - 1) * stride - 2 * padding + dilation * (kernel - 1)"
@@ -358,8 +390,8 @@ std::vector<int64_t> conv_transpose_output_shape(const std::vector<int64_t>& x_s
                    "got ", op, " with stride ", s, " and dilation ", d, " for dim ", kDims[p.nd - 2][i]);
     CK_CHECK_VALUE(k > 0 && k < kMaxParam && s > 0 && s < kMaxParam && d > 0 && d < kMaxParam,
                    "weight, stride, dilation: expected positive sizes, got kernel ", k, ", stride ", s, ", dilation ", d);
-    const int64_t y = checked_mul(xs.s[2 + i] - 1, s, "the output size") - 2 * p.pad_lo[i] +
-                      checked_mul(d, k - 1, "the output size") + op + 1;
+    const int64_t y = checked_mul(xs.s[2 + i] - 1, s, "out: (input size - 1) * stride") - 2 * p.pad_lo[i] +
+                      checked_mul(d, k - 1, "out: dilation * (kernel size - 1)") + op + 1;
     CK_CHECK_VALUE(xs.s[2 + i] > 0 && y > 0, "the output would be empty along dim ", kDims[p.nd - 2][i], " (input ",
                    xs.s[2 + i], ", kernel ", k, ", stride ", s, ", padding ", p.pad_lo[i], ", dilation ", d, ")");
     ys.s[2 + i] = y;
@@ -384,9 +416,10 @@ void conv_forward(const std::vector<TensorView>& xs, const TensorView& w, const 
   check_tensor(y, "out", r.out_shape, p.nd + 2, x, names[0].c_str());
   check_output_parts(y, "out", xs, names, {{&w, "weight"}, {&b, "bias"}});
   Backend be = pick_backend(x, use_emu);
-  const ConvGeom& g = r.g;
+  const ConvGeom g = tidy(r.g);
   if (g.N == 0) return;
   const int64_t wg = g.Cout * g.Cin * r.k_elems;
+  const ConvAlgo algo = algo_for(g, be);
   for_groups(r.groups, be, [&](int64_t gi) {
     ConvForwardArgs a{g,
                       x.dtype,
@@ -396,7 +429,7 @@ void conv_forward(const std::vector<TensorView>& xs, const TensorView& w, const 
                       offset(y.data, gi * g.Cout * plane_out(g), x.dtype),
                       p.act,
                       p.slope,
-                      conv_algorithm(),
+                      algo,
                       x.device.index};
     if (be == Backend::cpu)
       CK_CPU_CALL(conv_forward_cpu, a);
@@ -437,6 +470,8 @@ void grad_input_run(const Problem& r, const ConvParams& p, const TensorView& gy,
     g.x_bs = r.cin_total * plane_in(g);
     target = workspace.data;
   }
+  g = tidy(g);
+  const ConvAlgo algo = algo_for(g, be);
   const int64_t wg = g.Cout * w_cin * r.k_elems;
   for_groups(r.groups, be, [&](int64_t gi) {
     ConvGradInputArgs a{g,
@@ -447,7 +482,7 @@ void grad_input_run(const Problem& r, const ConvParams& p, const TensorView& gy,
                         w_cin,
                         offset(b, gi * g.Cin, gx.dtype),
                         offset(target, gi * g.Cin * plane_in(g), gx.dtype),
-                        conv_algorithm(),
+                        algo,
                         gx.device.index};
     if (be == Backend::cpu)
       CK_CPU_CALL(conv_grad_input_cpu, a);
@@ -466,7 +501,8 @@ void grad_input_run(const Problem& r, const ConvParams& p, const TensorView& gy,
 template <class InputOf>
 void grad_weight_run(const Problem& r, const TensorView& gy, const ActGrad& act, const InputOf& in_of,
                      const TensorView& gw, void* gb, Backend be, void* stream) {
-  const ConvGeom& g = r.g;
+  const ConvGeom g = tidy(r.g);
+  const ConvAlgo algo = algo_for(g, be);
   const int64_t wg = g.Cout * g.Cin * r.k_elems;
   for_groups(r.groups, be, [&](int64_t gi) {
     ConvGradWeightArgs a{g,
@@ -476,7 +512,7 @@ void grad_weight_run(const Problem& r, const TensorView& gy, const ActGrad& act,
                          in_of(gi),
                          offset(gw.data, gi * wg, gw.dtype),
                          offset(gb, gi * g.Cout, gw.dtype),
-                         conv_algorithm(),
+                         algo,
                          gw.device.index};
     if (be == Backend::cpu)
       CK_CPU_CALL(conv_grad_weight_cpu, a);
@@ -571,10 +607,11 @@ void conv_transpose_grad_input(const TensorView& gy, const TensorView& w, const 
   check_dense(w, "weight");
   check_output(gx, "grad_input", {{&gy, "grad_output"}, {&w, "weight"}});
   Backend be = pick_backend(gx, use_emu);
-  const ConvGeom& g = r.g;
+  const ConvGeom g = tidy(r.g);
   if (g.N == 0) return;
   // The convolution y -> x: forward kernels with the transposed problem's geometry.
   const int64_t wg = g.Cout * g.Cin * r.k_elems;
+  const ConvAlgo algo = algo_for(g, be);
   for_groups(r.groups, be, [&](int64_t gi) {
     ConvForwardArgs a{g,
                       gx.dtype,
@@ -585,7 +622,7 @@ void conv_transpose_grad_input(const TensorView& gy, const TensorView& w, const 
                       offset(gx.data, gi * g.Cout * plane_out(g), gx.dtype),
                       Act::none,
                       0.0,
-                      conv_algorithm(),
+                      algo,
                       gx.device.index};
     if (be == Backend::cpu)
       CK_CPU_CALL(conv_forward_cpu, a);

@@ -18,7 +18,9 @@ enum class Act : int32_t { none = 0, relu = 1, leaky_relu = 2 };
 // CPU algorithm for the forward and both gradients: auto (Winograd F(4x4, 3x3), and F(3x3, 4x4) for the weight
 // gradient, for float32 3x3 stride-1 layers with enough channels, else direct), direct, or Winograd wherever it
 // applies.
-enum class ConvAlgo : int32_t { automatic = 0, direct = 1, winograd = 2 };
+// gather is never set by users: the dispatch picks it for geometries whose windows reach far beyond the input
+// (see conv_sparse_geometry), where the direct kernels' panels would be absurdly wide.
+enum class ConvAlgo : int32_t { automatic = 0, direct = 1, winograd = 2, gather = 3 };
 
 struct ConvParams {
   int nd = 2;  // spatial dims: 2 or 3
@@ -150,6 +152,14 @@ struct ConvKernels {
 // Output shape for input/weight shapes; validates shapes and parameters (ValueError naming the argument).
 std::vector<int64_t> conv_output_shape(const std::vector<int64_t>& x_shape, const std::vector<int64_t>& w_shape,
                                        const ConvParams& p);
+
+// Whether the direct CPU kernels would need absurdly wide panels for this geometry (a stride or dilation far beyond
+// any real layer's, e.g. 2^31 - 1, or 2^30 with as much padding): the narrowest panel row, one register tile of 24
+// outputs (or inputs, for the gradient of the input) along w, spans more than kGatherWidth input columns. Kernels
+// equal to their stride (patchify layers, U-Net upsampling) never use panels. The CPU then runs ConvAlgo::gather,
+// whose work is only the products that read real inputs.
+constexpr int64_t kGatherWidth = 4096;
+bool conv_sparse_geometry(const ConvGeom& g);
 
 // The CPU algorithm choice (process-wide; tests force each path). Returns the previous one.
 ConvAlgo conv_set_algorithm(ConvAlgo a);

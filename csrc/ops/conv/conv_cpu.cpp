@@ -108,7 +108,12 @@ class PanelRows {
     const int64_t hspan = std::min(rows_in_plane * KH_, (rows_in_plane - 1) * g.s[1] + (KH_ - 1) * g.d[1] + 1);
     const int64_t planes = rb_ <= 1 ? 1 : ceil_div(rb_, g.out[1]) + 1;
     cap_ = std::min(rb_ * KD_ * KH_, planes * KD_ * hspan);
-    data_.assign(size_t(g.Cin * cap_ * row_len_), T(0));
+    try {  // the one per-thread buffer that grows with the geometry: say how large it was
+      data_.assign(size_t(g.Cin * cap_ * row_len_), T(0));
+    } catch (const std::bad_alloc&) {
+      throw MemoryError(str("conv: could not allocate a ", g.Cin * cap_ * row_len_ * int64_t(sizeof(T)),
+                            "-byte panel of input rows (one per thread)"));
+    }
     zero_.assign(size_t(row_len_), T(0));
     keys_.assign(size_t(cap_), -2);
     rows_.resize(size_t(rb_ * g.Cin * KD_ * KH_));
@@ -1909,12 +1914,207 @@ void fold_typed(const ConvFoldArgs& a) {
   });
 }
 
+// ---- sparse geometry (ConvAlgo::gather): windows that reach far beyond the input --------------------------
+//
+// A stride of 2^31 - 1, or a dilation of 2^30 with as much padding, on a small input: the panels above would hold
+// rows as wide as the windows' reach (gigabytes, a minute of copying zeros) for a few outputs. Here each dim lists,
+// once, the (tap, input position) pairs of every output that read the input (conv_math.h's maps), and every
+// output, input gradient or weight tap sums over those pairs only: the work is that of the products that read
+// real data. Scalar loops: these shapes are rare and their work small.
+
+// Along one dim, output o reads input pos[j] through tap tap[j] for j in [at[o], at[o + 1]).
+struct TapList {
+  std::vector<int64_t> at, tap, pos;
+};
+
+TapList tap_list(int64_t out, int64_t in, int64_t k, int64_t s, int64_t d, int64_t lo, PadMode pad) {
+  TapList t;
+  t.at.push_back(0);
+  for (int64_t o = 0; o < out; ++o) {
+    int64_t k0 = 0, k1 = k;
+    if (pad == PadMode::zeros) {  // only the taps that land in [0, in): never a walk over a window of padding
+      const int64_t base = conv::tap_input(o, 0, s, d, lo);
+      k0 = base >= 0 ? 0 : std::min(k, (-base + d - 1) / d);
+      k1 = base > in - 1 ? 0 : std::min(k, (in - 1 - base) / d + 1);
+    }
+    for (int64_t kk = k0; kk < k1; ++kk) {
+      const int64_t i = conv::map_index(conv::tap_input(o, kk, s, d, lo), in, pad);
+      if (i < 0) continue;
+      t.tap.push_back(kk);
+      t.pos.push_back(i);
+    }
+    t.at.push_back(int64_t(t.tap.size()));
+  }
+  return t;
+}
+
+// The same pairs grouped by input position: input i is read by output pos[j] through tap tap[j], j in [at[i],
+// at[i + 1]), outputs in increasing order.
+TapList invert(const TapList& f, int64_t in) {
+  TapList r;
+  r.at.assign(size_t(in + 1), 0);
+  for (int64_t p : f.pos) ++r.at[size_t(p + 1)];
+  for (int64_t i = 0; i < in; ++i) r.at[size_t(i + 1)] += r.at[size_t(i)];
+  r.tap.resize(f.tap.size());
+  r.pos.resize(f.pos.size());
+  std::vector<int64_t> fill(r.at.begin(), r.at.end() - 1);
+  for (int64_t o = 0; o + 1 < int64_t(f.at.size()); ++o)
+    for (int64_t j = f.at[size_t(o)]; j < f.at[size_t(o + 1)]; ++j) {
+      const int64_t q = fill[size_t(f.pos[size_t(j)])]++;
+      r.tap[size_t(q)] = f.tap[size_t(j)];
+      r.pos[size_t(q)] = o;
+    }
+  return r;
+}
+
+struct TapLists {
+  TapList d[3];
+  TapLists(const ConvGeom& g, bool by_input) {
+    for (int a = 0; a < 3; ++a) {
+      d[a] = tap_list(g.out[a], g.in[a], g.k[a], g.s[a], g.d[a], g.lo[a], g.pad);
+      if (by_input) d[a] = invert(d[a], g.in[a]);
+    }
+  }
+  // f(flat tap, flat position) for every pair of the point (p0, p1, p2); sizes: the kernel's and the positions'.
+  template <class F>
+  void each(int64_t p0, int64_t p1, int64_t p2, const int64_t* k, const int64_t* n, const F& f) const {
+    for (int64_t j0 = d[0].at[size_t(p0)]; j0 < d[0].at[size_t(p0 + 1)]; ++j0)
+      for (int64_t j1 = d[1].at[size_t(p1)]; j1 < d[1].at[size_t(p1 + 1)]; ++j1) {
+        const int64_t t01 = d[0].tap[size_t(j0)] * k[1] + d[1].tap[size_t(j1)];
+        const int64_t q01 = d[0].pos[size_t(j0)] * n[1] + d[1].pos[size_t(j1)];
+        for (int64_t j2 = d[2].at[size_t(p2)]; j2 < d[2].at[size_t(p2 + 1)]; ++j2)
+          f(t01 * k[2] + d[2].tap[size_t(j2)], q01 * n[2] + d[2].pos[size_t(j2)]);
+      }
+  }
+};
+
+// A gradient input read through a fused activation's derivative (y laid out as gy), or as it is.
+template <class T>
+T grad_at(const T* gy, const T* y, int64_t i, const ActGrad& a) {
+  return y ? conv::act_grad(y[i], gy[i], a.act, T(a.act == Act::relu ? 0.0 : a.slope)) : gy[i];
+}
+
+template <class T>
+void forward_gather(const ConvForwardArgs& a) {
+  const ConvGeom& g = a.g;
+  const TapLists L(g, false);
+  const int64_t K = g.k[0] * g.k[1] * g.k[2], pin = g.in[0] * g.in[1] * g.in[2];
+  const int64_t pout = g.out[0] * g.out[1] * g.out[2];
+  const T* w = static_cast<const T*>(a.w);
+  const T* bias = static_cast<const T*>(a.b);
+  const T* x0 = static_cast<const T*>(a.x.data[0]);
+  parallel_for(g.N * g.Cout, 1, [&](int64_t b, int64_t e) {
+    for (int64_t nc = b; nc < e; ++nc) {
+      const int64_t n = nc / g.Cout, oc = nc % g.Cout;
+      T* y = static_cast<T*>(a.y) + n * g.y_bs + oc * pout;
+      for (int64_t od = 0; od < g.out[0]; ++od)
+        for (int64_t oh = 0; oh < g.out[1]; ++oh)
+          for (int64_t ow = 0; ow < g.out[2]; ++ow) {
+            T acc = bias ? bias[oc] : T(0);
+            for (int64_t c = 0; c < g.Cin; ++c) {
+              const T* xp = conv::input_plane<T>(a.x, n, c, pin);
+              const T* yp = act_at(a.x.act, x0, xp);
+              const T* wc = w + (oc * g.Cin + c) * K;
+              L.each(od, oh, ow, g.k, g.in, [&](int64_t t, int64_t q) { acc += wc[t] * grad_at(xp, yp, q, a.x.act); });
+            }
+            y[(od * g.out[1] + oh) * g.out[2] + ow] = conv::act_apply(acc, a.act, T(a.slope));
+          }
+    }
+  });
+}
+
+// Zero padding only (the dispatch folds the other modes through a padded workspace).
+template <class T>
+void grad_input_gather(const ConvGradInputArgs& a) {
+  const ConvGeom& g = a.g;
+  CK_CHECK(g.pad == PadMode::zeros, "conv gather: the gradient of the input expects zero padding (internal error)");
+  const TapLists L(g, true);
+  const int64_t K = g.k[0] * g.k[1] * g.k[2], pin = g.in[0] * g.in[1] * g.in[2];
+  const int64_t pout = g.out[0] * g.out[1] * g.out[2];
+  const T* w = static_cast<const T*>(a.w);
+  const T* bias = static_cast<const T*>(a.b);
+  const T* gy = static_cast<const T*>(a.gy);
+  const T* ya = static_cast<const T*>(a.act.y);
+  parallel_for(g.N * g.Cin, 1, [&](int64_t b, int64_t e) {
+    for (int64_t nc = b; nc < e; ++nc) {
+      const int64_t n = nc / g.Cin, c = nc % g.Cin;
+      T* gx = static_cast<T*>(a.gx) + n * g.x_bs + c * pin;
+      for (int64_t id = 0; id < g.in[0]; ++id)
+        for (int64_t ih = 0; ih < g.in[1]; ++ih)
+          for (int64_t iw = 0; iw < g.in[2]; ++iw) {
+            T acc = bias ? bias[c] : T(0);
+            for (int64_t oc = 0; oc < g.Cout; ++oc) {
+              const T* gp = gy + n * g.y_bs + oc * pout;
+              const T* yp = ya ? ya + n * g.y_bs + oc * pout : nullptr;
+              const T* wc = w + (oc * a.w_cin + c) * K;
+              L.each(id, ih, iw, g.k, g.out, [&](int64_t t, int64_t q) { acc += wc[t] * grad_at(gp, yp, q, a.act); });
+            }
+            gx[(id * g.in[1] + ih) * g.in[2] + iw] = acc;
+          }
+    }
+  });
+}
+
+template <class T>
+void grad_weight_gather(const ConvGradWeightArgs& a) {
+  const ConvGeom& g = a.g;
+  const TapLists L(g, false);
+  const int64_t K = g.k[0] * g.k[1] * g.k[2], pin = g.in[0] * g.in[1] * g.in[2];
+  const int64_t pout = g.out[0] * g.out[1] * g.out[2];
+  const T* gy = static_cast<const T*>(a.gy);
+  const T* ya = static_cast<const T*>(a.act.y);
+  parallel_for(g.Cout * g.Cin, 1, [&](int64_t b, int64_t e) {
+    std::vector<T> acc(static_cast<size_t>(K));
+    for (int64_t pair = b; pair < e; ++pair) {
+      const int64_t oc = pair / g.Cin, c = pair % g.Cin;
+      std::fill(acc.begin(), acc.end(), T(0));
+      for (int64_t n = 0; n < g.N; ++n) {
+        const T* xp = conv::input_plane<T>(a.x, n, c, pin);
+        const T* gp = gy + n * g.y_bs + oc * pout;
+        const T* yp = ya ? ya + n * g.y_bs + oc * pout : nullptr;
+        for (int64_t od = 0; od < g.out[0]; ++od)
+          for (int64_t oh = 0; oh < g.out[1]; ++oh)
+            for (int64_t ow = 0; ow < g.out[2]; ++ow) {
+              const T gv = grad_at(gp, yp, (od * g.out[1] + oh) * g.out[2] + ow, a.act);
+              L.each(od, oh, ow, g.k, g.in, [&](int64_t t, int64_t q) { acc[size_t(t)] += gv * xp[q]; });
+            }
+      }
+      std::copy(acc.begin(), acc.end(), static_cast<T*>(a.gw) + pair * K);
+    }
+  });
+  if (!a.gb) return;
+  parallel_for(g.Cout, 1, [&](int64_t b, int64_t e) {
+    for (int64_t oc = b; oc < e; ++oc) {
+      T s = T(0);
+      for (int64_t n = 0; n < g.N; ++n) {
+        const T* gp = gy + n * g.y_bs + oc * pout;
+        const T* yp = ya ? ya + n * g.y_bs + oc * pout : nullptr;
+        for (int64_t i = 0; i < pout; ++i) s += grad_at(gp, yp, i, a.act);
+      }
+      static_cast<T*>(a.gb)[oc] = s;
+    }
+  });
+}
+
 }  // namespace
 
-void conv_forward_cpu(const ConvForwardArgs& a) { CK_DISPATCH_FLOAT(a.dtype, forward_typed<scalar_t>(a)); }
-void conv_grad_input_cpu(const ConvGradInputArgs& a) { CK_DISPATCH_FLOAT(a.dtype, grad_input_typed<scalar_t>(a)); }
+void conv_forward_cpu(const ConvForwardArgs& a) {
+  if (a.algo == ConvAlgo::gather)
+    CK_DISPATCH_FLOAT(a.dtype, forward_gather<scalar_t>(a));
+  else
+    CK_DISPATCH_FLOAT(a.dtype, forward_typed<scalar_t>(a));
+}
+void conv_grad_input_cpu(const ConvGradInputArgs& a) {
+  if (a.algo == ConvAlgo::gather)
+    CK_DISPATCH_FLOAT(a.dtype, grad_input_gather<scalar_t>(a));
+  else
+    CK_DISPATCH_FLOAT(a.dtype, grad_input_typed<scalar_t>(a));
+}
 void conv_grad_weight_cpu(const ConvGradWeightArgs& a) {
-  CK_DISPATCH_FLOAT(a.dtype, grad_weight_typed<scalar_t>(a));
+  if (a.algo == ConvAlgo::gather)
+    CK_DISPATCH_FLOAT(a.dtype, grad_weight_gather<scalar_t>(a));
+  else
+    CK_DISPATCH_FLOAT(a.dtype, grad_weight_typed<scalar_t>(a));
 }
 void conv_fold_cpu(const ConvFoldArgs& a) { CK_DISPATCH_FLOAT(a.dtype, fold_typed<scalar_t>(a)); }
 void conv_bias_grad_cpu(const ConvBiasGradArgs& a) { CK_DISPATCH_FLOAT(a.dtype, bias_grad_typed<scalar_t>(a)); }

@@ -15,11 +15,11 @@ void check_params(const PoolParams& p) {
   CK_CHECK_VALUE(p.nd == 2 || p.nd == 3, "pooling has 2 or 3 spatial dims, got ", p.nd);
   const char* dims = p.nd == 2 ? "hw" : "dhw";
   for (int i = 0; i < p.nd; ++i) {
-    CK_CHECK_VALUE(p.kernel[i] > 0 && p.kernel[i] < kMaxParam, "kernel_size must be positive (and below 2^31), got ",
+    CK_CHECK_VALUE(p.kernel[i] > 0 && p.kernel[i] < kMaxParam, "kernel_size must be positive and below 2^31, got ",
                    p.kernel[i], " for dim ", dims[i]);
-    CK_CHECK_VALUE(p.stride[i] > 0 && p.stride[i] < kMaxParam, "stride must be positive (and below 2^31), got ",
+    CK_CHECK_VALUE(p.stride[i] > 0 && p.stride[i] < kMaxParam, "stride must be positive and below 2^31, got ",
                    p.stride[i], " for dim ", dims[i]);
-    CK_CHECK_VALUE(p.dilation[i] > 0 && p.dilation[i] < kMaxParam, "dilation must be positive (and below 2^31), got ",
+    CK_CHECK_VALUE(p.dilation[i] > 0 && p.dilation[i] < kMaxParam, "dilation must be positive and below 2^31, got ",
                    p.dilation[i], " for dim ", dims[i]);
     CK_CHECK_VALUE(p.padding[i] >= 0, "padding must be non-negative, got ", p.padding[i], " for dim ", dims[i]);
     CK_CHECK_VALUE(p.padding[i] <= p.kernel[i] / 2, "padding should be at most half of kernel_size, got padding ",
@@ -46,8 +46,8 @@ PoolGeom make_geom(const TensorView& in, const char* name, const PoolParams& p) 
     g.p[a] = p.padding[i];
     g.d[a] = p.dilation[i];
     g.out[a] = pool::out_size(g.in[a], g.k[a], g.s[a], g.p[a], g.d[a], p.ceil_mode);
-    CK_CHECK_VALUE(g.out[a] >= 1, "output size is too small: input ", shape_str(in), " with kernel_size ", g.k[a],
-                   ", stride ", g.s[a], ", padding ", g.p[a], ", dilation ", g.d[a], " gives ", g.out[a],
+    CK_CHECK_VALUE(g.out[a] >= 1, "output size is too small for kernel_size, stride, padding and dilation: input ",
+                   shape_str(in), " with kernel_size ", g.k[a], ", stride ", g.s[a], ", padding ", g.p[a], ", dilation ", g.d[a], " gives ", g.out[a],
                    " outputs along a spatial dim");
   }
   int64_t n = 1;
@@ -80,7 +80,7 @@ void check_index(const TensorView& idx, const char* name, PoolIndex mode, const 
   }
   if (mode == PoolIndex::local) {
     check_dtype(idx, name, {DType::u8});
-    CK_CHECK_VALUE(g.k[0] * g.k[1] * g.k[2] <= 256, name,
+    CK_CHECK_VALUE(g.k[0] <= 256 && g.k[1] <= 256 && g.k[2] <= 256 && g.k[0] * g.k[1] * g.k[2] <= 256, name,
                    ": local (uint8) indices need a window of at most 256 elements; use flat indices");
   } else {
     check_dtype(idx, name, {DType::i64});

@@ -165,7 +165,10 @@ void forward_nhwc(const PoolForwardArgs& a) {
   const T* x = static_cast<const T*>(a.x);
   T* out = static_cast<T*>(a.out);
   const int64_t C = g.C, pixels = g.N * g.out[0] * g.out[1] * g.out[2];
-  const int64_t vol = g.k[0] * g.k[1] * g.k[2];
+  // Taps inside the input, at most: per dim, the kernel or the input positions a dilated window can hit (a
+  // kernel of 2^20 with padding 2^19 on an 8x8 input has 64, not 2^40).
+  int64_t vol = 1;
+  for (int i = 0; i < 3; ++i) vol *= std::min(g.k[i], (g.in[i] + g.d[i] - 1) / g.d[i]);
   parallel_for(pixels, grain_rows(C), [&](int64_t p0, int64_t p1) {
     std::vector<const T*> taps(vol);
     std::vector<int> code(vol);
@@ -175,19 +178,26 @@ void forward_nhwc(const PoolForwardArgs& a) {
       const T* img = x + n * g.in[0] * g.in[1] * g.in[2] * C;
       int nt = 0;
       int first_local = 0;
-      for (int64_t kd = 0; kd < g.k[0]; ++kd) {
-        int64_t id = od * g.s[0] - g.p[0] + kd * g.d[0];
-        if (id < 0 || id >= g.in[0]) continue;
-        for (int64_t kh = 0; kh < g.k[1]; ++kh) {
-          int64_t ih = oh * g.s[1] - g.p[1] + kh * g.d[1];
-          if (ih < 0 || ih >= g.in[1]) continue;
-          for (int64_t kw = 0; kw < g.k[2]; ++kw) {
-            int64_t iw = ow * g.s[2] - g.p[2] + kw * g.d[2];
-            if (iw < 0 || iw >= g.in[2]) continue;
+      // The window's in-range positions per dim: [first, end) in steps of d (pool_math.h's window_max bounds).
+      const int64_t opos[3] = {od, oh, ow};
+      int64_t start[3], first[3], end[3];
+      for (int i = 0; i < 3; ++i) {
+        start[i] = opos[i] * g.s[i] - g.p[i];
+        first[i] = pool::first_valid(start[i], g.d[i]);
+        end[i] = std::min(g.in[i], start[i] + (g.k[i] - 1) * g.d[i] + 1);
+      }
+      for (int64_t id = first[0]; id < end[0]; id += g.d[0]) {
+        const int64_t kd = (id - start[0]) / g.d[0];
+        for (int64_t ih = first[1]; ih < end[1]; ih += g.d[1]) {
+          const int64_t kh = (ih - start[1]) / g.d[1];
+          for (int64_t iw = first[2]; iw < end[2]; iw += g.d[2]) {
+            const int64_t kw = (iw - start[2]) / g.d[2];
             int64_t flat = (id * g.in[1] + ih) * g.in[2] + iw;
-            if (nt == 0) first_local = int((kd * g.k[1] + kh) * g.k[2] + kw);
+            // window positions fit an int only for local indices (<= 256 taps); the other modes do not read them
+            const int local = Mode == PoolIndex::local ? int((kd * g.k[1] + kh) * g.k[2] + kw) : 0;
+            if (nt == 0) first_local = local;
             taps[nt] = img + flat * C;
-            code[nt] = Mode == PoolIndex::flat ? int(nt) : int((kd * g.k[1] + kh) * g.k[2] + kw);
+            code[nt] = Mode == PoolIndex::flat ? int(nt) : local;
             ++nt;
           }
         }

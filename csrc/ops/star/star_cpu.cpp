@@ -15,25 +15,6 @@
 CK_NS_BEGIN
 namespace {
 
-// Below this much work (elements touched) a call stays on one thread: a parallel region costs little on an idle
-// machine but a whole scheduler time slice (milliseconds) when the cores are oversubscribed.
-constexpr int64_t kSerialWork = int64_t(1) << 20;
-
-// Runs f(i) for i in [0, n) with dynamic scheduling: per-row work in these kernels varies a lot (objects are
-// unevenly spread), so static chunks would leave a thread idle. Serial when `work` is small.
-template <class F>
-void dynamic_for(int64_t n, int64_t work, const F& f) {
-#ifdef _OPENMP
-  const int nt = usable_threads();
-  if (nt > 1 && n > 1 && work > kSerialWork) {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-    for (int64_t i = 0; i < n; ++i) f(i);
-    return;
-  }
-#endif
-  for (int64_t i = 0; i < n; ++i) f(i);
-}
-
 // ---- star_dist ---------------------------------------------------------------------------------------------
 
 // labels -> the zero-framed copy of type L. With Check, returns false as soon as a label does not fit L (used
@@ -511,10 +492,7 @@ LabelRange label_range_cpu(DType dt, const void* yt, const void* yp, int64_t n) 
       r.both = both;
       part[w] = r;
     };
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) if (nt > 1 && n > kSerialWork)
-#endif
-    for (int w = 0; w < nt; ++w) work(w);
+    run_workers(nt, nt > 1 && n > kSerialWork, work);
     bool first = true;
     for (int w = 0; w < nt; ++w) {
       if (w * chunk >= n) continue;
@@ -638,10 +616,7 @@ void label_overlap_cpu(DType dt, const void* yt, const void* yp, int64_t n, int3
         }
       }
     };
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) if (nt > 1 && n > kSerialWork)
-#endif
-    for (int w = 0; w < nt; ++w) work(w);
+    run_workers(nt, nt > 1 && n > kSerialWork, work);
     for (int64_t i = 0; i <= n_true; ++i) {
       int64_t s = 0;
       for (int w = 0; w < nt; ++w) s += st[w][i];

@@ -438,7 +438,7 @@ NmsStats nms_typed(const NmsArgs& a) {
   for (size_t q = 0; q < maxima.size(); ++q) list_of[slot_of[maxima[q]]] = int64_t(q);
   std::vector<std::vector<int64_t>> lists(maxima.size());
   std::atomic<size_t> next_q{0}, sweep_q{0};
-  std::atomic<bool> done{false};
+  std::atomic<bool> done{false}, helper_failed{false};
   NmsStats st, st_helper;
 
   // Takes the next queued maximum and lists its suppressions; false once the queue is empty.
@@ -480,6 +480,7 @@ NmsStats nms_typed(const NmsArgs& a) {
             continue;   // the helper took it just now: look again
           }
           if (f != 1) break;  // 3 or 4 cannot happen for a kept maximum; never spin on them
+          if (helper_failed.load(std::memory_order_relaxed)) break;  // its list will never come: test it here
           if (!list_next(w, st)) cpu_relax();  // being listed: do queued work meanwhile
         }
       }
@@ -507,17 +508,25 @@ NmsStats nms_typed(const NmsArgs& a) {
   const double ms_maxima = t1 - t0;
   t0 = t1;
   if (helper) {
-#ifdef _OPENMP
-#pragma omp parallel num_threads(2)
-    {
-      if (omp_get_thread_num() == 0)
-        sweep();
-      else
-        help();
-    }
-#else
-    sweep();
-#endif
+    // Either side may throw (out of memory): the helper's failure makes the sweep stop waiting for its lists and
+    // test those maxima itself; the sweep's failure ends the helper's loop (done), so neither spins forever.
+    run_workers(2, true, [&](int w) {
+      if (w == 0) {
+        try {
+          sweep();
+        } catch (...) {
+          done.store(true);
+          throw;
+        }
+      } else {
+        try {
+          help();
+        } catch (...) {
+          helper_failed.store(true);
+          throw;
+        }
+      }
+    });
   } else {
     sweep();
   }

@@ -13,21 +13,9 @@
 CK_NS_BEGIN
 namespace {
 
-// Below this much work a call stays on one thread (a parallel region costs a time slice on a busy machine).
-constexpr int64_t kSerialWork = int64_t(1) << 18;
-
-template <class F>
-void dynamic_for(int64_t n, int64_t work, const F& f) {
-#ifdef _OPENMP
-  const int nt = usable_threads();
-  if (nt > 1 && n > 1 && work > kSerialWork) {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-    for (int64_t i = 0; i < n; ++i) f(i);
-    return;
-  }
-#endif
-  for (int64_t i = 0; i < n; ++i) f(i);
-}
+// Below this much work a 3D call stays on one thread (a parallel region costs a time slice on a busy machine);
+// a quarter of the 2D kernels' threshold: a 3D ray's work per voxel is larger.
+constexpr int64_t kSerialWork3d = kSerialWork / 4;
 
 double ms_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -43,7 +31,7 @@ void polyhedron_to_label_cpu(const Render3Args& a) {
   std::vector<float> pv(size_t(a.n) * 3 * R);
   std::vector<double> inv_d(size_t(a.n) * R), tol(a.n), rin2(a.n), rout2(a.n);
   std::vector<int64_t> box(size_t(a.n) * 6);
-  parallel_for(a.n, std::max<int64_t>(16, kSerialWork / (16 * R)), [&](int64_t i0, int64_t i1) {
+  parallel_for(a.n, std::max<int64_t>(16, kSerialWork3d / (16 * R)), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const float* c = a.points + 3 * i;
       const float* d = a.dist + i * R;
@@ -108,7 +96,7 @@ void polyhedron_to_label_cpu(const Render3Args& a) {
           }
         }
     }
-  });
+  }, kSerialWork3d);
 }
 
 // ---- NMS -----------------------------------------------------------------------------------------------------
@@ -176,7 +164,7 @@ Nms3Stats nms3d_typed(const Nms3Args& a) {
   bool integral = true;
   for (int64_t i = 0; i < 3 * n && integral; ++i)
     integral = a.points[i] == std::floor(a.points[i]) && std::fabs(a.points[i]) < 1e15;
-  parallel_for(n, std::max<int64_t>(16, kSerialWork / (4 * R)), [&](int64_t i0, int64_t i1) {
+  parallel_for(n, std::max<int64_t>(16, kSerialWork3d / (4 * R)), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const D* d = dist + i * R;
       vol[i] = star3d::volume(a.rays, d);
@@ -321,7 +309,7 @@ Nms3Stats nms3d_typed(const Nms3Args& a) {
           }
         }
       }
-    });
+    }, kSerialWork3d);
   }
   for (const auto& p : part) {
     st.voxels += p.voxels;

@@ -7,9 +7,8 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from .. import _C
-from .._pool import empty as _pooled
-from ._common import (batched, check_device, dl, emu_flag, is_channels_last, memory_format, ntuple, require_torch,
-                      stream_of, torch)
+from ._common import (batched, check_same_device, check_tensor, dl, emu_flag, empty, host_array, is_channels_last,
+                      is_tensor, memory_format, np_empty, ntuple, stream_of, torch)
 
 __all__ = ["conv2d", "conv3d", "conv_transpose2d", "conv_transpose3d"]
 
@@ -107,23 +106,34 @@ def _dl_parts(xs):
     return dl(xs[0]) if len(xs) == 1 else [dl(p) for p in xs]
 
 
+def _part_names(xs):
+    return ["x"] if len(xs) == 1 else [f"x[{i}]" for i in range(len(xs))]
+
+
+def _check_torch_args(xs, weight, bias):
+    """Kinds and devices of a torch call's tensors, before anything reaches the custom op (whose dispatch would
+    route a meta tensor among them to the fake kernel and return uninitialised memory)."""
+    names = _part_names(xs)
+    for n, p in zip(names, xs):
+        if not is_tensor(p):
+            raise TypeError(f"{n}: expected a torch.Tensor or numpy.ndarray, got {'None' if p is None else type(p).__name__}")
+        check_tensor(p, n)
+    if isinstance(weight, np.ndarray):
+        raise TypeError("weight: expected a torch.Tensor when x is a torch.Tensor, got numpy.ndarray")
+    check_tensor(weight, "weight")
+    check_tensor(bias, "bias", none_ok=True)
+    check_same_device(*zip(names, xs), ("weight", weight), ("bias", bias))
+
+
 def _conv(x, weight, bias, nd, stride, padding, dilation, groups, padding_mode, activation, negative_slope):
     xs, numpy_in = _parts(x, nd)
     if numpy_in:
         return _conv_numpy(xs, weight, bias, nd, stride, padding, dilation, groups, padding_mode, activation,
                            negative_slope)
-    require_torch()
-    for name, t in (("x", xs[0]), ("weight", weight)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor or numpy.ndarray, got {type(t).__name__}")
-    if bias is not None and not isinstance(bias, torch.Tensor):
-        raise TypeError(f"bias: expected a torch.Tensor or None, got {type(bias).__name__}")
+    _check_torch_args(xs, weight, bias)
     params = _params(nd, tuple(weight.shape), stride, padding, dilation, groups, padding_mode, activation,
                      negative_slope)
     xbs, unbatched = _batched_parts(xs, nd)
-    for i, xb in enumerate(xbs):
-        check_device(xb, "x" if len(xbs) == 1 else f"x[{i}]")
-    check_device(weight, "weight")
     y = torch.ops.cellkern.conv(xbs, weight, bias, *params)
     return y[0] if unbatched else y
 
@@ -131,6 +141,9 @@ def _conv(x, weight, bias, nd, stride, padding, dilation, groups, padding_mode, 
 def _conv_numpy(xs, weight, bias, nd, stride, padding, dilation, groups, padding_mode, activation, negative_slope):
     if not isinstance(weight, np.ndarray) or (bias is not None and not isinstance(bias, np.ndarray)):
         raise TypeError("weight and bias: expected numpy arrays when x is a numpy array")
+    xs = [host_array(p, n) for n, p in zip(_part_names(xs), xs)]
+    weight = host_array(weight, "weight")
+    bias = None if bias is None else host_array(bias, "bias")
     s, lo, hi, d, groups, mode, act, slope = _params(nd, weight.shape, stride, padding, dilation, groups,
                                                      padding_mode, activation, negative_slope)
     xbs, unbatched = _batched_parts(xs, nd)
@@ -138,7 +151,7 @@ def _conv_numpy(xs, weight, bias, nd, stride, padding, dilation, groups, padding
     w = np.ascontiguousarray(weight)
     b = None if bias is None else np.ascontiguousarray(bias)
     shape = _C.conv_output_shape(_whole_shape(xbs), list(w.shape), s, lo, hi, d, groups, mode)
-    out = np.empty(shape, dtype=xbs[0].dtype)
+    out = np_empty(shape, xbs[0].dtype, "out")
     _C.conv_forward(xbs[0] if len(xbs) == 1 else xbs, w, b, out, s, lo, hi, d, groups, mode, act, slope,
                     emu_flag(xbs[0]), 0)
     return out[0] if unbatched else out
@@ -168,7 +181,7 @@ if torch is not None:
         bc = None if bias is None else _dense(bias)
         shape = _C.conv_output_shape(_whole_shape(xc), list(wc.shape), stride, padding_lo, padding_hi, dilation,
                                      groups, padding_mode)
-        y = _pooled(shape, x.dtype, x.device)
+        y = empty(shape, x.dtype, x.device, "out")
         _C.conv_forward(_dl_parts(xc), dl(wc), dl(bc), dl(y), stride, padding_lo, padding_hi, dilation, groups,
                         padding_mode, activation, negative_slope, emu_flag(x), stream_of(x))
         # The kernels compute NC(D)HW; channels_last callers get their layout back (as torch's conv does).
@@ -194,10 +207,10 @@ if torch is not None:
                             activation: int, negative_slope: float) -> torch.Tensor:
         gy, wc = _dense(grad_out), _dense(weight)
         out = None if output is None else _dense(output)
-        gx = _pooled(input_shape, gy.dtype, gy.device)
+        gx = empty(input_shape, gy.dtype, gy.device, "grad_input")
         ws_shape = _C.conv_grad_input_workspace_shape(input_shape, list(wc.shape), stride, padding_lo, padding_hi,
                                                       dilation, groups, padding_mode, channel_offset)
-        ws = _pooled(ws_shape, gy.dtype, gy.device) if ws_shape else None
+        ws = empty(ws_shape, gy.dtype, gy.device, "workspace (the padded input's gradient)") if ws_shape else None
         _C.conv_grad_input(dl(gy), dl(wc), dl(gx), dl(ws), stride, padding_lo, padding_hi, dilation, groups,
                            padding_mode, activation, negative_slope, emu_flag(gy), stream_of(gy), channel_offset,
                            dl(out))
@@ -215,7 +228,7 @@ if torch is not None:
                              activation: int, negative_slope: float) -> Tuple[torch.Tensor, torch.Tensor]:
         gy, xc = _dense(grad_out), [_dense(p) for p in xs]
         out = None if output is None else _dense(output)
-        gw = _pooled(weight_shape, gy.dtype, gy.device)
+        gw = empty(weight_shape, gy.dtype, gy.device, "grad_weight")
         gb = torch.empty(weight_shape[0] if with_bias else 0, dtype=gy.dtype, device=gy.device)
         _C.conv_grad_weight(dl(gy), _dl_parts(xc), dl(gw), dl(gb) if with_bias else None, stride, padding_lo,
                             padding_hi, dilation, groups, padding_mode, activation, negative_slope, emu_flag(gy),
@@ -298,22 +311,17 @@ def _conv_transpose(x, weight, bias, nd, stride, padding, output_padding, groups
     if isinstance(x, np.ndarray):
         if not isinstance(weight, np.ndarray) or (bias is not None and not isinstance(bias, np.ndarray)):
             raise TypeError("weight and bias: expected numpy arrays when x is a numpy array")
+        x, weight = host_array(x, "x"), host_array(weight, "weight")
+        bias = None if bias is None else host_array(bias, "bias")
         xb, unbatched = batched(x, nd)
         xb, w = np.ascontiguousarray(xb), np.ascontiguousarray(weight)
         b = None if bias is None else np.ascontiguousarray(bias)
-        out = np.empty(_C.conv_transpose_output_shape(list(xb.shape), list(w.shape), s, p, op, d, groups),
-                       dtype=xb.dtype)
+        out = np_empty(_C.conv_transpose_output_shape(list(xb.shape), list(w.shape), s, p, op, d, groups), xb.dtype,
+                       "out")
         _C.conv_transpose_forward(xb, w, b, out, s, p, d, groups, emu_flag(xb), 0)
         return out[0] if unbatched else out
-    require_torch()
-    for name, t in (("x", x), ("weight", weight)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor or numpy.ndarray, got {type(t).__name__}")
-    if bias is not None and not isinstance(bias, torch.Tensor):
-        raise TypeError(f"bias: expected a torch.Tensor or None, got {type(bias).__name__}")
+    _check_torch_args([x], weight, bias)
     xb, unbatched = batched(x, nd)
-    check_device(xb, "x")
-    check_device(weight, "weight")
     y = torch.ops.cellkern.conv_transpose(xb, weight, bias, s, p, op, d, groups)
     return y[0] if unbatched else y
 
@@ -333,7 +341,7 @@ if torch is not None:
         bc = None if bias is None else _dense(bias)
         shape = _C.conv_transpose_output_shape(list(xc.shape), list(wc.shape), stride, padding, output_padding,
                                                dilation, groups)
-        y = _pooled(shape, x.dtype, x.device)
+        y = empty(shape, x.dtype, x.device, "out")
         _C.conv_transpose_forward(dl(xc), dl(wc), dl(bc), dl(y), stride, padding, dilation, groups, emu_flag(xc),
                                   stream_of(xc))
         return y.contiguous(memory_format=memory_format(True, nd)) if cl else y
@@ -352,7 +360,7 @@ if torch is not None:
                                       stride: List[int], padding: List[int], dilation: List[int],
                                       groups: int) -> torch.Tensor:
         gy, wc = _dense(grad_out), _dense(weight)
-        gx = _pooled(input_shape, gy.dtype, gy.device)
+        gx = empty(input_shape, gy.dtype, gy.device, "grad_input")
         _C.conv_transpose_grad_input(dl(gy), dl(wc), dl(gx), stride, padding, dilation, groups, emu_flag(gy),
                                      stream_of(gy))
         return gx
@@ -366,7 +374,7 @@ if torch is not None:
                                        stride: List[int], padding: List[int], dilation: List[int],
                                        groups: int) -> torch.Tensor:
         gy, xc = _dense(grad_out), _dense(x)
-        gw = _pooled(weight_shape, gy.dtype, gy.device)
+        gw = empty(weight_shape, gy.dtype, gy.device, "grad_weight")
         _C.conv_transpose_grad_weight(dl(gy), dl(xc), dl(gw), stride, padding, dilation, groups, emu_flag(gy),
                                       stream_of(gy))
         return gw

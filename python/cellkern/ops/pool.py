@@ -6,9 +6,8 @@ from typing import List, Tuple
 import numpy as np
 
 from .. import _C
-from .._pool import empty as _pooled
-from ._common import (batched, check_device, dense, dl, emu_flag, is_channels_last, memory_format, ntuple,
-                      require_torch, stream_of, torch)
+from ._common import (batched, check_device, dense, dl, emu_flag, empty, host_array, is_channels_last, is_tensor,
+                      memory_format, np_empty, ntuple, stream_of, torch)
 
 __all__ = ["max_pool2d", "max_pool3d"]
 
@@ -39,12 +38,11 @@ def _max_pool(x, nd, kernel_size, stride, padding, dilation, ceil_mode, return_i
     k, s, p, d = _params(nd, kernel_size, stride, padding, dilation)
     ceil_mode = bool(ceil_mode)
     if isinstance(x, np.ndarray):
-        return _max_pool_numpy(x, nd, k, s, p, d, ceil_mode, return_indices)
-    require_torch()
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x: expected a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
+        return _max_pool_numpy(host_array(x, "x"), nd, k, s, p, d, ceil_mode, return_indices)
+    if not is_tensor(x):
+        raise TypeError(f"x: expected a torch.Tensor or numpy.ndarray, got {'None' if x is None else type(x).__name__}")
+    check_device(x, "x")
     xb, unbatched = batched(x, nd)
-    check_device(xb, "x")
     needs_grad = torch.is_grad_enabled() and xb.requires_grad
     if return_indices:
         mode = FLAT
@@ -62,8 +60,8 @@ def _max_pool_numpy(x, nd, k, s, p, d, ceil_mode, return_indices):
     xb, unbatched = batched(x, nd)
     xb = np.ascontiguousarray(xb)
     shape = _C.max_pool_output_shape(list(xb.shape), k, s, p, d, ceil_mode)
-    out = np.empty(shape, dtype=xb.dtype)
-    idx = np.empty(shape, dtype=np.int64) if return_indices else None
+    out = np_empty(shape, xb.dtype, "out")
+    idx = np_empty(shape, np.int64, "indices") if return_indices else None
     _C.max_pool_forward(xb, out, idx, k, s, p, d, ceil_mode, FLAT if return_indices else NONE, emu_flag(xb), 0)
     if unbatched:
         out = out[0]
@@ -90,11 +88,11 @@ if torch is not None:
         x = dense(x, nd)
         cl = is_channels_last(x, nd)
         shape = _C.max_pool_output_shape(list(x.shape), kernel_size, stride, padding, dilation, ceil_mode)
-        out = _pooled(shape, x.dtype, x.device, cl)
+        out = empty(shape, x.dtype, x.device, "out", cl)
         if index_mode == NONE:
             idx = torch.empty(0, dtype=torch.uint8, device=x.device)
         else:
-            idx = _pooled(shape, torch.uint8 if index_mode == LOCAL else torch.int64, x.device, cl)
+            idx = empty(shape, torch.uint8 if index_mode == LOCAL else torch.int64, x.device, "indices", cl)
         _C.max_pool_forward(dl(x), dl(out), dl(idx) if index_mode != NONE else None, kernel_size, stride, padding,
                             dilation, ceil_mode, index_mode, emu_flag(x), stream_of(x))
         return out, idx
@@ -120,7 +118,7 @@ if torch is not None:
         mf = memory_format(channels_last, nd)
         grad_out = grad_out.contiguous(memory_format=mf)
         indices = indices.contiguous(memory_format=mf)
-        grad_in = _pooled(input_shape, grad_out.dtype, grad_out.device, channels_last)
+        grad_in = empty(input_shape, grad_out.dtype, grad_out.device, "grad_input", channels_last)
         _C.max_pool_backward(dl(grad_out), dl(indices), dl(grad_in), kernel_size, stride, padding, dilation,
                              ceil_mode, index_mode, emu_flag(grad_in), stream_of(grad_in))
         return grad_in

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 
 from .. import _C
-from ._common import dl, emu_flag, stream_of, torch
+from ._common import dl, emu_flag, stream_of, to_numpy, torch
 
 __all__ = ["is_torch", "as_array", "ray_steps_2d", "trig_table", "ray_tables", "to_device", "new_zeros",
            "new_empty", "emu_for", "stream_for", "workspace"]
@@ -36,11 +36,7 @@ def as_array(x, name: str, *, ndim=None, kind=None):
         if ndim is not None and t.ndim not in (ndim if isinstance(ndim, tuple) else (ndim,)):
             raise ValueError(f"{name}: expected {ndim} dims, got shape {tuple(t.shape)}")
         return t.contiguous()
-    if not isinstance(x, np.ndarray):
-        if hasattr(x, "__array__") or isinstance(x, (list, tuple)):
-            x = np.asarray(x)
-        else:
-            raise TypeError(f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}")
+    x = to_numpy(x, name)
     if kind == "int" and x.dtype.type not in _INT_DTYPES:
         raise TypeError(f"{name}: expected an integer array, got {x.dtype}")
     if kind == "float" and x.dtype not in (np.float32, np.float64):
