@@ -226,21 +226,25 @@ class PanelRows {
       const int64_t key = need_[size_t(u)], ih = key % g.in[1], id = (key / g.in[1]) % g.in[0];
       const int64_t nn = key / (g.in[1] * g.in[0]);
       const int64_t plane = g.in[0] * g.in[1] * g.in[2], row = (id * g.in[1] + ih) * g.in[2];
+      uint32_t m = 0;
       for (int64_t c = 0; c < g.Cin; ++c) {
         const T* src = conv::input_plane<T>(x_, nn, c, plane) + row;
-        if (x_.act.y)
-          copy_row(GradLoad{act_at(x_.act, static_cast<const T*>(x_.data[0]), src) - src, x_.act.act,
-                            T(x_.act.act == Act::relu ? 0.0 : x_.act.slope)},
-                   src, slot_ptr(c, free_slot));
-        else
-          copy_row(PlainLoad{}, src, slot_ptr(c, free_slot));
+        T* dst = slot_ptr(c, free_slot);
+        if (x_.act.y) {
+          const GradLoad ld{act_at(x_.act, static_cast<const T*>(x_.data[0]), src) - src, x_.act.act,
+                            T(x_.act.act == Act::relu ? 0.0 : x_.act.slope)};
+          if (track_)
+            m = std::max(m, copy_row_tracked(ld, src, dst));
+          else
+            copy_row(ld, src, dst);
+        } else {
+          if (track_)
+            m = std::max(m, copy_row_tracked(PlainLoad{}, src, dst));
+          else
+            copy_row(PlainLoad{}, src, dst);
+        }
       }
-      if (track_) {
-        // A separate pass over the rows just copied (L1-resident): positions no copy writes stay zero.
-        uint32_t m = 0;
-        for (int64_t c = 0; c < g.Cin; ++c) m = std::max(m, max_abs_bits(slot_ptr(c, free_slot), row_len_));
-        mag_[size_t(free_slot)] = m;
-      }
+      if (track_) mag_[size_t(free_slot)] = m;
     }
     for (int64_t j = 0; j < nr; ++j)
       for (int64_t c = 0; c < g.Cin; ++c)
@@ -367,11 +371,58 @@ class PanelRows {
       }
     }
   }
-#if CK_SIMD_AVX2
-  // p[k * stride + q] = s[4 q + k] for q < 8, k < 4 (s read through the loader).
+  // copy_row, returning the largest |value| written (abs_bits). The Winograd panels (stride 4) fold it into the
+  // copy (values already in registers; a separate pass over the rows cost the 3D forward ~4%); others scan after.
   template <class L>
-  static void deinterleave4(const L& ld, const float* s, float* p, int64_t stride) {
+  uint32_t copy_row_tracked(const L& ld, const T* src, T* dst) const {
+#if CK_SIMD_AVX2
+    if constexpr (std::is_same<T, float>::value) {
+      if (S_ == 4) {
+        const int64_t W = g_.in[2];
+        const int64_t mid0 = round_up(std::min(cwin_, std::max<int64_t>(0, -in0_)), 4);
+        const int64_t mid1 = std::min({cwin_, in_valid_, std::max<int64_t>(0, W - in0_)});
+        uint32_t m = 0;
+        int64_t t = 0;
+        for (; t < mid0; ++t) {
+          const float v = at(ld, src, t);
+          dst[(t % 4) * phase_ + t / 4] = v;
+          m = std::max(m, abs_bits(v));
+        }
+        __m256i acc = _mm256_setzero_si256();
+        for (; t + 32 <= mid1; t += 32) deinterleave4(ld, src + in0_ + t, dst + t / 4, phase_, &acc);
+        for (int64_t ph = t % 4, q = t / 4; t < cwin_; ++t) {
+          const float v = at(ld, src, t);
+          dst[ph * phase_ + q] = v;
+          m = std::max(m, abs_bits(v));
+          if (++ph == 4) {
+            ph = 0;
+            ++q;
+          }
+        }
+        alignas(32) uint32_t l[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(l), acc);
+        for (int k = 0; k < 8; ++k) m = std::max(m, l[k]);
+        return m;
+      }
+    }
+#endif
+    copy_row(ld, src, dst);
+    return max_abs_bits(dst, row_len_);  // positions no copy writes stay zero
+  }
+#if CK_SIMD_AVX2
+  // p[k * stride + q] = s[4 q + k] for q < 8, k < 4 (s read through the loader); with acc, also the lane-wise max
+  // of their abs_bits.
+  template <class L>
+  static void deinterleave4(const L& ld, const float* s, float* p, int64_t stride, __m256i* acc = nullptr) {
     const __m256 v0 = ld.load(s).v, v1 = ld.load(s + 8).v, v2 = ld.load(s + 16).v, v3 = ld.load(s + 24).v;
+    if (acc) {
+      const __m256i mask = _mm256_set1_epi32(0x7fffffff);
+      const __m256i m01 = _mm256_max_epi32(_mm256_and_si256(_mm256_castps_si256(v0), mask),
+                                           _mm256_and_si256(_mm256_castps_si256(v1), mask));
+      const __m256i m23 = _mm256_max_epi32(_mm256_and_si256(_mm256_castps_si256(v2), mask),
+                                           _mm256_and_si256(_mm256_castps_si256(v3), mask));
+      *acc = _mm256_max_epi32(*acc, _mm256_max_epi32(m01, m23));
+    }
     // Lanes: u0 = s0..3 | s16..19, u1 = s4..7 | s20..23, u2 = s8..11 | s24..27, u3 = s12..15 | s28..31.
     const __m256 u0 = _mm256_permute2f128_ps(v0, v2, 0x20), u1 = _mm256_permute2f128_ps(v0, v2, 0x31);
     const __m256 u2 = _mm256_permute2f128_ps(v1, v3, 0x20), u3 = _mm256_permute2f128_ps(v1, v3, 0x31);
