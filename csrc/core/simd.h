@@ -51,6 +51,10 @@ struct Scalar {
   static Scalar blend_negative(Scalar v, Scalar a) { return {v.v < T(0) ? a.v : v.v}; }
   // a where y > 0, else b (NaN takes b): the fused activations' derivative, read from their output.
   static Scalar select_positive(Scalar y, Scalar a, Scalar b) { return {y.v > T(0) ? a.v : b.v}; }
+  // 0 where y <= 0, else g (NaN keeps g): relu's derivative, read from its output (torch's threshold_backward).
+  static Scalar zero_where_le0(Scalar y, Scalar g) { return {y.v <= T(0) ? T(0) : g.v}; }
+  // v in its first n lanes, 0 (not v * 0, which is NaN for inf) in the others.
+  static Scalar first_lanes(Scalar v, int64_t n) { return {n > 0 ? v.v : T(0)}; }
   T hsum() const { return v; }
 };
 
@@ -116,6 +120,13 @@ struct Avx2<float> {
   }
   static Avx2 select_positive(Avx2 y, Avx2 a, Avx2 b) {
     return {_mm256_blendv_ps(b.v, a.v, _mm256_cmp_ps(y.v, _mm256_setzero_ps(), _CMP_GT_OQ))};
+  }
+  static Avx2 zero_where_le0(Avx2 y, Avx2 g) {
+    return {_mm256_andnot_ps(_mm256_cmp_ps(y.v, _mm256_setzero_ps(), _CMP_LE_OQ), g.v)};
+  }
+  static Avx2 first_lanes(Avx2 v, int64_t n) {
+    const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n < 8 ? n : 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    return {_mm256_and_ps(v.v, _mm256_castsi256_ps(keep))};
   }
   float hsum() const {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -187,6 +198,13 @@ struct Avx2<double> {
   }
   static Avx2 select_positive(Avx2 y, Avx2 a, Avx2 b) {
     return {_mm256_blendv_pd(b.v, a.v, _mm256_cmp_pd(y.v, _mm256_setzero_pd(), _CMP_GT_OQ))};
+  }
+  static Avx2 zero_where_le0(Avx2 y, Avx2 g) {
+    return {_mm256_andnot_pd(_mm256_cmp_pd(y.v, _mm256_setzero_pd(), _CMP_LE_OQ), g.v)};
+  }
+  static Avx2 first_lanes(Avx2 v, int64_t n) {
+    const __m256i keep = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n < 4 ? n : 4), _mm256_setr_epi64x(0, 1, 2, 3));
+    return {_mm256_and_pd(v.v, _mm256_castsi256_pd(keep))};
   }
   double hsum() const {
     __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));

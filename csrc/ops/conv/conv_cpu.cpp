@@ -37,9 +37,15 @@ constexpr int MV = 3;        // vectors of output columns per register tile (inp
 int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// conv::act_grad lane-wise, for act != none: relu zeroes g where y <= 0 (a NaN y passes g), leaky ReLU scales g
+// where y is not > 0 (NaN included).
+template <class V>
+V act_grad_v(V y, V g, Act act, V slope) {
+  return act == Act::relu ? V::zero_where_le0(y, g) : V::select_positive(y, g, g * slope);
+}
+
 // dst[i] = gy[i] * act'(y[i]), i < n: a fused activation's gradient applied where a kernel copies gy anyway; a
-// plain copy without an activation. The vector body is conv::act_grad lane-wise (y > 0 ? g : relu ? 0 : g *
-// slope, NaN y as not positive); GCC left the scalar form unvectorised, and the staging cost the input gradient
+// plain copy without an activation. GCC left the scalar form unvectorised, and the staging cost the input gradient
 // 40% at 32 channels.
 template <class T>
 void copy_grad(T* dst, const T* gy, const T* y, int64_t n, const ActGrad& a) {
@@ -48,14 +54,45 @@ void copy_grad(T* dst, const T* gy, const T* y, int64_t n, const ActGrad& a) {
     std::memcpy(dst, gy, sizeof(T) * size_t(n));
     return;
   }
-  const T slope = a.act == Act::relu ? T(0) : T(a.slope);
+  const T slope = T(a.slope);
   const V vs = V::set1(slope);
   int64_t i = 0;
-  for (; i + V::N <= n; i += V::N) {
-    const V g = V::load(gy + i);
-    V::select_positive(V::load(y + i), g, g * vs).store(dst + i);
-  }
+  for (; i + V::N <= n; i += V::N) act_grad_v(V::load(y + i), V::load(gy + i), a.act, vs).store(dst + i);
   for (; i < n; ++i) dst[i] = conv::act_grad(y[i], gy[i], a.act, slope);
+}
+
+// |v| as its bit pattern with the sign cleared: orders like the magnitude for finite values, with +inf above
+// them and NaN above +inf, so one integer max finds both the largest value and any non-finite one.
+inline uint32_t abs_bits(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  return u & 0x7fffffffu;
+}
+inline float from_bits(uint32_t u) {
+  float v;
+  std::memcpy(&v, &u, sizeof v);
+  return v;
+}
+template <class T>
+uint32_t max_abs_bits(const T* p, int64_t n) {
+  uint32_t m = 0;
+  int64_t i = 0;
+#if CK_SIMD_AVX2
+  if constexpr (std::is_same<T, float>::value) {
+    const __m256i mask = _mm256_set1_epi32(0x7fffffff);
+    __m256i a = _mm256_setzero_si256(), b = a;
+    for (; i + 16 <= n; i += 16) {
+      a = _mm256_max_epi32(a, _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i)), mask));
+      b = _mm256_max_epi32(b, _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 8)), mask));
+    }
+    alignas(32) uint32_t l[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(l), _mm256_max_epi32(a, b));
+    for (int k = 0; k < 8; ++k) m = std::max(m, l[k]);
+  }
+#endif
+  if constexpr (std::is_same<T, float>::value)
+    for (; i < n; ++i) m = std::max(m, abs_bits(p[i]));
+  return m;
 }
 
 // The y element laid out like gy's element at p (gy's base gy0).
@@ -121,6 +158,23 @@ class PanelRows {
     slot_of_.resize(size_t(rb_ * KD_ * KH_));
     used_.resize(size_t(cap_));
   }
+  // Keep, per held row, the largest |value| over its channels (as abs_bits orders it: NaN above inf above every
+  // finite value): the Winograd paths decide from it which tiles the transforms could spoil (wino::Limits).
+  void track_magnitude() {
+    track_ = true;
+    mag_.assign(size_t(cap_), 0u);
+  }
+  // The largest |value| (abs_bits) over the rows of block row j (every channel and kernel row; padding rows of
+  // zero padding count 0). Needs track_magnitude().
+  uint32_t magnitude(int64_t j) const {
+    uint32_t m = 0;
+    const int64_t per_row = KD_ * KH_;
+    for (int64_t k = 0; k < per_row; ++k) {
+      const int64_t sl = slot_of_[size_t(j * per_row + k)];
+      if (sl >= 0) m = std::max(m, mag_[size_t(sl)]);
+    }
+    return m;
+  }
   int64_t entries() const { return g_.Cin * KD_ * KH_; }
   int64_t taps() const { return KW_; }
   const int64_t* tap_offsets() const { return off_.data(); }
@@ -177,15 +231,25 @@ class PanelRows {
       const int64_t key = need_[size_t(u)], ih = key % g.in[1], id = (key / g.in[1]) % g.in[0];
       const int64_t nn = key / (g.in[1] * g.in[0]);
       const int64_t plane = g.in[0] * g.in[1] * g.in[2], row = (id * g.in[1] + ih) * g.in[2];
+      uint32_t m = 0;
       for (int64_t c = 0; c < g.Cin; ++c) {
         const T* src = conv::input_plane<T>(x_, nn, c, plane) + row;
-        if (x_.act.y)
-          copy_row(GradLoad{act_at(x_.act, static_cast<const T*>(x_.data[0]), src) - src, x_.act.act,
-                            T(x_.act.act == Act::relu ? 0.0 : x_.act.slope)},
-                   src, slot_ptr(c, free_slot));
-        else
-          copy_row(PlainLoad{}, src, slot_ptr(c, free_slot));
+        T* dst = slot_ptr(c, free_slot);
+        if (x_.act.y) {
+          const GradLoad ld{act_at(x_.act, static_cast<const T*>(x_.data[0]), src) - src, x_.act.act,
+                            T(x_.act.act == Act::relu ? 0.0 : x_.act.slope)};
+          if (track_)
+            m = std::max(m, copy_row_tracked(ld, src, dst));
+          else
+            copy_row(ld, src, dst);
+        } else {
+          if (track_)
+            m = std::max(m, copy_row_tracked(PlainLoad{}, src, dst));
+          else
+            copy_row(PlainLoad{}, src, dst);
+        }
       }
+      if (track_) mag_[size_t(free_slot)] = m;
     }
     for (int64_t j = 0; j < nr; ++j)
       for (int64_t c = 0; c < g.Cin; ++c)
@@ -246,7 +310,7 @@ class PanelRows {
   T* slot_ptr(int64_t c, int64_t sl) { return data_.data() + (c * cap_ + sl) * row_len_; }
 
   // How copy_row reads the source: as it is, or (a gradient input) as gy * act'(y), y at a fixed offset from gy;
-  // the derivative is applied as the row is copied, lane-wise as conv::act_grad (y > 0 ? g : relu ? 0 : g * slope).
+  // the derivative is applied as the row is copied (conv::act_grad).
   struct PlainLoad {
     V load(const T* p) const { return V::load(p); }
     V load_even(const T* p) const { return V::load_even(p); }
@@ -257,7 +321,7 @@ class PanelRows {
     std::ptrdiff_t dy;  // y - gy
     Act act;
     T slope;
-    V grad(V g, V y) const { return V::select_positive(y, g, g * V::set1(slope)); }
+    V grad(V g, V y) const { return act_grad_v(y, g, act, V::set1(slope)); }
     V load(const T* p) const { return grad(V::load(p), V::load(p + dy)); }
     V load_even(const T* p) const { return grad(V::load_even(p), V::load_even(p + dy)); }
     V load_odd(const T* p) const { return grad(V::load_odd(p), V::load_odd(p + dy)); }
@@ -312,11 +376,58 @@ class PanelRows {
       }
     }
   }
-#if CK_SIMD_AVX2
-  // p[k * stride + q] = s[4 q + k] for q < 8, k < 4 (s read through the loader).
+  // copy_row, returning the largest |value| written (abs_bits). The Winograd panels (stride 4) fold it into the
+  // copy (values already in registers; a separate pass over the rows cost the 3D forward ~4%); others scan after.
   template <class L>
-  static void deinterleave4(const L& ld, const float* s, float* p, int64_t stride) {
+  uint32_t copy_row_tracked(const L& ld, const T* src, T* dst) const {
+#if CK_SIMD_AVX2
+    if constexpr (std::is_same<T, float>::value) {
+      if (S_ == 4) {
+        const int64_t W = g_.in[2];
+        const int64_t mid0 = round_up(std::min(cwin_, std::max<int64_t>(0, -in0_)), 4);
+        const int64_t mid1 = std::min({cwin_, in_valid_, std::max<int64_t>(0, W - in0_)});
+        uint32_t m = 0;
+        int64_t t = 0;
+        for (; t < mid0; ++t) {
+          const float v = at(ld, src, t);
+          dst[(t % 4) * phase_ + t / 4] = v;
+          m = std::max(m, abs_bits(v));
+        }
+        __m256i acc = _mm256_setzero_si256();
+        for (; t + 32 <= mid1; t += 32) deinterleave4(ld, src + in0_ + t, dst + t / 4, phase_, &acc);
+        for (int64_t ph = t % 4, q = t / 4; t < cwin_; ++t) {
+          const float v = at(ld, src, t);
+          dst[ph * phase_ + q] = v;
+          m = std::max(m, abs_bits(v));
+          if (++ph == 4) {
+            ph = 0;
+            ++q;
+          }
+        }
+        alignas(32) uint32_t l[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(l), acc);
+        for (int k = 0; k < 8; ++k) m = std::max(m, l[k]);
+        return m;
+      }
+    }
+#endif
+    copy_row(ld, src, dst);
+    return max_abs_bits(dst, row_len_);  // positions no copy writes stay zero
+  }
+#if CK_SIMD_AVX2
+  // p[k * stride + q] = s[4 q + k] for q < 8, k < 4 (s read through the loader); with acc, also the lane-wise max
+  // of their abs_bits.
+  template <class L>
+  static void deinterleave4(const L& ld, const float* s, float* p, int64_t stride, __m256i* acc = nullptr) {
     const __m256 v0 = ld.load(s).v, v1 = ld.load(s + 8).v, v2 = ld.load(s + 16).v, v3 = ld.load(s + 24).v;
+    if (acc) {
+      const __m256i mask = _mm256_set1_epi32(0x7fffffff);
+      const __m256i m01 = _mm256_max_epi32(_mm256_and_si256(_mm256_castps_si256(v0), mask),
+                                           _mm256_and_si256(_mm256_castps_si256(v1), mask));
+      const __m256i m23 = _mm256_max_epi32(_mm256_and_si256(_mm256_castps_si256(v2), mask),
+                                           _mm256_and_si256(_mm256_castps_si256(v3), mask));
+      *acc = _mm256_max_epi32(*acc, _mm256_max_epi32(m01, m23));
+    }
     // Lanes: u0 = s0..3 | s16..19, u1 = s4..7 | s20..23, u2 = s8..11 | s24..27, u3 = s12..15 | s28..31.
     const __m256 u0 = _mm256_permute2f128_ps(v0, v2, 0x20), u1 = _mm256_permute2f128_ps(v0, v2, 0x31);
     const __m256 u2 = _mm256_permute2f128_ps(v1, v3, 0x20), u3 = _mm256_permute2f128_ps(v1, v3, 0x31);
@@ -336,6 +447,8 @@ class PanelRows {
     return m < 0 ? T(0) : ld.get(src + m);
   }
 
+  bool track_ = false;
+  std::vector<uint32_t> mag_;  // per slot, with track_
   const ConvGeom& g_;
   ConvInput x_;
   int64_t cw_, rb_, KD_, KH_, KW_, S_;
@@ -627,22 +740,48 @@ constexpr double kG[6][3] = {{1.0 / 4, 0, 0},          {-1.0 / 6, -1.0 / 6, -1.0
                              {-1.0 / 6, 1.0 / 6, -1.0 / 6}, {1.0 / 24, 1.0 / 12, 1.0 / 6},
                              {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
 
-// U[xi][ob][e][i] = (G g G^T)[xi] for output channel ob * MO + i and entry e = (c, kd), in double.
-inline std::vector<float> transform_weights(const float* w, int64_t cout, int64_t E, int64_t OB,
-                                            bool flip_transpose, int64_t cin, int64_t KD) {
+// Which tiles the transforms may take, and what the others need. Winograd turns a tile's 36 inputs into
+// combinations with coefficients up to |B^T|'s row sums (10 along each dim: |V| <= 100 max|x|), multiplies by
+// U = G w G^T (|G|'s row sums are at most 1: |U| <= max|w|), sums E entries and transforms back with A^T (row
+// sums up to 19: |Y| <= 361 max|M|). So a tile whose inputs are all at most
+//   x_limit = min(FLT_MAX / 200, FLT_MAX / (2 * 36100 * E * max|w|))
+// cannot overflow anywhere (every intermediate stays below FLT_MAX / 2), and neither can the direct sum of its
+// outputs (at most 9 E max|x| max|w|): both are finite and agree within Winograd's rounding. A tile with a larger
+// input, inf or NaN is computed by direct sums (direct_tile), which is what torch computes: a NaN or inf reaches
+// only the outputs whose window holds it, and finite huge values keep their finite results. (The transforms
+// would spread one NaN to all 16 outputs of every tile holding it, and turn +inf into NaN through inf - inf.)
+// Weights that are not finite send the whole call to the direct kernels.
+struct Weights {
+  std::vector<float> U;   // U[xi][ob][e][i] = (G g G^T)[xi], output channel ob * MO + i, entry e = (c, kd)
+  std::vector<float> wd;  // wd[o][e][3 x 3]: the same taps untransformed (flipped for the input gradient)
+  float x_limit = 0.f;    // inputs above it (and inf, NaN) make a tile direct
+  bool finite = true;     // every weight finite
+};
+
+// The weights in both forms, computed in double.
+inline Weights transform_weights(const float* w, int64_t cout, int64_t E, int64_t OB, bool flip_transpose,
+                                 int64_t cin, int64_t KD) {
   const auto& G = kG;
-  std::vector<float> U(size_t(36 * OB * E * MO), 0.f);
+  Weights r;
+  std::vector<float>& U = r.U;
+  U.assign(size_t(36 * OB * E * MO), 0.f);
+  r.wd.assign(size_t(cout * E * 9), 0.f);
+  double wmax = 0;
   for (int64_t o = 0; o < cout; ++o)
     for (int64_t e = 0; e < E; ++e) {
       double g[3][3];
       for (int i = 0; i < 3; ++i)
         for (int j = 0; j < 3; ++j) {
+          float v;
           if (!flip_transpose) {
-            g[i][j] = w[(o * E + e) * 9 + i * 3 + j];
+            v = w[(o * E + e) * 9 + i * 3 + j];
           } else {  // grad input: o is an input channel of w, e = (output channel, kd'); all taps reversed
             const int64_t oc = e / KD, kd = KD - 1 - e % KD;
-            g[i][j] = w[((oc * cin + o) * KD + kd) * 9 + (2 - i) * 3 + (2 - j)];
+            v = w[((oc * cin + o) * KD + kd) * 9 + (2 - i) * 3 + (2 - j)];
           }
+          g[i][j] = v;
+          r.wd[size_t((o * E + e) * 9 + i * 3 + j)] = v;
+          wmax = std::isnan(v) ? INFINITY : std::max(wmax, std::fabs(double(v)));
         }
       double t[6][3];
       for (int a = 0; a < 6; ++a)
@@ -653,7 +792,74 @@ inline std::vector<float> transform_weights(const float* w, int64_t cout, int64_
           U[size_t((((a * 6 + b) * OB + o / MO) * E + e) * MO + o % MO)] = float(u);
         }
     }
-  return U;
+  constexpr double fmax = 3.4028234663852886e38;
+  r.finite = std::isfinite(wmax);
+  r.x_limit = float(std::min(fmax / 200, wmax > 0 ? fmax / (2 * 36100.0 * double(E) * wmax) : fmax));
+  return r;
+}
+
+// Bit l set where tile t0 + l (a lane of 8) holds an input above lim (abs_bits; inf and NaN above every finite
+// value): rows[e * 6 + r] + off[q] + t0 holds tap (r, q) of the 8 tiles, e < E, as input_tiles reads them.
+inline int tiles_over(const float* const* rows, const int64_t* off, int64_t E, int64_t t0, uint32_t lim) {
+  const __m256i mask = _mm256_set1_epi32(0x7fffffff);
+  __m256i m = _mm256_setzero_si256();
+  for (int64_t e = 0; e < E * 6; ++e)
+    for (int q = 0; q < 6; ++q)
+      m = _mm256_max_epi32(m, _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[e] + off[q] + t0)), mask));
+  return _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(m, _mm256_set1_epi32(int(lim)))));
+}
+
+// Output tile t (4 x 4 outputs, nrow x ncol of them inside the output) of every output channel by direct sums
+// over the panel, as torch computes them: rows[e * 6 + r] + off[q] + t is input (r, q) of the tile, wd the taps
+// ([o][e][9]); bias and activation as the transforms' epilogue. y: the tile's first output in channel 0.
+inline void direct_tile(const float* const* rows, const int64_t* off, int64_t t, int64_t E, const float* wd,
+                        int64_t cout, const float* bias, Act act, float slope, float* y, int64_t plane,
+                        int64_t ystride, int64_t nrow, int64_t ncol, std::vector<float>& s) {
+  s.resize(size_t(E * 9 * 16));
+  for (int64_t e = 0; e < E; ++e)  // s[e][tap][output]: the input each of the 16 outputs reads at each tap
+    for (int kh = 0; kh < 3; ++kh)
+      for (int kw = 0; kw < 3; ++kw)
+        for (int i = 0; i < 4; ++i)
+          for (int j = 0; j < 4; ++j) s[size_t(((e * 9 + kh * 3 + kw) * 16) + i * 4 + j)] = rows[e * 6 + i + kh][off[j + kw] + t];
+  for (int64_t o = 0; o < cout; ++o) {
+    float acc[16] = {};
+    const float* wo = wd + o * E * 9;
+    for (int64_t k = 0; k < E * 9; ++k) {
+      const float wv = wo[k];
+      const float* sk = s.data() + k * 16;
+      for (int l = 0; l < 16; ++l) acc[l] += wv * sk[l];
+    }
+    const float b = bias ? bias[o] : 0.f;
+    for (int64_t i = 0; i < nrow; ++i)
+      for (int64_t j = 0; j < ncol; ++j) y[o * plane + i * ystride + j] = conv::act_apply(acc[i * 4 + j] + b, act, slope);
+  }
+}
+
+// Per lane of 8 tiles t0 ..: the largest |value| over the taps x taps inputs of each tile, entries e < E
+// (rows[e * taps + r] + off[q] + t0), as floats (NaN where one is NaN).
+inline __m256 tile_max(const float* const* rows, const int64_t* off, int64_t E, int taps, int64_t t0) {
+  const __m256i mask = _mm256_set1_epi32(0x7fffffff);
+  __m256i m = _mm256_setzero_si256();
+  for (int64_t e = 0; e < E * taps; ++e)
+    for (int q = 0; q < taps; ++q)
+      m = _mm256_max_epi32(m, _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[e] + off[q] + t0)), mask));
+  return _mm256_castsi256_ps(m);
+}
+
+// The weight gradient's share of tile t by direct sums: gw[k][e][kh][kw] += gy[k][i][j] x[e][i + kh][j + kw] over
+// the nrow x ncol outputs of the tile inside the output (gy rows ry[k * 4 + i] + offy[j] + t, x rows
+// rx[e * 6 + r] + offx[q] + t), gb[k] += gy. Products in float, as torch forms them; sums in double.
+inline void direct_tile_grad(const float* const* rx, const int64_t* offx, const float* const* ry, const int64_t* offy,
+                             int64_t t, int64_t E, int64_t cout, int64_t nrow, int64_t ncol, double* gw, double* gb) {
+  for (int64_t k = 0; k < cout; ++k)
+    for (int64_t i = 0; i < nrow; ++i)
+      for (int64_t j = 0; j < ncol; ++j) {
+        const float gv = ry[k * 4 + i][offy[j] + t];
+        gb[k] += gv;
+        for (int64_t e = 0; e < E; ++e)
+          for (int kh = 0; kh < 3; ++kh)
+            for (int kw = 0; kw < 3; ++kw) gw[(k * E + e) * 9 + kh * 3 + kw] += gv * rx[e * 6 + i + kh][offx[j + kw] + t];
+      }
 }
 
 // Writes y[4t + j] = v[j][t] for t < 8, j < 4 (32 floats), or its first `n` values; streaming (cache-bypassing)
@@ -763,7 +969,7 @@ inline void gemms(const float* const* vrows, int64_t E, const std::vector<float>
 // block fills the GEMM's 3-vector tile, whatever the row width (chunks within a row left a 64-tile row's GEMMs
 // 2/3 and 2 vectors wide, a 32-tile row's 3/4 and 1). V and M stay block-sized (L2). (Transforming whole items
 // before the GEMMs, to read U fewer times, was measured 1.5-2.5x slower at 32-64 channels: V and M left L2.)
-void winograd_forward_2d(const ConvGeom& g, const ConvInput& x, const std::vector<float>& U, const RowOut<float>& o) {
+void winograd_forward_2d(const ConvGeom& g, const ConvInput& x, const wino::Weights& W, const RowOut<float>& o) {
   using V = Vec<float>;
   constexpr int64_t G = 3, TCp = wino::kTC;
   const int64_t Cin = g.Cin, OB = ceil_div(g.Cout, MO);
@@ -778,10 +984,14 @@ void winograd_forward_2d(const ConvGeom& g, const ConvInput& x, const std::vecto
   // Outputs beyond the caches are written once, in whole lines: streaming stores skip reading them first
   // (measured: 11% of the time sat on those stores' misses).
   const bool stream = g.N * o.bs * int64_t(sizeof(float)) > (int64_t(16) << 20);
+  const std::vector<float>& U = W.U;
+  const uint32_t lim = abs_bits(W.x_limit);
   parallel_for(items, 1, [&](int64_t b, int64_t e) {
     PanelRows<float> src(pg, x, TWt, G);
+    src.track_magnitude();
     src.set_chunk(0, TWt);
     const int64_t* off = src.tap_offsets();
+    std::vector<float> scratch;
     std::vector<float> Vb(size_t(36 * Cin * TCp)), Mb(size_t(OB * MO * 36 * TCp));
     std::vector<const float*> vrows(size_t(36 * Cin));
     for (int64_t xi = 0; xi < 36; ++xi)
@@ -796,6 +1006,8 @@ void winograd_forward_2d(const ConvGeom& g, const ConvInput& x, const std::vecto
         th[j] = t_row0 + j;
       }
       src.fill(nn, odd, th, gr);
+      bool over[G] = {}, any_over = false;  // tile rows with an input above the limit (rare)
+      for (int64_t j = 0; j < gr; ++j) any_over |= over[j] = src.magnitude(j) > lim;
       if (it + 1 < e) {
         const int64_t ntr = (it + 1) % THg, nod = ((it + 1) / THg) % OD, nnext = (it + 1) / (THg * OD);
         src.clear_queue();
@@ -820,6 +1032,21 @@ void winograd_forward_2d(const ConvGeom& g, const ConvInput& x, const std::vecto
                                o.y + n * o.bs + oc * o.plane + (od * g.out[1] + oh0) * g.out[2] + c0, g.out[2],
                                std::min<int64_t>(4, g.out[1] - oh0), std::min<int64_t>(32, g.out[2] - c0), stream);
           }
+        if (any_over) {  // overwrite the tiles above the limit with direct sums
+          if (stream) _mm_sfence();
+          for (int64_t q = 0; q < nb; ++q) {
+            const int64_t j = (v0 + q) / VPR, t0 = (v0 + q) % VPR * V::N;
+            if (!over[j]) continue;
+            const int flags = wino::tiles_over(src.rows(j), off, Cin, t0, lim);
+            const int64_t oh0 = (t_row0 + j) * 4;
+            for (int64_t l = 0; l < V::N && t0 + l < TWt; ++l)
+              if (flags >> l & 1)
+                wino::direct_tile(src.rows(j), off, t0 + l, Cin, W.wd.data(), g.Cout, o.bias, o.act, o.slope,
+                                  o.y + n * o.bs + (od * g.out[1] + oh0) * g.out[2] + (t0 + l) * 4, o.plane, g.out[2],
+                                  std::min<int64_t>(4, g.out[1] - oh0), std::min<int64_t>(4, g.out[2] - (t0 + l) * 4),
+                                  scratch);
+          }
+        }
       }
     }
     if (stream) _mm_sfence();
@@ -828,9 +1055,9 @@ void winograd_forward_2d(const ConvGeom& g, const ConvInput& x, const std::vecto
 
 // The forward through Winograd: x with geometry g into o (RowOut over g.out); U from wino::transform_weights.
 // 2D kernels take winograd_forward_2d; 3x3x3 kernels come here.
-void winograd_forward(const ConvGeom& g, const ConvInput& x, const std::vector<float>& U, const RowOut<float>& o) {
+void winograd_forward(const ConvGeom& g, const ConvInput& x, const wino::Weights& W, const RowOut<float>& o) {
   if (g.k[0] == 1) {
-    winograd_forward_2d(g, x, U, o);
+    winograd_forward_2d(g, x, W, o);
     return;
   }
   using V = Vec<float>;
@@ -848,9 +1075,13 @@ void winograd_forward(const ConvGeom& g, const ConvInput& x, const std::vector<f
   // transforms stay cached (3x fewer input transforms for 3x3x3 kernels).
   const int64_t items = g.N * TH * OD;
   const bool stream = g.N * o.bs * int64_t(sizeof(float)) > (int64_t(16) << 20);
+  const std::vector<float>& U = W.U;
+  const uint32_t lim = abs_bits(W.x_limit);
   parallel_for(items, 1, [&](int64_t b, int64_t e) {
     PanelRows<float> src(pg, x, TC, 1);
+    src.track_magnitude();
     const int64_t* off = src.tap_offsets();
+    std::vector<float> scratch;
     const int64_t S = KD + 1;  // cached transformed planes: the KD an output depth needs, plus one to fill
     std::vector<float> Vb(size_t(36 * S * Cin * TCp)), Mb(size_t(OB * MO * 36 * TCp)), Vzero(size_t(TCp), 0.f);
     std::vector<const float*> vrows(size_t(36 * E));
@@ -918,6 +1149,19 @@ void winograd_forward(const ConvGeom& g, const ConvInput& x, const std::vector<f
             const int64_t c0 = (tc0 + t0) * 4;
             wino::output_tiles(Mb.data() + oc * 36 * TCp + t0, TCp, o.bias ? o.bias[oc] : 0.f, o.act, o.slope,
                                yplane + c0, g.out[2], nrow, std::min<int64_t>(32, g.out[2] - c0), stream);
+          }
+        }
+        if (src.magnitude(0) > lim) {  // overwrite the tiles above the limit with direct sums
+          if (stream) _mm_sfence();
+          float* y0 = o.y + n * o.bs + (od * g.out[1] + oh0) * g.out[2];
+          for (int64_t t0 = 0; t0 < tvalid; t0 += 8) {
+            const int flags = wino::tiles_over(rows, off, E, t0, lim);
+            for (int64_t l = 0; l < 8 && t0 + l < tvalid; ++l)
+              if (flags >> l & 1) {
+                const int64_t c0 = (tc0 + t0 + l) * 4;
+                wino::direct_tile(rows, off, t0 + l, E, W.wd.data(), g.Cout, o.bias, o.act, o.slope, y0 + c0, o.plane,
+                                  g.out[2], nrow, std::min<int64_t>(4, g.out[2] - c0), scratch);
+              }
           }
         }
       }
@@ -1007,8 +1251,8 @@ void forward_disjoint(const ConvGeom& g, const ConvInput& x, const T* wp, const 
                 const int64_t at = i0 + v * s2 * N;
                 V r = s2 == 1 ? V::load(xrow + at) : V::load_even(xrow + at);
                 if (yrow)
-                  r = V::select_positive(s2 == 1 ? V::load(yrow + at) : V::load_even(yrow + at), r,
-                                         x.act.act == Act::relu ? V::zero() : r * V::set1(T(x.act.slope)));
+                  r = act_grad_v(s2 == 1 ? V::load(yrow + at) : V::load_even(yrow + at), r, x.act.act,
+                                 V::set1(T(x.act.slope)));
                 r.store(dst + v * N);
               }
             } else {
@@ -1073,10 +1317,12 @@ void forward_typed(const ConvForwardArgs& a) {
 #if CK_SIMD_AVX2
   if constexpr (std::is_same<T, float>::value) {
     if (use_winograd(g, a.algo)) {
-      const std::vector<float> U = wino::transform_weights(w, g.Cout, g.Cin * g.k[0], ceil_div(g.Cout, MO), false,
-                                                           g.Cin, g.k[0]);
-      winograd_forward(g, x, U, o);
-      return;
+      const wino::Weights W = wino::transform_weights(w, g.Cout, g.Cin * g.k[0], ceil_div(g.Cout, MO), false,
+                                                      g.Cin, g.k[0]);
+      if (W.finite) {  // else torch's direct sums: a NaN or inf weight reaches every output it multiplies
+        winograd_forward(g, x, W, o);
+        return;
+      }
     }
   }
 #endif
@@ -1237,10 +1483,12 @@ void grad_input_typed(const ConvGradInputArgs& a) {
 #if CK_SIMD_AVX2
     if constexpr (std::is_same<T, float>::value) {
       if (use_winograd(t, a.algo)) {
-        const std::vector<float> U = wino::transform_weights(w, g.Cin, g.Cout * g.k[0], ceil_div(g.Cin, MO), true,
-                                                             wc, g.k[0]);
-        winograd_forward(t, gy, U, o);
-        return;
+        const wino::Weights W = wino::transform_weights(w, g.Cin, g.Cout * g.k[0], ceil_div(g.Cin, MO), true,
+                                                        wc, g.k[0]);
+        if (W.finite) {
+          winograd_forward(t, gy, W, o);
+          return;
+        }
       }
     }
 #endif
@@ -1341,26 +1589,35 @@ void grad_input_typed(const ConvGradInputArgs& a) {
 
 // ---- grad weight: MO output channels x 3 (entry, tap) columns, reduced over the pixels of a tile ----------
 
+// Rows of gy are zero past `valid` (up to row_len, whole vectors), where the columns hold inputs that only outputs
+// outside the output read: those lanes of the last vector are masked to 0 rather than multiplied by gy's zeros, so
+// an inf or NaN there adds nothing (torch's sum never reads it).
 template <class T>
-void micro_gw(int64_t nrows, const T* gt, int64_t row_len, int64_t oc_stride, const T* const* cols,
+void micro_gw(int64_t nrows, const T* gt, int64_t row_len, int64_t valid, int64_t oc_stride, const T* const* cols,
               int64_t col_stride, Vec<T> (&acc)[MO][3]) {
   using V = Vec<T>;
   V a[MO][3];
   for (int i = 0; i < MO; ++i)
     for (int t = 0; t < 3; ++t) a[i][t] = V::zero();
+  const int64_t full = std::min(row_len, valid / V::N * V::N);
+  auto step = [&](const T* gp, V x0, V x1, V x2, int64_t v) __attribute__((always_inline)) {
+    for (int i = 0; i < MO; ++i) {
+      const V gv = V::load(gp + i * oc_stride + v);
+      a[i][0] = V::fmadd(gv, x0, a[i][0]);
+      a[i][1] = V::fmadd(gv, x1, a[i][1]);
+      a[i][2] = V::fmadd(gv, x2, a[i][2]);
+    }
+  };
   for (int64_t j = 0; j < nrows; ++j) {
     const T* gp = gt + j * row_len;
     const T* c0 = cols[j * col_stride];
     const T* c1 = cols[j * col_stride + 1];
     const T* c2 = cols[j * col_stride + 2];
-    for (int64_t v = 0; v < row_len; v += V::N) {
-      const V x0 = V::load(c0 + v), x1 = V::load(c1 + v), x2 = V::load(c2 + v);
-      for (int i = 0; i < MO; ++i) {
-        const V gv = V::load(gp + i * oc_stride + v);
-        a[i][0] = V::fmadd(gv, x0, a[i][0]);
-        a[i][1] = V::fmadd(gv, x1, a[i][1]);
-        a[i][2] = V::fmadd(gv, x2, a[i][2]);
-      }
+    for (int64_t v = 0; v < full; v += V::N) step(gp, V::load(c0 + v), V::load(c1 + v), V::load(c2 + v), v);
+    for (int64_t v = full; v < row_len; v += V::N) {
+      const int64_t n = valid - v;
+      step(gp, V::first_lanes(V::load(c0 + v), n), V::first_lanes(V::load(c1 + v), n),
+           V::first_lanes(V::load(c2 + v), n), v);
     }
   }
   for (int i = 0; i < MO; ++i)
@@ -1397,6 +1654,13 @@ static_assert(MO == 4, "reduce4_add reduces MO = 4 accumulators");
 // Blocks of up to TB tiles, tile rows grouped when narrower, keep micro_gw's reductions over many tiles; each
 // thread sums its own M over a fixed range of blocks (deterministic for a fixed thread count). The bias gradient
 // is the sum of Y at xi = (1, 1) (A's second row is all ones).
+//
+// Non-finite and huge values (as wino::Weights explains for the forward): here |X| <= 100 max|x| (B as there),
+// |Y| <= 225 max|gy| (A's row sums reach 15), and M sums up to T tiles of X Y, so a tile takes the transforms
+// when max|x| <= FLT_MAX / 200, max|gy| <= FLT_MAX / 450 and max|x| max|gy| <= FLT_MAX / (45000 T): no
+// intermediate overflows and the direct sum of its products is finite too. Other tiles are taken out of the
+// GEMMs (their lanes zeroed) and add their products of gy and x directly, only over outputs inside the output
+// (the transforms' zero padding of gy past the output times an inf x would make NaN where torch has none).
 void winograd_grad_weight(const ConvGradWeightArgs& a) {
   using V = Vec<float>;
   constexpr int N = V::N;
@@ -1433,6 +1697,12 @@ void winograd_grad_weight(const ConvGradWeightArgs& a) {
   const int64_t blocks = g.N * OD * THg * n_chunks;
   const int T_ = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), blocks)));
   std::vector<std::vector<float>> parts(static_cast<size_t>(T_)), bparts(static_cast<size_t>(T_));
+  // The direct sums of the tiles kept out of the transforms, per thread ([Cout][E][9], then [Cout]); allocated
+  // when a thread meets one.
+  std::vector<std::vector<double>> dparts(static_cast<size_t>(T_));
+  constexpr double fmax = 3.4028234663852886e38;
+  const float x_lim = float(fmax / 200), gy_lim = float(fmax / 450);
+  const float prod_lim = float(fmax / (45000.0 * double(g.N * OD * TH * TWt)));
   parallel_for(T_, 0, [&](int64_t t0_, int64_t t1_) {
     for (int64_t slot = t0_; slot < t1_; ++slot) {
       std::vector<float>& Mp = parts[size_t(slot)];
@@ -1440,8 +1710,11 @@ void winograd_grad_weight(const ConvGradWeightArgs& a) {
       Mp.assign(size_t(36 * OB * EP * MO), 0.f);
       bp.assign(size_t(CP), 0.f);
       PanelRows<float> sx(px, a.x, TC, G), sy(py, gyin, TC, G);
+      sx.track_magnitude();
+      sy.track_magnitude();
       const int64_t* offx = sx.tap_offsets();
       const int64_t* offy = sy.tap_offsets();
+      std::vector<double>& dp = dparts[size_t(slot)];
       std::vector<float> Xb(size_t(36 * EP * TP), 0.f), Yb(size_t(36 * CP * TP), 0.f);
       std::vector<const float*> xrows(size_t(36 * EP));
       for (int64_t xi = 0; xi < 36; ++xi)
@@ -1513,6 +1786,26 @@ void winograd_grad_weight(const ConvGradWeightArgs& a) {
             float* row = Yb.data() + (xi * CP + k) * TP;
             std::fill(row + ntiles, row + nv * N, 0.f);
           }
+        for (int64_t j = 0; j < gr; ++j) {  // tiles over the limits: out of the GEMMs, into direct sums
+          const float xm = from_bits(sx.magnitude(j)), gm = from_bits(sy.magnitude(j));
+          if (xm <= x_lim && gm <= gy_lim && xm * gm <= prod_lim) continue;
+          const float* const* rx = sx.rows(j);
+          const float* const* ry = sy.rows(j);
+          for (int64_t t0 = 0; t0 < tvalid; t0 += N) {
+            alignas(32) float xmax[N], gmax[N];
+            _mm256_store_ps(xmax, wino::tile_max(rx, offx, E, 6, t0));
+            _mm256_store_ps(gmax, wino::tile_max(ry, offy, g.Cout, 4, t0));
+            for (int64_t l = 0; l < N && t0 + l < tvalid; ++l) {
+              if (xmax[l] <= x_lim && gmax[l] <= gy_lim && xmax[l] * gmax[l] <= prod_lim) continue;
+              const int64_t t = t0 + l, lane = j * tvalid + t;
+              for (int64_t q = 0; q < 36 * EP; ++q) Xb[size_t(q * TP + lane)] = 0.f;
+              for (int64_t q = 0; q < 36 * CP; ++q) Yb[size_t(q * TP + lane)] = 0.f;
+              if (dp.empty()) dp.assign(size_t(g.Cout * E * 9 + g.Cout), 0.0);
+              wino::direct_tile_grad(rx, offx, ry, offy, t, E, g.Cout, std::min<int64_t>(4, g.out[1] - (t_row0 + j) * 4),
+                                     std::min<int64_t>(4, g.out[2] - (tc0 + t) * 4), dp.data(), dp.data() + g.Cout * E * 9);
+            }
+          }
+        }
         for (int64_t k = 0; k < g.Cout; ++k) {  // the bias: Y at xi = (1, 1) is each tile's sum of gy
           const float* row = Yb.data() + (7 * CP + k) * TP;
           V s = V::zero();
@@ -1526,7 +1819,7 @@ void winograd_grad_weight(const ConvGradWeightArgs& a) {
             float* pb = Mp.data() + (xi * OB + ob) * EP * MO;
             for (int64_t e = 0; e < EP; e += 3) {
               V acc[MO][3];
-              micro_gw<float>(1, gt, nv * N, TP, xrows.data() + xi * EP + e, 3, acc);
+              micro_gw<float>(1, gt, nv * N, ntiles, TP, xrows.data() + xi * EP + e, 3, acc);
               for (int t = 0; t < 3; ++t) {
                 const V col[MO] = {acc[0][t], acc[1][t], acc[2][t], acc[3][t]};
                 reduce4_add(col, pb + (e + t) * MO);
@@ -1565,14 +1858,22 @@ void winograd_grad_weight(const ConvGradWeightArgs& a) {
             D s = _mm256_setzero_pd();
             for (int q = 0; q < 6; ++q) s = _mm256_fmadd_pd(Tm[r][q], _mm256_set1_pd(wino::kG[q][c]), s);
             _mm256_store_pd(out, s);
-            for (int i = 0; i < MO && ob * MO + i < g.Cout; ++i) gw[((ob * MO + i) * E + e) * 9 + r * 3 + c] = float(out[i]);
+            for (int i = 0; i < MO && ob * MO + i < g.Cout; ++i) {
+              const int64_t at = ((ob * MO + i) * E + e) * 9 + r * 3 + c;
+              for (int t = 0; t < T_; ++t)
+                if (!dparts[size_t(t)].empty()) out[i] += dparts[size_t(t)][size_t(at)];
+              gw[at] = float(out[i]);
+            }
           }
       }
   });
   if (gb)
     for (int64_t k = 0; k < g.Cout; ++k) {
       double s = 0;
-      for (int t = 0; t < T_; ++t) s += bparts[size_t(t)][size_t(k)];
+      for (int t = 0; t < T_; ++t) {
+        s += bparts[size_t(t)][size_t(k)];
+        if (!dparts[size_t(t)].empty()) s += dparts[size_t(t)][size_t(g.Cout * E * 9 + k)];
+      }
       gb[k] = float(s);
     }
 }
@@ -1742,8 +2043,7 @@ void grad_weight_typed(const ConvGradWeightArgs& a) {
   gc.Cin = CC;
   const int64_t L = chunk_cols(OW, panel_rows_of(gc, RB) * g.s[2], N, sizeof(T));
   const int64_t n_cc = ceil_div(OW, L);
-  // Entry-taps of a chunk padded to whole groups of three: the padding reads zeros and adds exact zeros to the
-  // next chunk's first entries (or to the slack at the end).
+  // Entry-taps of a chunk padded to whole groups of three: the padding reads zero rows and is not accumulated.
   const int64_t EP = round_up(CC * K, 3), EA = E + 2;
   // Contiguous row ranges per thread (panel rows are reused between consecutive row blocks).
   const int T_ = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), ceil_div(n_rows, RB))));
@@ -1817,8 +2117,10 @@ void grad_weight_typed(const ConvGradWeightArgs& a) {
               T* pb = part.data() + (ob * EA + c0 * K) * MO;
               for (int64_t c = 0; c < Ek; c += 3) {
                 V acc[MO][3];
-                micro_gw<T>(nr, gtile, Lv, RB * Lv, cols.data() + c, EP, acc);
-                for (int t = 0; t < 3; ++t) {
+                micro_gw<T>(nr, gtile, Lv, valid, RB * Lv, cols.data() + c, EP, acc);
+                // Padding entries (past Ek) read zero rows: 0 * gy, NaN where gy is not finite, and their slots
+                // are the next chunk's first entries.
+                for (int t = 0; t < 3 && c + t < Ek; ++t) {
                   const V col[MO] = {acc[0][t], acc[1][t], acc[2][t], acc[3][t]};
                   reduce4_add(col, pb + (c + t) * MO);
                 }

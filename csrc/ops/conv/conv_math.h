@@ -44,12 +44,15 @@ CK_HD T act_apply(T v, Act a, T slope) {
   return a == Act::relu ? T(0) : v * slope;
 }
 
-// Gradient through the activation, read from its output y: torch's threshold_backward (relu: y > 0) and
-// leaky_relu_backward with self_is_result (y > 0 ? g : g * slope; exact for slope >= 0).
+// Gradient through the activation, read from its output y, as torch's autograd computes it: relu's
+// threshold_backward(g, y, 0) is y <= 0 ? 0 : g, so a NaN output passes g and an output of exactly 0 stops it
+// (an exact 0, even where g is NaN or inf); leaky_relu_backward is z > 0 ? g : g * slope on the input z, and for
+// slope >= 0 y > 0 exactly where z > 0 (NaN, 0 and -0 take g * slope).
 template <class T>
 CK_HD T act_grad(T y, T g, Act a, T slope) {
-  if (a == Act::none || y > T(0)) return g;
-  return a == Act::relu ? T(0) : g * slope;
+  if (a == Act::none) return g;
+  if (a == Act::relu) return y <= T(0) ? T(0) : g;
+  return y > T(0) ? g : g * slope;
 }
 
 // The input position tap k of output o reads, before padding: o * s - lo + k * d.
