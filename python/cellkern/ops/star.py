@@ -38,9 +38,15 @@ def as_array(x, name: str, *, ndim=None, kind=None):
         return t.contiguous()
     if not isinstance(x, np.ndarray):
         if hasattr(x, "__array__") or isinstance(x, (list, tuple)):
-            x = np.asarray(x)
+            try:
+                x = np.asarray(x)
+            except (TypeError, ValueError):  # ragged nesting: not an array of numbers at all
+                raise TypeError(f"{name}: expected a numpy array or torch tensor, got a {type(x).__name__} that "
+                                "is not a regular array of numbers") from None
         else:
             raise TypeError(f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}")
+    if x.dtype.hasobject or x.dtype.kind in "USV":
+        raise TypeError(f"{name}: expected an array of numbers, got dtype {x.dtype}")
     if kind == "int" and x.dtype.type not in _INT_DTYPES:
         raise TypeError(f"{name}: expected an integer array, got {x.dtype}")
     if kind == "float" and x.dtype not in (np.float32, np.float64):
