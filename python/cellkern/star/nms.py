@@ -216,7 +216,8 @@ def _greedy_lattice(D, P, thresh, crit):
     if scale is None:
         return None
     Q = Q - Q.min(axis=0)  # integers: exact; a translation leaves every overlap unchanged
-    if Q.max() >= 2.0 ** 40 or float(np.abs(D).max()) * scale > DIST_MAX_2D:  # the scaled distances: the kernel's range
+    # the kernel's range applies to the scaled distances
+    if Q.max() >= 2.0 ** 40 or max(-float(D.min()), float(D.max())) * scale > DIST_MAX_2D:
         return None
     Qi = Q.astype(np.int64)
     g = [int(np.gcd.reduce(Qi[:, a])) or 1 for a in (0, 1)]
