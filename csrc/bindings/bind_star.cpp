@@ -9,6 +9,9 @@ namespace ck {
 
 void bind_star(py::module_& m) {
   m.def("star_pad", [] { return kStarPad; }, "Width of the zero frame of the padded label copy.");
+  // the documented limits the Python API checks before calling in (one definition, in star.h)
+  m.attr("star_dist_max") = kStarDistMax;
+  m.attr("star_max_rays") = kMaxRays;
   m.def("star_padded_bytes", &star_padded_bytes, py::arg("shape"), py::arg("label_itemsize"),
         "Bytes of the padded-label workspace of star_dist.");
   m.def("star_table_steps", &star_table_steps, py::arg("shape"),

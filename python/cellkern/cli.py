@@ -438,8 +438,8 @@ def _parser():
     s.add_argument("image", help="image file (TIFF or .npy)")
     s.add_argument("--model", required=True, help="folder of a saved model (cellkern train --out)")
     s.add_argument("--out", required=True, help="label image to write (.tif or .npy)")
-    s.add_argument("--prob-thresh", type=float, help="default: the model's")
-    s.add_argument("--nms-thresh", type=float, help="default: the model's")
+    s.add_argument("--prob-thresh", type=_threshold_arg, help="in [0, 1]; default: the model's")
+    s.add_argument("--nms-thresh", type=_threshold_arg, help="in [0, 1]; default: the model's")
     s.add_argument("--png", help="also write a PNG with the outlines")
     s.add_argument("--threads", type=int)
     s.set_defaults(fn=_segment)
@@ -458,8 +458,8 @@ def _parser():
     pr.add_argument("--scheduler", help="run the blocks on the dask.distributed scheduler at this address")
     pr.add_argument("--store", help="zarr group for the intermediate prediction (default OUT.run.zarr)")
     pr.add_argument("--keep-store", action="store_true", help="keep the intermediate store after a finished run")
-    pr.add_argument("--prob-thresh", type=float, help="default: the model's")
-    pr.add_argument("--nms-thresh", type=float, help="default: the model's")
+    pr.add_argument("--prob-thresh", type=_threshold_arg, help="in [0, 1]; default: the model's")
+    pr.add_argument("--nms-thresh", type=_threshold_arg, help="in [0, 1]; default: the model's")
     pr.add_argument("--threads", type=int, help="CPU threads (per worker with --workers)")
     pr.add_argument("--no-progress", action="store_true", help="no progress bars")
     pr.set_defaults(fn=_predict)
@@ -486,6 +486,17 @@ def _parser():
     i = sub.add_parser("info", help="build and device information")
     i.set_defaults(fn=_info)
     return ap
+
+
+def _threshold_arg(text):
+    """--prob-thresh / --nms-thresh: parsed through the models' own rule (a number in [0, 1], not NaN), so a bad
+    value stops the command before the model and the image are loaded."""
+    from .models.stardist import _threshold
+
+    try:
+        return _threshold(float(text), "threshold")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main(argv=None) -> None:

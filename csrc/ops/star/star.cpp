@@ -42,8 +42,6 @@ void check_in(const TensorView& t, const char* name, DType dt, const int64_t* sh
   check_contig(t, name);
 }
 
-constexpr int kMaxRays = 4096;
-
 }  // namespace
 
 // ---- star_dist ------------------------------------------------------------------------------------------------

@@ -27,6 +27,16 @@ void dispatch_int(DType dt, const F& f) {
   }
 }
 
+// ---- the documented ranges (python/cellkern/star/_checks.py derives them; the Python API checks them first) ----
+
+// Largest |distance| (times scale_dist) and |centre coordinate| of a 2D polygon, in pixels (2^22). Vertices then
+// stay below 2^23, where StarDist's float32 vertices still resolve half pixels; the CPU rasteriser's float64
+// crossing positions and skimage's formula are then within 17 eps 2^24 ~ 3e-8 px of the exact crossing, far
+// inside its 1e-6 px slack; the NMS's bucket indices and float boxes stay far from overflow.
+constexpr double kStarDistMax = 4194304.0;
+// Rays per polygon / polyhedron the kernels accept (their per-ray tables and local arrays are sized by it).
+constexpr int kMaxRays = 4096;
+
 // ---- star_dist (2D and 3D) ------------------------------------------------------------------------------------
 //
 // The march of one ray does not depend on its origin except through the rounding of origin + offset (see

@@ -191,9 +191,13 @@ __global__ void nms_prep_kernel(NmsArgs a) {
       continue;
     }
     const D* d = dist + cell * n;
-    bool finite = true;
-    for (int k = 0; k < n; ++k) finite = finite && std::isfinite(double(d[k]));
+    bool finite = true, in_range = true;  // the documented range: |d| <= kStarDistMax
+    for (int k = 0; k < n; ++k) {
+      finite = finite && std::isfinite(double(d[k]));
+      in_range = in_range && std::fabs(double(d[k])) <= kStarDistMax;
+    }
     if (!finite) atomicOr(a.flags + 3, 1);
+    if (!in_range) atomicOr(a.flags + 3, 4);
     const star::V2 c = star::v2(double(cell / a.nx * a.grid[0]), double(cell % a.nx * a.grid[1]));
     star::PolyGeom g = star::poly_geom(c, d, n, sn, cs, vy, vx);
     g.rin2 = star::clearance2(star::Verts{vy, vx}, n, star::v2(0, 0));
@@ -291,6 +295,9 @@ void nms_typed(const NmsArgs& a, void* stream) {
   copy_to_host(f, a.flags, sizeof(f), stream);
   if (f[3] & 2) throw ValueError("cand: cell index out of range");
   if (f[3] & 1) throw ValueError("dist: non-finite distances at NMS candidates");
+  if (f[3] & 4)
+    throw ValueError(str("dist: distances at NMS candidates must lie within +-", int64_t(kStarDistMax),
+                         " px (2^22, the documented range)"));
   float rmax;
   std::memcpy(&rmax, &f[0], sizeof(float));
   const double R = double(rmax) + 1.0;  // + 1: the float32 rounding of the largest radius

@@ -74,18 +74,35 @@ uint32_t desc_key(float p) {
   return ~asc;
 }
 
-// Whether every value is finite, from the exponent bits (integer ops: the loop vectorises, isfinite does not).
+// Whether every |value| is at most kStarDistMax (so finite), from the bits: the magnitude of an IEEE value orders
+// like its bits without the sign, and NaN and infinities sort above every finite value (integer ops: the loop
+// vectorises, a floating-point compare chain with NaN semantics does not).
 template <class D>
-bool all_finite(const D* v, int n) {
+bool all_in_range(const D* v, int n) {
   using U = typename std::conditional<sizeof(D) == 4, uint32_t, uint64_t>::type;
-  const U exp = sizeof(D) == 4 ? U(0x7f800000u) : U(0x7ff0000000000000ull);
+  const U mag = sizeof(D) == 4 ? U(0x7fffffffu) : U(0x7fffffffffffffffull);
+  const D lim = D(kStarDistMax);
+  U top;
+  std::memcpy(&top, &lim, sizeof(U));
   U bad = 0;
   for (int k = 0; k < n; ++k) {
     U b;
     std::memcpy(&b, v + k, sizeof(U));
-    bad |= U((b & exp) == exp);
+    bad |= U((b & mag) > top);
   }
   return bad == 0;
+}
+
+// The value of largest magnitude (NaN first) of a row that failed all_in_range, for the error message.
+template <class D>
+double worst_value(const D* v, int n) {
+  double w = 0;
+  for (int k = 0; k < n; ++k) {
+    const double x = double(v[k]);
+    if (std::isnan(x)) return x;
+    if (std::fabs(x) > std::fabs(w)) w = x;
+  }
+  return w;
 }
 
 // 11-bit digits: 32-bit keys in 3 passes, the cells of a 2048^2 image in 2; the counts stay in L1.
@@ -214,6 +231,13 @@ struct Item {
 inline float round_down(double v) { return float(v - (std::fabs(v) * 1e-6 + 1e-30)); }
 inline float round_up(double v) { return float(v + (std::fabs(v) * 1e-6 + 1e-30)); }
 
+// floor(v / S) clamped to the bucket range [0, nb - 1], clamped as a double: converting a far coordinate
+// (beyond int64) first would be undefined, and once made every bucket range empty (no pair tested at all).
+inline int64_t bucket_of(double v, double S, int64_t nb) {
+  const double b = std::floor(v / S);
+  return !(b > 0) ? 0 : (b >= double(nb - 1) ? nb - 1 : int64_t(b));
+}
+
 // Everything per candidate is stored by "slot", the candidate's position in raster order: the candidates a kept
 // polygon meets lie in a few nearby rows, so their slots are close and their data shares cache lines and pages
 // (by rank they would be scattered over the whole arrays). Centres are bucketed on a square grid of side S
@@ -289,7 +313,7 @@ NmsStats nms_typed(const NmsArgs& a) {
       const D* d = dist + cell * n;
       D* c = cd + s * n;
       std::memcpy(c, d, sizeof(D) * n);
-      if (!all_finite(c, n)) bad.store(rank_of[s]);
+      if (!all_in_range(c, n)) bad.store(rank_of[s]);
       ctr[s] = star::v2(double(cell / a.nx * a.grid[0]), double(cell % a.nx * a.grid[1]));
       geo[s] = star::poly_geom(ctr[s], c, n, sn, cs, sy.data(), sx.data());
       if (helper)
@@ -299,7 +323,12 @@ NmsStats nms_typed(const NmsArgs& a) {
       fbox[s] = FBox{round_down(g.ymin), round_up(g.ymax), round_down(g.xmin), round_up(g.xmax)};
     }
   });
-  CK_CHECK_VALUE(bad.load() < 0, "dist: non-finite distances at NMS candidate ", bad.load(), " (rank)");
+  if (bad.load() >= 0) {
+    const double w = worst_value(dist + a.cand[bad.load()] * n, n);
+    CK_CHECK_VALUE(std::isfinite(w), "dist: non-finite distances at NMS candidate ", bad.load(), " (rank): ", w);
+    throw ValueError(str("dist: distances at NMS candidates must lie within +-", int64_t(kStarDistMax),
+                         " px (2^22, the documented range); candidate ", bad.load(), " (rank) has ", w));
+  }
 
   t1 = now_ms();
   const double ms_geometry = t1 - t0;
@@ -308,8 +337,13 @@ NmsStats nms_typed(const NmsArgs& a) {
   double mean_r = 0;
   for (int64_t s = 0; s < count; ++s) mean_r += geo[s].rmax;
   mean_r /= double(count);
-  const double S = std::min(256.0, std::max(8.0, 2 * mean_r));
   const double Hpx = double((a.ny - 1) * a.grid[0] + 1), Wpx = double((a.nx - 1) * a.grid[1] + 1);
+  // Buckets of side 2x the mean circumradius (clamped to [8, 256] px), but at most ~4 per candidate along the
+  // longer side and overall: the candidates of a large grid factor are spread thin over a canvas that could
+  // otherwise ask for billions of buckets (grid 2^19: bad_alloc). The buckets only prune; results do not change.
+  const double cap = double(4 * count + 64);
+  const double S = std::max({std::min(256.0, std::max(8.0, 2 * mean_r)), std::max(Hpx, Wpx) / cap,
+                             std::sqrt(Hpx * Wpx / cap)});
   const int64_t nby = int64_t(std::ceil(Hpx / S)), nbx = int64_t(std::ceil(Wpx / S)), nb = nby * nbx;
   std::vector<int64_t> start(nb + 1, 0);
   int64_t* bid = scratch<int64_t>(8, count);
@@ -356,10 +390,8 @@ NmsStats nms_typed(const NmsArgs& a) {
   };
   auto neighbours = [&](int64_t i, const star::PolyGeom& gi, std::vector<int64_t>& near, const auto& decide) {
     near.clear();
-    const int64_t by0 = std::max<int64_t>(0, int64_t(std::floor((gi.ymin - Rmax) / S)));
-    const int64_t by1 = std::min<int64_t>(nby - 1, int64_t(std::floor((gi.ymax + Rmax) / S)));
-    const int64_t bx0 = std::max<int64_t>(0, int64_t(std::floor((gi.xmin - Rmax) / S)));
-    const int64_t bx1 = std::min<int64_t>(nbx - 1, int64_t(std::floor((gi.xmax + Rmax) / S)));
+    const int64_t by0 = bucket_of(gi.ymin - Rmax, S, nby), by1 = bucket_of(gi.ymax + Rmax, S, nby);
+    const int64_t bx0 = bucket_of(gi.xmin - Rmax, S, nbx), bx1 = bucket_of(gi.xmax + Rmax, S, nbx);
     const float fymin = round_down(gi.ymin), fymax = round_up(gi.ymax);
     const float fxmin = round_down(gi.xmin), fxmax = round_up(gi.xmax);
     for (int64_t by = by0; by <= by1; ++by) {

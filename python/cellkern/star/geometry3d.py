@@ -5,6 +5,7 @@ import numbers
 
 import numpy as np
 
+from ._checks import COORD_MAX, DIST_MAX_3D, check_range, host_array
 from .rays import rays_from_json
 
 __all__ = ["dist_to_coord3d", "dist_to_volume", "dist_to_centroid", "export_to_obj_file3d",
@@ -29,6 +30,21 @@ def _rays_arrays(rays, name="rays"):
     return v, f.astype(np.int64)
 
 
+def _reals(x, name):
+    """x as a float64 numpy array: TypeError unless it holds real numbers (torch tensors: copied to the host)."""
+    a = host_array(x, name)
+    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise TypeError(f"{name}: expected real numbers, got dtype {a.dtype}")
+    return a.astype(np.float64, copy=False)
+
+
+def _dist(dist):
+    """3D distances in the documented range (finite, |d| <= 2^10), float64."""
+    d = _reals(dist, "dist")
+    check_range(d, "dist", DIST_MAX_3D, what="distances")
+    return d
+
+
 def _vertices(rays_vertices, name="rays_vertices"):
     v = np.asarray(getattr(rays_vertices, "vertices", rays_vertices), np.float64)
     if v.ndim != 2 or v.shape[1] != 3:
@@ -40,8 +56,9 @@ def dist_to_coord3d(dist, points, rays_vertices):
     """Polyhedron vertices ``points[:, None] + dist[..., None] * rays_vertices``: (m, n_rays, 3) float64 (z, y, x).
 
     ``dist`` (m, n_rays), ``points`` (m, 3) centres, ``rays_vertices`` (n_rays, 3) (or a Rays object)."""
-    d = np.asarray(dist, np.float64)
-    p = np.asarray(points, np.float64)
+    d = _dist(dist)
+    p = _reals(points, "points")
+    check_range(p, "points", COORD_MAX, what="centre coordinates")
     v = _vertices(rays_vertices)
     if d.ndim != 2 or d.shape[1] != len(v):
         raise ValueError(f"dist: expected shape (m, n_rays={len(v)}), got {d.shape}")
@@ -62,7 +79,7 @@ def _face_weights(d, verts, faces):
 def _per_voxel(dist, rays, fn, width):
     """``fn(block (k, n_rays), verts, faces) -> (k, width)`` over the flattened leading dims of ``dist``, in blocks."""
     verts, faces = _rays_arrays(rays)
-    d = np.asarray(dist, np.float64)
+    d = _dist(dist)
     if d.ndim == 0 or d.shape[-1] != len(verts):
         raise ValueError(f"dist: the last dimension should have length n_rays = {len(verts)}, got shape {d.shape}")
     flat = d.reshape(-1, len(verts))
@@ -90,7 +107,7 @@ def dist_to_centroid(dist, rays, mode="absolute"):
     to about 1e-5 of the polyhedron's size."""
     if mode not in ("absolute", "relative"):
         raise ValueError(f"mode: expected 'absolute' or 'relative', got {mode!r}")
-    d = np.asarray(dist)
+    d = _dist(dist)
     if mode == "absolute" and d.ndim != 4:
         raise ValueError(f"dist: mode='absolute' needs a 4D (Z, Y, X, n_rays) array, got shape {d.shape}")
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import _C
 from ..ops import star as _p
+from ._checks import host_array, unit_threshold
 
 __all__ = ["MatchingStats", "MatchingReport", "DatasetMatching", "matching", "matching_dataset",
            "matching_dataset_lazy", "label_overlap", "label_overlap_sparse", "label_are_sequential",
@@ -40,7 +41,7 @@ class MatchingStats(NamedTuple):
 
 
 def _labels(y, name):
-    a = y.detach().cpu().numpy() if _p.is_torch(y) else np.asarray(y)
+    a = host_array(y, name)
     if a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
         raise TypeError(f"{name}: expected an integer label image, got {a.dtype}")
     return a
@@ -243,16 +244,15 @@ def _stats(criterion, thr, tp, n_true, n_pred, sum_matched):
 
 
 def _threshs(thresh):
-    if thresh is None or isinstance(thresh, numbers.Real):
-        return (thresh,), True
+    """(thresholds, single): None (= 0) or numbers in [0, 1] (scores are), one or a sequence of them."""
+    if thresh is None or isinstance(thresh, (str, bytes, numbers.Number)) or (
+            hasattr(thresh, "dtype") and np.ndim(thresh) == 0):
+        return (None if thresh is None else unit_threshold(thresh, "thresh"),), True
     try:
         ts = tuple(thresh)
     except TypeError:
         raise ValueError(f"thresh: expected a number or a sequence of numbers, got {thresh!r}") from None
-    for t in ts:
-        if not isinstance(t, numbers.Real) or np.isnan(t):
-            raise ValueError(f"thresh: expected numbers, got {t!r}")
-    return ts, False
+    return tuple(None if t is None else unit_threshold(t, "thresh") for t in ts), False
 
 
 def matching(y_true, y_pred, thresh=0.5, criterion="iou", report_matches=False):
@@ -390,7 +390,7 @@ def _dataset(y_gen, total, thresh, criterion, by_image, show_progress, parallel)
 
 def label_are_sequential(y):
     """True when the non-zero labels of ``y`` are exactly 1, 2, ..., max (StarDist's ``label_are_sequential``)."""
-    u = np.unique(y.detach().cpu().numpy() if _p.is_torch(y) else np.asarray(y))
+    u = np.unique(host_array(y, "y"))
     u = u[u != 0]
     return bool(np.array_equal(u, np.arange(1, len(u) + 1)))
 
@@ -416,7 +416,7 @@ def label_overlap(x, y, check=True):
 
 
 def _overlap_matrix(overlap):
-    o = overlap.detach().cpu().numpy() if _p.is_torch(overlap) else np.asarray(overlap)
+    o = host_array(overlap, "overlap")
     if o.dtype == bool or not np.issubdtype(o.dtype, np.integer):
         raise TypeError(f"overlap: expected an integer matrix of pixel counts, got {o.dtype}")
     if o.ndim != 2:
@@ -469,7 +469,7 @@ def relabel_sequential(label_field, offset=1):
     label_field`` (length ``offset + number of labels``), all of the input's integer dtype -- or a wider unsigned
     one where the new labels need it, as StarDist; non-integer input is first cast to the smallest unsigned type
     holding its maximum. (Where StarDist would overflow a narrow signed dtype, the dtype is widened instead.)"""
-    a = label_field.detach().cpu().numpy() if _p.is_torch(label_field) else np.asarray(label_field)
+    a = host_array(label_field, "label_field")
     if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
         raise TypeError(f"label_field: expected an integer array, got {a.dtype}")
     if isinstance(offset, bool) or not isinstance(offset, numbers.Integral):

@@ -12,6 +12,7 @@ import numpy as np
 from .. import _C
 from ..ops import star as _p
 from ..ops._common import torch
+from ._checks import COORD_MAX_NMS, DIST_MAX_2D, check_range, host_array, prob_threshold, unit_threshold
 
 __all__ = ["non_maximum_suppression", "non_maximum_suppression_sparse", "non_maximum_suppression_inds",
            "last_nms_stats"]
@@ -91,14 +92,8 @@ def non_maximum_suppression(dist, prob, grid=(1, 1), b=2, nms_thresh=0.5, prob_t
     if criterion not in _CRITERIA:
         raise ValueError(f"criterion: expected 'smaller' or 'iou', got {criterion!r}")
     crit = _CRITERIA[criterion]
-    try:
-        nms_thresh, prob_thresh = float(nms_thresh), float(prob_thresh)
-    except (TypeError, ValueError):
-        raise ValueError("nms_thresh and prob_thresh must be numbers") from None
-    if not 0 <= nms_thresh <= 1:
-        raise ValueError(f"nms_thresh: must be in [0, 1], got {nms_thresh}")
-    if np.isnan(prob_thresh):
-        raise ValueError("prob_thresh: must not be NaN")
+    nms_thresh = unit_threshold(nms_thresh, "nms_thresh")
+    prob_thresh = prob_threshold(prob_thresh, "prob_thresh")
     grid = _grid2(grid)
     P = _p.as_array(prob, "prob", ndim=2, kind="float")
     D = _p.as_array(dist, "dist", ndim=3, kind="float")
@@ -172,12 +167,10 @@ _CLIP_CHUNK = 1 << 16       # triangle pairs per vectorised clipping batch on th
 
 def _real_array(x, name, ndim):
     """x as a numpy array (torch tensors are copied to the host), checked to be real-valued with ndim dims."""
-    if _p.is_torch(x):
-        x = x.detach().cpu().numpy()
-    elif not isinstance(x, np.ndarray):
-        if isinstance(x, (str, bytes)) or not (hasattr(x, "__array__") or isinstance(x, (list, tuple))):
-            raise TypeError(f"{name}: expected an array, got {type(x).__name__}")
-        x = np.asarray(x)
+    if not (_p.is_torch(x) or isinstance(x, np.ndarray)) and (
+            isinstance(x, (str, bytes)) or not (hasattr(x, "__array__") or isinstance(x, (list, tuple)))):
+        raise TypeError(f"{name}: expected an array, got {type(x).__name__}")
+    x = host_array(x, name)
     if x.dtype == bool or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
         raise TypeError(f"{name}: expected a real (integer or float) array, got {x.dtype}")
     if x.ndim != ndim:
@@ -194,21 +187,9 @@ def _sparse_polys(dist, points):
         raise ValueError(f"dist and points: {len(D)} and {len(P)} polygons")
     if D.shape[1] < 3:
         raise ValueError(f"dist: need at least 3 rays, got {D.shape[1]}")
-    if not np.isfinite(P).all():
-        raise ValueError("points: non-finite coordinates")
-    if not np.isfinite(D).all():
-        raise ValueError("dist: non-finite distances")
+    check_range(P, "points", COORD_MAX_NMS, what="centre coordinates")
+    check_range(D, "dist", DIST_MAX_2D, what="distances")
     return D, P
-
-
-def _unit_thresh(v, name):
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected a number, got {v!r}") from None
-    if not 0 <= v <= 1:
-        raise ValueError(f"{name}: must be in [0, 1], got {v}")
-    return v
 
 
 def _greedy(D, P, thresh, crit):
@@ -235,7 +216,8 @@ def _greedy_lattice(D, P, thresh, crit):
     if scale is None:
         return None
     Q = Q - Q.min(axis=0)  # integers: exact; a translation leaves every overlap unchanged
-    if Q.max() >= 2.0 ** 40:
+    # the kernel's range applies to the scaled distances
+    if Q.max() >= 2.0 ** 40 or max(-float(D.min()), float(D.max())) * scale > DIST_MAX_2D:
         return None
     Qi = Q.astype(np.int64)
     g = [int(np.gcd.reduce(Qi[:, a])) or 1 for a in (0, 1)]
@@ -399,7 +381,7 @@ def non_maximum_suppression_inds(dist, points, scores, thresh=0.5, use_bbox=True
     D, P = _sparse_polys(dist, points)
     if scores is not None and len(scores) != len(D):
         raise ValueError(f"scores: expected {len(D)} values, got {len(scores)}")
-    thresh = _unit_thresh(thresh, "thresh")
+    thresh = unit_threshold(thresh, "thresh")
     keep = _greedy(D, P, thresh, criterion)
     if verbose:
         print(f"NMS: suppressed {int((~keep).sum())} / {len(keep)} polygons "
@@ -426,7 +408,7 @@ def non_maximum_suppression_sparse(dist, prob, points, b=2, nms_thresh=0.5, use_
     pr = _real_array(prob, "prob", 1)
     if len(pr) != len(D):
         raise ValueError(f"prob: expected {len(D)} values, got {len(pr)}")
-    nms_thresh = _unit_thresh(nms_thresh, "nms_thresh")
+    nms_thresh = unit_threshold(nms_thresh, "nms_thresh")
     if verbose:
         print(f"predicting instances with nms_thresh = {nms_thresh}", flush=True)
     order = np.argsort(pr)[::-1]  # StarDist's visiting order, ties included

@@ -9,6 +9,8 @@ import numpy as np
 from .. import _C
 from ..ops import star as _p
 from ..ops._common import torch
+from ._checks import (COORD_MAX, DIST_MAX_3D, check_devices, check_range, host_array, prob_threshold,
+                      ray_count, unit_threshold)
 
 __all__ = ["polyhedron_to_label", "decode3d", "non_maximum_suppression_3d", "non_maximum_suppression_3d_sparse",
            "non_maximum_suppression_3d_inds", "relabel_image_stardist3D", "relabel_image_stardist3d",
@@ -17,7 +19,7 @@ __all__ = ["polyhedron_to_label", "decode3d", "non_maximum_suppression_3d", "non
 _MODES = {"full": 0, "kernel": 1, "bbox": 2}
 _CRITERIA = {"smaller": 0, "iou": 1}
 _RES = 32             # cube-map cells per side for the face guess
-MAX_DIST = 2.0 ** 16  # documented range of distances: the work grows with the cube of the largest one
+MAX_DIST = DIST_MAX_3D  # documented range of distances (2^10, see cellkern.star._checks)
 _last_stats: dict = {}
 
 
@@ -36,8 +38,9 @@ def _rays_arrays(rays):
                         f"cellkern.star.Rays_GoldenSpiral), got {type(rays).__name__}")
     v = np.asarray(rays.vertices, np.float64)
     f = np.asarray(rays.faces)
-    if v.ndim != 2 or v.shape[1] != 3 or len(v) < 4:
+    if v.ndim != 2 or v.shape[1] != 3:
         raise ValueError(f"rays.vertices: expected (n_rays >= 4, 3), got {v.shape}")
+    ray_count(len(v), "rays.vertices: n_rays", 4)
     if not np.all(np.isfinite(v)):
         raise ValueError("rays.vertices: must be finite")
     if f.ndim != 2 or f.shape[1] != 3 or len(f) < 4 or not np.issubdtype(f.dtype, np.integer):
@@ -115,6 +118,7 @@ def polyhedron_volumes(dist, rays):
     polyhedron_volume: the signed tetrahedra of the faces, in float64)."""
     D = _p.as_array(dist, "dist", ndim=2, kind="float")
     D = D.cpu().numpy() if _p.is_torch(D) else D
+    _finite_range(D, "dist")
     out = np.empty(len(D), np.float64)
     _C.star3d_volumes(_tables(rays, D), D, out)
     return out
@@ -123,21 +127,9 @@ def polyhedron_volumes(dist, rays):
 # ---- polyhedron_to_label -------------------------------------------------------------------------------------
 
 def _finite_range(D, name):
-    """Finite distances below MAX_DIST, checked through the extremes (NaN propagates into them): no temporary
-    the size of ``D``."""
-    if not (D.numel() if _p.is_torch(D) else D.size):
-        return
-    lo, hi = (float(D.min()), float(D.max()))
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise ValueError(f"{name}: must be finite (no NaN or inf)")
-    m = max(abs(lo), abs(hi))
-    if m >= MAX_DIST:
-        raise ValueError(f"{name}: distances must be below 2^16 = {MAX_DIST:g} (got {m:g}); the work grows "
-                         "with the cube of the largest one")
-
-
-def _isfinite_all(x):
-    return torch.isfinite(x).all() if _p.is_torch(x) else np.isfinite(x).all()
+    """Finite distances within +-MAX_DIST (StarDist's float32 rule stays exact enough; the NMS bitmaps grow with
+    the cube of the largest one), checked through the extremes: no temporary the size of ``D``."""
+    check_range(D, name, MAX_DIST, what="distances")
 
 
 def _shape3(shape):
@@ -182,6 +174,8 @@ def polyhedron_to_label(dist, points, rays, shape, prob=None, thr=-np.inf, label
         raise TypeError(f"origin: expected 3 integers, got {origin!r}") from None
     if len(origin) != 3 or min(origin) < 0:
         raise ValueError(f"origin: expected 3 non-negative integers, got {origin}")
+    check_devices(("dist", dist), ("points", points), ("prob", prob), ("labels", labels))
+    thr = prob_threshold(thr, "thr")
     like = dist if _p.is_torch(dist) else None
     n_in = len(points) if not _p.is_torch(points) else int(points.shape[0])
     if n_in == 0:
@@ -197,17 +191,13 @@ def polyhedron_to_label(dist, points, rays, shape, prob=None, thr=-np.inf, label
     if P.shape != (D.shape[0], 3):
         raise ValueError(f"points: expected ({D.shape[0]}, 3), got {tuple(P.shape)}")
     _finite_range(D, "dist")
-    if not bool(_isfinite_all(P)):
-        raise ValueError("points: must be finite")
+    check_range(P, "points", COORD_MAX, what="centre coordinates")
     if float(D.min()) <= 0:
         raise ValueError("dist: distances must be positive (StarDist's polyhedron_to_label rule)")
     n = D.shape[0]
-    prob = np.ones(n) if prob is None else np.asarray(prob.cpu() if _p.is_torch(prob) else prob, np.float64)
+    prob = np.ones(n) if prob is None else _real(prob, "prob")
     if prob.shape != (n,):
         raise ValueError(f"prob: expected ({n},), got {prob.shape}")
-    thr = float(thr)
-    if np.isnan(thr):
-        raise ValueError("thr: must not be NaN")
     if labels is None:
         labels = np.arange(1, n + 1)
     labels = np.asarray(labels.cpu() if _p.is_torch(labels) else labels)
@@ -325,16 +315,12 @@ def _buckets(points, reach):
     return start, items, [int(b) for b in nb], float(side), [float(o) for o in lo]
 
 
-def _nms_sorted(dist, points, rays, thresh, criterion):
+def _nms_sorted(dist, points, rays, thresh, criterion, thresh_name="nms_thresh"):
     """Keep mask (n,) bool of candidates already in rank order (dist (n, R) float32/64, points (n, 3))."""
     if criterion not in _CRITERIA:
         raise ValueError(f"criterion: expected 'smaller' or 'iou', got {criterion!r}")
-    try:
-        thresh = float(thresh)
-    except (TypeError, ValueError):
-        raise ValueError(f"nms_thresh: expected a number, got {thresh!r}") from None
-    if not 0 <= thresh <= 1:
-        raise ValueError(f"nms_thresh: must be in [0, 1], got {thresh}")
+    thresh = unit_threshold(thresh, thresh_name)
+    check_devices(("dist", dist), ("points", points))
     D = _p.as_array(dist, "dist", ndim=2, kind="float")
     v, _ = _rays_arrays(rays)
     if D.shape[1] != len(v):
@@ -345,8 +331,7 @@ def _nms_sorted(dist, points, rays, thresh, criterion):
         raise ValueError(f"points: expected ({n}, 3), got {pts.shape}")
     if n == 0:
         return np.zeros(0, bool)
-    if not np.all(np.isfinite(pts)):
-        raise ValueError("points: must be finite")
+    check_range(pts, "points", COORD_MAX, what="centre coordinates")
     _finite_range(D, "dist")
     if float(D.min()) < 0:  # a negative distance counts as 0 (the polyhedron is flat along that ray)
         D = D.clamp(min=0) if _p.is_torch(D) else np.maximum(D, 0)
@@ -367,6 +352,15 @@ def _nms_sorted(dist, points, rays, thresh, criterion):
         _last_stats["candidates"] = n
     state = state.cpu().numpy() if _p.is_torch(state) else state
     return state == 1
+
+
+def _real(x, name, keep_dtype=False):
+    """A host copy of a real array (numpy, sequence or torch tensor), float64 unless keep_dtype: TypeError for
+    anything else."""
+    a = host_array(x, name)
+    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise TypeError(f"{name}: expected real numbers, got dtype {a.dtype}")
+    return a if keep_dtype else a.astype(np.float64, copy=False)
 
 
 def _grid3(grid):
@@ -407,7 +401,7 @@ def non_maximum_suppression_3d(dist, prob, rays, grid=(1, 1, 1), b=2, nms_thresh
     analytic volume (StarDist's measure; ``criterion='iou'``: over the union). Voxels are the integer voxel centres
     inside a polyhedron, boundary included (1e-9 relative), not clipped to the volume. StarDist decides most pairs
     by continuous-volume bounds of the same measure before rendering, so a pair near the threshold can go the
-    other way there. Distances must be finite and below 2^16 (negative ones count as 0). ``use_bbox``,
+    other way there. Distances must be finite and within +-2^10 (negative ones count as 0). ``use_bbox``,
     ``use_kdtree`` and ``verbose`` are accepted for compatibility (pruning always uses boxes and a bucket grid).
 
     Returns ``(points (N, 3) int64, prob (N,), dist (N, n_rays))`` of the kept polyhedra in rank order (with
@@ -416,14 +410,14 @@ def non_maximum_suppression_3d(dist, prob, rays, grid=(1, 1, 1), b=2, nms_thresh
     a meeting box counts its voxels in the bitmap (listed from a table of integer offsets sorted by length,
     inner voxels first) and stops as soon as the count decides; OpenMP over the candidates of each kept one.
     """
+    prob_thresh = prob_threshold(prob_thresh, "prob_thresh")
+    unit_threshold(nms_thresh, "nms_thresh")  # before any work (checked again where used)
+    check_devices(("dist", dist), ("prob", prob))
     P = _p.as_array(prob, "prob", ndim=3, kind="float")
     D = _p.as_array(dist, "dist", ndim=4, kind="float")
     v, _ = _rays_arrays(rays)
     if tuple(D.shape) != tuple(P.shape) + (len(v),):
         raise ValueError(f"dist: expected shape {tuple(P.shape)} + ({len(v)},), got {tuple(D.shape)}")
-    prob_thresh = float(prob_thresh)
-    if np.isnan(prob_thresh):
-        raise ValueError("prob_thresh: must not be NaN")
     g = _grid3(grid)
     Ph = P.cpu().numpy() if _p.is_torch(P) else P
     # candidates of the window only (no mask the size of the grid): flat indices in raster order
@@ -472,9 +466,11 @@ def non_maximum_suppression_3d_sparse(dist, prob, points, rays, b=2, nms_thresh=
     """StarDist's ``non_maximum_suppression_3d_sparse``: NMS of a list of polyhedra ``dist (n, n_rays)``,
     ``prob (n,)``, ``points (n, 3)`` (any float centres). Returns ``(points, prob, dist, inds)`` of the kept ones
     in rank order, ``inds`` their indices in the input. ``b`` is accepted and unused, as in StarDist."""
+    unit_threshold(nms_thresh, "nms_thresh")
+    check_devices(("dist", dist), ("prob", prob), ("points", points))
     D = _p.as_array(dist, "dist", ndim=2, kind="float")
-    pr = np.asarray(prob.cpu() if _p.is_torch(prob) else prob, np.float64)
-    pts = np.asarray(points.cpu() if _p.is_torch(points) else points)
+    pr = _real(prob, "prob")
+    pts = _real(points, "points", keep_dtype=True)
     if pr.ndim != 1 or pts.ndim != 2 or pts.shape[1:] != (3,) or not len(pr) == len(pts) == D.shape[0]:
         raise ValueError(f"dist (n, n_rays), prob (n,) and points (n, 3) must agree; got {tuple(D.shape)}, "
                          f"{pr.shape}, {pts.shape}")
@@ -490,16 +486,18 @@ def non_maximum_suppression_3d_inds(dist, points, rays, scores, thresh=0.5, use_
                                     verbose=1, *, criterion="smaller"):
     """StarDist's ``non_maximum_suppression_3d_inds``: the boolean mask (n,) of the polyhedra that survive, in
     input order (``scores`` None: all equal)."""
+    unit_threshold(thresh, "thresh")
+    check_devices(("dist", dist), ("points", points), ("scores", scores))
     D = _p.as_array(dist, "dist", ndim=2, kind="float")
     n = int(D.shape[0])
-    sc = np.ones(n) if scores is None else np.asarray(scores.cpu() if _p.is_torch(scores) else scores, np.float64)
-    pts = np.asarray(points.cpu() if _p.is_torch(points) else points)
+    sc = np.ones(n) if scores is None else _real(scores, "scores")
+    pts = _real(points, "points", keep_dtype=True)
     if sc.shape != (n,) or pts.shape != (n, 3):
         raise ValueError(f"scores ({n},) and points ({n}, 3) must match dist ({n}, n_rays); got {sc.shape}, "
                          f"{pts.shape}")
     order = np.argsort(sc)[::-1]
     Ds = D[torch.from_numpy(order.copy()).to(D.device)] if _p.is_torch(D) else D[order]
-    keep = _nms_sorted(Ds, pts[order], rays, thresh, criterion)
+    keep = _nms_sorted(Ds, pts[order], rays, thresh, criterion, "thresh")
     out = np.zeros(n, bool)
     out[order] = keep
     return out

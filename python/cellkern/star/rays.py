@@ -7,15 +7,18 @@ import numbers
 
 import numpy as np
 
+from ._checks import DIST_MAX_3D, MAX_RAYS, check_range
+
 __all__ = ["Rays_Base", "Rays_Explicit", "Rays_Cartesian", "Rays_SubDivide", "Rays_Tetra", "Rays_Octo",
            "Rays_GoldenSpiral", "rays_from_json", "reorder_faces"]
 
 
-def _positive_int(value, name, minimum):
+def _positive_int(value, name, minimum, maximum=MAX_RAYS):
+    """An int in [minimum, maximum] (the kernels take at most MAX_RAYS rays), checked before anything is built."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected an integer, got {type(value).__name__}")
-    if int(value) < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+    if not minimum <= int(value) <= maximum:
+        raise ValueError(f"{name}: expected an integer in [{minimum}, {maximum}], got {value}")
     return int(value)
 
 
@@ -33,7 +36,11 @@ def _triple(value, name, positive=True):
 
 
 def _as_dist(dist, n_rays, name="dist"):
-    d = np.asarray(dist, np.float64)
+    try:
+        d = np.asarray(dist, np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected an array of real numbers") from None
+    check_range(d, name, DIST_MAX_3D, what="distances")
     if d.ndim == 0 or d.shape[-1] != n_rays:
         raise ValueError(f"{name}: the last dimension should have length n_rays = {n_rays}, got shape {d.shape}")
     return d
@@ -197,8 +204,10 @@ class Rays_Cartesian(Rays_Base):
     pole rings are pulled 1e-12 off the poles (so the rays stay distinct), two triangles per grid cell."""
 
     def __init__(self, n_rays_x=11, n_rays_z=5):
-        super().__init__(n_rays_x=_positive_int(n_rays_x, "n_rays_x", 3),
-                         n_rays_z=_positive_int(n_rays_z, "n_rays_z", 3))
+        nx, nz = _positive_int(n_rays_x, "n_rays_x", 3), _positive_int(n_rays_z, "n_rays_z", 3)
+        if nx * nz > MAX_RAYS:
+            raise ValueError(f"n_rays_x * n_rays_z: at most {MAX_RAYS} rays, got {nx} * {nz}")
+        super().__init__(n_rays_x=nx, n_rays_z=nz)
 
     def setup_vertices_faces(self):
         nx, nz = self.kwargs["n_rays_x"], self.kwargs["n_rays_z"]
@@ -236,6 +245,12 @@ class Rays_SubDivide(Rays_Base):
 
     def setup_vertices_faces(self):
         verts, faces = self.base_polyhedron()
+        n_v, n_f = len(verts), len(faces)
+        for _ in range(self.kwargs["n_level"] - 1):  # each split adds a vertex per edge (3 F / 2 of them)
+            n_v, n_f = n_v + 3 * n_f // 2, 4 * n_f
+            if n_v > MAX_RAYS:
+                raise ValueError(f"n_level: {type(self).__name__}({self.kwargs['n_level']}) would have more than "
+                                 f"{MAX_RAYS} rays")
         for _ in range(self.kwargs["n_level"] - 1):
             verts, faces = self.split(verts, faces)
         return verts, faces

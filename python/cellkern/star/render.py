@@ -11,6 +11,8 @@ import numpy as np
 from .. import _C
 from ..ops import star as _p
 from ..ops._common import torch
+from ._checks import MAX_RAYS as _MAX_RAYS
+from ._checks import COORD_MAX, DIST_MAX_2D, check_devices, check_range, host_array, prob_threshold, ray_count
 from .nms import non_maximum_suppression
 
 __all__ = ["dist_to_coord", "polygons_to_label", "polygons_to_label_coord", "relabel_image_stardist", "ray_angles",
@@ -28,6 +30,7 @@ def _scale(scale_dist):
 
 
 def _polys(dist, points):
+    check_devices(("dist", dist), ("points", points))
     D = _p.as_array(dist, "dist", ndim=2, kind="float")
     if _p.is_torch(points) or _p.is_torch(D):
         if not (_p.is_torch(points) and _p.is_torch(D)):
@@ -40,7 +43,10 @@ def _polys(dist, points):
             raise TypeError(f"points: expected a real array, got {points.dtype}")
         P = points.detach().to(torch.float64).contiguous()
     else:
-        P = np.asarray(points)
+        try:
+            P = np.asarray(points)
+        except (TypeError, ValueError):
+            raise TypeError("points: expected a regular (n_polys, 2) array of numbers") from None
         if P.ndim != 2 or P.shape[1] != 2:
             raise ValueError(f"points: expected shape (n_polys, 2), got {P.shape}")
         if not (np.issubdtype(P.dtype, np.integer) or np.issubdtype(P.dtype, np.floating)):
@@ -48,18 +54,27 @@ def _polys(dist, points):
         P = np.ascontiguousarray(P, np.float64)
     if D.shape[0] != P.shape[0]:
         raise ValueError(f"dist and points: {D.shape[0]} and {P.shape[0]} polygons")
-    if D.shape[1] < 3:
-        raise ValueError(f"dist: need at least 3 rays, got {D.shape[1]}")
+    if not 3 <= D.shape[1] <= _MAX_RAYS:
+        raise ValueError(f"dist: need 3 to {_MAX_RAYS} rays, got {D.shape[1]}")
     return D, P
+
+
+def _check_polys(D, P, sy, sx):
+    """The documented 2D range (see cellkern.star._checks): finite centres and distances, |centre| <= 2^22 and
+    |distance x scale_dist| <= 2^22 px, read through the extremes."""
+    check_range(P, "points", COORD_MAX, what="centre coordinates")
+    check_range(D, "dist", DIST_MAX_2D, scale=max(abs(sy), abs(sx)), what="distances")
 
 
 def dist_to_coord(dist, points, scale_dist=(1, 1)):
     """Polygon vertices ``(n_polys, 2, n_rays)`` float32 (row 0: rows, row 1: cols) from ``dist (n_polys, n_rays)``
     and centres ``points (n_polys, 2)``: ``points + dist_k * (sin phi_k, cos phi_k) * scale_dist``, phi_k =
     2 pi k / n_rays, with StarDist's float32 rounding steps (bit-identical to ``stardist.geometry.dist_to_coord``).
-    numpy arrays or torch tensors (CPU or CUDA)."""
+    numpy arrays or torch tensors (CPU or CUDA). Finite, ``|points| <= 2^22`` and ``|dist * scale_dist| <= 2^22``
+    px (the documented 2D range), else ValueError."""
     D, P = _polys(dist, points)
     sy, sx = _scale(scale_dist)
+    _check_polys(D, P, sy, sx)
     n, n_rays = (int(s) for s in D.shape)
     coord = _p.new_empty((n, 2, n_rays), np.float32, D)
     trig = _p.to_device(_p.trig_table(n_rays), D)
@@ -76,7 +91,8 @@ def polygons_to_label(dist, points, *args, prob=None, shape=None, thr=-np.inf, s
     ints third (a tuple, list or torch.Size; or an integer array of length 2, unless there are two polygons and
     a shape tuple follows it) is the shape.
 
-    * polygons with ``prob > thr`` are kept (NaN probabilities never are); ``prob=None`` keeps all;
+    * polygons with ``prob > thr`` are kept (NaN probabilities never are); ``prob=None`` keeps all (but with
+      ``thr=inf`` none, as StarDist, whose missing prob is +inf);
     * the i-th kept polygon (input order) gets label i + 1;
     * where polygons overlap the higher probability wins (ties: the later one in input order);
     * a pixel belongs to a polygon when its centre is inside or on the boundary (``skimage.draw.polygon``'s rule)
@@ -86,8 +102,10 @@ def polygons_to_label(dist, points, *args, prob=None, shape=None, thr=-np.inf, s
     (0, 0) would paint over a larger image, pixel for pixel (``points`` stay in image coordinates; the vertices
     and skimage's rule are evaluated there, so block-wise rendering of a big image equals the whole one).
 
-    numpy arrays or torch tensors (CPU or CUDA); returns the same kind. Raises ValueError for non-finite
-    coordinates of kept polygons.
+    numpy arrays or torch tensors (CPU or CUDA); returns the same kind. ``thr``: any number but NaN. The kept
+    polygons must lie in the documented range (ValueError otherwise, see :mod:`cellkern.star._checks`): finite,
+    ``|points| <= 2^22`` and ``|dist * scale_dist| <= 2^22`` px; a negative distance puts its vertex on the
+    opposite side of the centre, as in StarDist.
 
     How: vertices in one pass, then the image is cut into bands of rows, each listing the polygons that touch it in
     paint order and painting them row by row from the few edges crossing the row (skimage's formula evaluated
@@ -114,10 +132,8 @@ def polygons_to_label(dist, points, *args, prob=None, shape=None, thr=-np.inf, s
         prob = args[0] if prob is None else _twice("prob")
         if len(args) > 1:
             shape = args[1] if shape is None else _twice("shape")
-    try:
-        thr = float(thr)
-    except (TypeError, ValueError):
-        raise ValueError(f"thr: expected a number, got {thr!r}") from None
+    thr = prob_threshold(thr, "thr")
+    check_devices(("dist", dist), ("points", points), ("prob", prob))
     if shape is None:
         raise ValueError("shape: the label image shape (H, W) is required")
     try:
@@ -135,10 +151,15 @@ def polygons_to_label(dist, points, *args, prob=None, shape=None, thr=-np.inf, s
     D, P = _polys(dist, points)
     sy, sx = _scale(scale_dist)
     n = int(D.shape[0])
+    if prob is None and thr == np.inf:  # StarDist: no prob means +inf each, and +inf > +inf keeps nothing
+        D, P, prob = D[:0], P[:0], None
     if prob is None:
         keep = None
     else:
         pr = prob.detach() if _p.is_torch(prob) else np.asarray(prob)
+        if (pr.dtype.is_complex or pr.dtype == torch.bool) if _p.is_torch(pr) else \
+                not (np.issubdtype(pr.dtype, np.integer) or np.issubdtype(pr.dtype, np.floating)):
+            raise TypeError(f"prob: expected real scores, got {pr.dtype}")
         if tuple(pr.shape) != (n,):
             raise ValueError(f"prob: expected shape ({n},), got {tuple(pr.shape)}")
         keep = pr > thr
@@ -150,16 +171,13 @@ def polygons_to_label(dist, points, *args, prob=None, shape=None, thr=-np.inf, s
         else:
             order = torch.arange(D.shape[0], device=D.device)
         order = order.to(torch.int64).contiguous()
-        finite = bool(torch.isfinite(D).all()) and bool(torch.isfinite(P).all())
     else:
         if keep is not None:
             D, P = np.ascontiguousarray(D[keep]), np.ascontiguousarray(P[keep])
             order = np.argsort(np.asarray(pr)[keep], kind="stable").astype(np.int64)
         else:
             order = np.arange(D.shape[0], dtype=np.int64)
-        finite = bool(np.isfinite(D).all() and np.isfinite(P).all())
-    if not finite:
-        raise ValueError("dist/points: non-finite values in a kept polygon")
+    _check_polys(D, P, sy, sx)  # the kept polygons only, as before: dropped ones may hold anything
     labels = _p.new_zeros((H, W), np.int32, D)
     if D.shape[0] == 0 or H == 0 or W == 0:
         return labels
@@ -203,11 +221,7 @@ def _is_shape_arg(x, rest, dist):
 def ray_angles(n_rays=32):
     """StarDist's ray angles ``2 pi k / n_rays``, k = 0 .. n_rays - 1 (float64; ray k points along
     ``(sin, cos)`` in (row, col))."""
-    if isinstance(n_rays, bool) or not isinstance(n_rays, numbers.Integral):
-        raise TypeError(f"n_rays: expected an int, got {n_rays!r}")
-    if n_rays < 0:
-        raise ValueError(f"n_rays: must be non-negative, got {n_rays}")
-    return np.linspace(0, 2 * np.pi, int(n_rays), endpoint=False)
+    return np.linspace(0, 2 * np.pi, ray_count(n_rays, "n_rays", 0), endpoint=False)
 
 
 _ROW_BLOCK_CELLS = 1 << 21  # (crossing, column) pairs per block of rows in _polygon_mask
@@ -262,7 +276,7 @@ def polygons_to_label_coord(coord, shape, labels=None):
     input order, so where polygons overlap the later one wins; its pixels are ``skimage.draw.polygon``'s (centre
     inside or on the boundary). Any simple or self-intersecting polygons, not only star-convex ones. numpy
     (torch tensors are copied to the host)."""
-    C = coord.detach().cpu().numpy() if _p.is_torch(coord) else np.asarray(coord)
+    C = host_array(coord, "coord")
     if C.dtype == bool or not (np.issubdtype(C.dtype, np.integer) or np.issubdtype(C.dtype, np.floating)):
         raise TypeError(f"coord: expected a real array, got {C.dtype}")
     if C.ndim != 3 or C.shape[1] != 2 or C.shape[2] < 1:
@@ -277,7 +291,7 @@ def polygons_to_label_coord(coord, shape, labels=None):
     if labels is None:
         lab = np.arange(n)
     else:
-        lab = labels.detach().cpu().numpy() if _p.is_torch(labels) else np.asarray(labels)
+        lab = host_array(labels, "labels")
         if lab.dtype == bool or not np.issubdtype(lab.dtype, np.integer):
             raise TypeError(f"labels: expected non-negative integers, got {lab.dtype}")
         if lab.shape != (n,):
@@ -313,17 +327,14 @@ def relabel_image_stardist(lbl, n_rays, **kwargs):
         raise ValueError(f"mode: expected 'cpp', 'python' or 'opencl', got {mode!r}")
     if grid is not None and tuple(np.broadcast_to(np.asarray(grid), (2,))) != (1, 1):
         raise ValueError(f"grid: relabel_image_stardist reads distances at full-resolution centroids; got {grid!r}")
-    a = lbl.detach().cpu().numpy() if _p.is_torch(lbl) else np.asarray(lbl)
+    a = host_array(lbl, "lbl")
     if a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
         raise TypeError(f"lbl: expected an integer label image, got {a.dtype}")
     if a.ndim != 2:
         raise ValueError(f"lbl: expected a 2D label image, got shape {a.shape}")
     if a.size and a.min() < 0:
         raise ValueError("lbl: labels must be non-negative")
-    if isinstance(n_rays, bool) or not isinstance(n_rays, numbers.Integral):
-        raise TypeError(f"n_rays: expected an int, got {n_rays!r}")
-    if n_rays < 3:
-        raise ValueError(f"n_rays: need at least 3 rays, got {n_rays}")
+    n_rays = ray_count(n_rays, "n_rays", 3)
     from .targets import star_dist
 
     rr, cc = np.nonzero(a)

@@ -8,6 +8,7 @@ import numpy as np
 from .. import _C
 from ..ops import star as _p
 from ..reference.star import rays_golden_spiral
+from ._checks import MAX_RAYS, ray_count
 
 __all__ = ["star_dist", "star_dist3d", "rays_golden_spiral", "edt_prob"]
 
@@ -51,9 +52,8 @@ def star_dist(labels, n_rays=32, grid=None, mode="cpp", *, out=None):
         return star_dist3d(lab, n_rays, grid, out=out)
     if lab.ndim != 2:
         raise ValueError(f"labels: expected a 2D (H, W) or 3D (D, H, W) label image, got shape {tuple(lab.shape)}")
-    if not isinstance(n_rays, numbers.Integral) or int(n_rays) < 3:
-        raise ValueError(f"n_rays: expected an integer >= 3, got {n_rays!r}")
-    return _run(lab, _p.ray_steps_2d(int(n_rays)), _grid(grid, 2), out)
+    n_rays = ray_count(n_rays, "n_rays", 3)
+    return _run(lab, _p.ray_steps_2d(n_rays), _grid(grid, 2), out)
 
 
 def star_dist3d(labels, rays=96, grid=None, mode="cpp", *, anisotropy=None, out=None):
@@ -74,14 +74,16 @@ def star_dist3d(labels, rays=96, grid=None, mode="cpp", *, anisotropy=None, out=
     lab = _p.as_array(labels, "labels", kind="int")
     if lab.ndim != 3:
         raise ValueError(f"labels: expected a 3D (D, H, W) label image, got shape {tuple(lab.shape)}")
-    if isinstance(rays, numbers.Integral):
-        if int(rays) < 1:
-            raise ValueError(f"rays: expected a positive number of rays, got {rays}")
-        verts = rays_golden_spiral(int(rays), anisotropy)
+    if isinstance(rays, numbers.Integral) and not isinstance(rays, bool):
+        verts = rays_golden_spiral(ray_count(rays, "rays", 1), anisotropy)
     else:
         verts = np.asarray(getattr(rays, "vertices", rays))
-        if verts.ndim != 2 or verts.shape[1] != 3 or len(verts) == 0:
-            raise ValueError(f"rays: expected (n_rays, 3) unit vectors in (z, y, x) order, got shape {verts.shape}")
+        if verts.dtype == object or not (np.issubdtype(verts.dtype, np.floating)
+                                         or np.issubdtype(verts.dtype, np.integer)):
+            raise TypeError(f"rays: expected an int, a Rays object or (n_rays, 3) real unit vectors, got {verts.dtype}")
+        if verts.ndim != 2 or verts.shape[1] != 3 or not 1 <= len(verts) <= MAX_RAYS:
+            raise ValueError(f"rays: expected (n_rays, 3) unit vectors in (z, y, x) order, 1 <= n_rays <= "
+                             f"{MAX_RAYS}, got shape {verts.shape}")
         if not np.all(np.isfinite(verts)):
             raise ValueError("rays: must be finite")
         verts = verts.astype(np.float32)
