@@ -440,3 +440,17 @@ def test_huge_ray_counts_rejected_before_allocating(call):
     assert time.perf_counter() - t0 < 1.0 and peak < 1 << 20
     # the largest accepted count still works
     assert len(S.ray_angles(MAX_RAYS)) == MAX_RAYS
+
+
+def test_nms3d_huge_polyhedra_memory_error_before_allocating():
+    # Two overlapping polyhedra of radius 1000 (inside the documented 2^10): a kept one's voxel map would take ~34 GB,
+    # which zero-filling would page in until the machine ran out; it is refused up front with the size it needs.
+    rays = Rays_GoldenSpiral(16)
+    dist = np.full((1, 1, 2, 16), 1000.0, np.float32)
+    prob = np.array([[[0.9, 0.8]]], np.float32)
+    t0 = time.perf_counter()
+    with pytest.raises(MemoryError, match="voxel map .* needs [0-9]+ bytes"):
+        S.non_maximum_suppression_3d(dist, prob, rays, b=0)
+    assert time.perf_counter() - t0 < 5.0
+    # the same pair at radius 20 runs and keeps the more probable one
+    assert len(S.non_maximum_suppression_3d(dist / 50, prob, rays, b=0)[0]) == 1

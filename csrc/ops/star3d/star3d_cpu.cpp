@@ -135,6 +135,9 @@ OffsetCube offset_cube(const RayTables& t, int reach) {
   return c;
 }
 
+// The most one kept polyhedron's voxel map may take (bits + row prefix counts: 5 bytes a voxel).
+constexpr double kKeptMapBytes = double(int64_t(1) << 32);
+
 // A kept polyhedron as a bitmap over its voxel box, with per-row prefix counts: the number of its voxels in any
 // row segment is one subtraction.
 struct KeptMap {
@@ -236,6 +239,13 @@ Nms3Stats nms3d_typed(const Nms3Args& a) {
     std::copy(bi, bi + 6, km.box);
     km.wz = bi[1] - bi[0] + 1, km.wy = bi[3] - bi[2] + 1, km.wx = bi[5] - bi[4] + 1;
     if (km.wz <= 0 || km.wy <= 0 || km.wx <= 0) continue;  // holds no voxel: overlaps nothing
+    // 5 bytes per voxel of the box: distances near the documented limit (2^10) ask for tens of GB, which zero-filling
+    // would page in until the machine runs out; refuse before allocating instead
+    const double map_bytes = double(km.wz) * double(km.wy) * (5.0 * double(km.wx) + 4.0);
+    if (map_bytes > kKeptMapBytes)
+      throw MemoryError(str("non_maximum_suppression_3d: a kept polyhedron's voxel map (", km.wz, " x ", km.wy, " x ",
+                            km.wx, " voxels) needs ", int64_t(map_bytes), " bytes, above the ", int64_t(kKeptMapBytes),
+                            "-byte limit of one map (distances up to about 450 voxels fit)"));
     km.bits.assign(size_t(km.wz * km.wy * km.wx), 0);
     km.prefix.assign(size_t(km.wz * km.wy * (km.wx + 1)), 0);
     const D* di = dist + i * R;
