@@ -107,7 +107,9 @@ def as_kind(a, kind):
 
 
 def to64(a):
-    return torch.as_tensor(np.asarray(a.detach() if isinstance(a, torch.Tensor) else a)).double()
+    if isinstance(a, torch.Tensor):  # not through numpy: an empty tensor may have dims numpy cannot hold
+        return a.detach().double()
+    return torch.as_tensor(np.asarray(a)).double()
 
 
 def finite0(t):
@@ -243,7 +245,11 @@ def run_conv(c, transposed):
         fn = (ops.conv2d, ops.conv3d)[nd - 2]
         y = attempt(fn, xin, w, b, c["stride"], c["padding"], c["dilation"], c["groups"], c["padding_mode"],
                     c["activation"], c["slope"])
-    # The call succeeded: it must be one torch accepts, with torch's answer.
+    # The call succeeded: it must be one torch accepts, with torch's answer. README's NaN rule: a non-finite weight
+    # multiplies the zeros around the input that a transposed convolution is computed over, so its NaN reaches every
+    # output of its channel where torch's reaches fewer: transposed outputs are compared with finite weights only.
+    if transposed and not np.isfinite(np.asarray(c["w"], np.float64)).all():
+        return
     x64, w64 = to64(c["x"][:1] if c["unbatched"] else c["x"]), to64(c["w"])
     if c["unbatched"]:
         x64 = x64[0]
@@ -351,7 +357,12 @@ def test_fuzz_max_pool(c):
         "max_pool values differ from torch"
     if idx is not None:
         assert torch.equal(torch.as_tensor(np.asarray(idx)), ridx), "max_pool indices differ from torch"
-    if grad and out.numel():
+    # A window wholly in the padding (dilation) has output -inf in both; torch then sends its gradient to an index
+    # outside the input (a torch bug: it writes out of bounds), cellkern sends it nowhere: gradients are compared
+    # only where every window holds an input element.
+    wholly_padding = bool((torch.isneginf(rout) & ~torch.isinf(xt.double()).any()).any()) if rout.is_floating_point() \
+        else False
+    if grad and out.numel() and not wholly_padding:
         gy = torch.from_numpy(np.random.default_rng(1).standard_normal(tuple(out.shape))).to(out.dtype)
         (g,) = torch.autograd.grad(out, x, gy)
         X = xt.clone().requires_grad_()

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-WHEEL = os.environ.get("CELLKERN_WHEEL")
+# absolute: pip runs in the test's temporary folder, where a path relative to the caller's folder names nothing
+WHEEL = os.path.abspath(os.environ["CELLKERN_WHEEL"]) if os.environ.get("CELLKERN_WHEEL") else None
 pytestmark = pytest.mark.skipif(not WHEEL, reason="CELLKERN_WHEEL (the path of a built wheel) is not set")
 
 COMPILERS = ("gcc", "g++", "cc", "c++", "clang", "nvcc")

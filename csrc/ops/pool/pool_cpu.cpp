@@ -425,7 +425,23 @@ void max_pool_backward_cpu(const PoolBackwardArgs& a) {
   std::atomic<int64_t> matched{0};
   CK_DISPATCH_FLOAT(a.dtype, backward_typed<scalar_t>(a, matched));
   const PoolGeom& g = a.g;
-  CK_CHECK_VALUE(matched.load() == g.N * g.C * g.out[0] * g.out[1] * g.out[2],
+  // A window that lies wholly in the padding (possible with dilation) has no input element: its output is -inf,
+  // as torch's, and its gradient goes nowhere, so it is not expected to match. A window is real exactly when it
+  // holds an input position in every dim.
+  int64_t real = g.N * g.C;
+  for (int dim = 0; dim < 3; ++dim) {
+    int64_t n = 0;
+    for (int64_t o = 0; o < g.out[dim]; ++o)
+      for (int64_t t = 0; t < g.k[dim]; ++t) {
+        const int64_t i = o * g.s[dim] - g.p[dim] + t * g.d[dim];
+        if (i >= 0 && i < g.in[dim]) {
+          ++n;
+          break;
+        }
+      }
+    real *= n;
+  }
+  CK_CHECK_VALUE(matched.load() == real,
                  "indices: found an index outside its pooling window (indices must come from the "
                  "forward pass with the same parameters)");
 }
