@@ -66,6 +66,13 @@ inline int64_t checked_mul(int64_t a, int64_t b, const char* what) {
   return r;
 }
 
+// a + b with a ValueError instead of silent int64 wrap-around.
+inline int64_t checked_add(int64_t a, int64_t b, const char* what) {
+  int64_t r;
+  CK_CHECK_VALUE(!__builtin_add_overflow(a, b, &r), what, " overflows int64");
+  return r;
+}
+
 // The backend a call runs on: the tensor's device decides, except that CPU data may run the CUDA kernels
 // on the emulator.
 inline Backend pick_backend(const TensorView& t, bool use_emu) {

@@ -184,6 +184,11 @@ def test_absurd_pooling_matches_torch(nd, layout, kw, two_threads):
     # products that overflow int64 (the low-level shape function: no tensor that large can exist)
     (lambda: _C.conv_output_shape([2**40, 2**40, 2**40, 2**40], [1, 2**40, 1, 1], [1, 1], [0, 0], [0, 0], [1, 1], 1,
                                   0), ValueError, "overflows int64"),
+    # a padding beyond range is refused before the size arithmetic, which it would overflow (UBSan found 2 * 2^62)
+    (lambda: conv_transpose2d(torch.ones(1, 1, 4, 4), torch.ones(1, 1, 3, 3), padding=2**62), ValueError,
+     "padding must be non-negative and below 2\\^31"),
+    (lambda: _C.conv_transpose_output_shape([1, 1, 2**62, 1], [1, 1, 2**31 - 1, 1], [2, 1], [0, 0], [0, 0],
+                                            [2**31 - 1, 1], 1), ValueError, "out: the output size overflows int64"),
 ])
 def test_absurd_geometry_raises_value_error(call, exc, match):
     with pytest.raises(exc, match=match):

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 
 #include "core/parallel.h"
 #include "core/validate.h"
@@ -159,6 +160,20 @@ void check_output(const TensorView& t, const char* name, std::initializer_list<s
   check_writable(t, name);
   for (auto& in : inputs)
     if (in.first->ndim) check_no_overlap(t, name, *in.first, in.second);
+}
+
+// Whether every element of a dense float tensor in host memory is finite.
+bool all_finite(const TensorView& t) {
+  const int64_t n = t.numel();
+  bool ok = true;
+  if (t.dtype == DType::f32) {
+    const float* v = static_cast<const float*>(t.data);
+    for (int64_t i = 0; i < n; ++i) ok &= std::isfinite(v[i]);
+  } else {
+    const double* v = static_cast<const double*>(t.data);
+    for (int64_t i = 0; i < n; ++i) ok &= std::isfinite(v[i]);
+  }
+  return ok;
 }
 
 int64_t plane_in(const ConvGeom& g) { return g.in[0] * g.in[1] * g.in[2]; }
@@ -338,10 +353,10 @@ Problem transposed_problem(const Shape& xs, const Shape& ws, const Shape& ys, co
   Problem r = make_problem(ys, "out", ws, p);
   for (int i = 0; i < nd; ++i) {
     const int a = 3 - nd + i;
-    const int64_t base = checked_mul(xs.s[2 + i] - 1, r.g.s[a], "x: (size - 1) * stride") - 2 * r.g.lo[a] +
-                         r.g.d[a] * (r.g.k[a] - 1) + 1;
+    const int64_t base = checked_add(checked_mul(xs.s[2 + i] - 1, r.g.s[a], "x: (size - 1) * stride") - 2 * r.g.lo[a],
+                                     r.g.d[a] * (r.g.k[a] - 1) + 1, "out: the output size");
     const int64_t extra = std::max(r.g.s[a], r.g.d[a]);
-    CK_CHECK_VALUE(xs.s[2 + i] > 0 && ys.s[2 + i] >= base && ys.s[2 + i] < base + extra, "out: size ", ys.s[2 + i],
+    CK_CHECK_VALUE(xs.s[2 + i] > 0 && ys.s[2 + i] >= base && ys.s[2 + i] - base < extra, "out: size ", ys.s[2 + i],
                    " along dim ", kDims[nd - 2][i], " is not (in - 1) * stride - 2 * padding + dilation * (kernel - 1)"
                    " + output_padding + 1 with 0 <= output_padding < max(stride, dilation) for input size ",
                    xs.s[2 + i]);
@@ -382,6 +397,7 @@ std::vector<int64_t> conv_transpose_output_shape(const std::vector<int64_t>& x_s
                  output_padding.size());
   CK_CHECK_VALUE(xs.ndim == p.nd + 2 && ws.ndim == p.nd + 2, "x and weight: expected ", p.nd + 2, "D shapes, got ",
                  str_shape(xs), " and ", str_shape(ws));
+  check_params(p);
   Shape ys = xs;
   ys.s[1] = checked_mul(ws.s[1], p.groups, "the output channels");
   for (int i = 0; i < p.nd; ++i) {
@@ -390,8 +406,9 @@ std::vector<int64_t> conv_transpose_output_shape(const std::vector<int64_t>& x_s
                    "got ", op, " with stride ", s, " and dilation ", d, " for dim ", kDims[p.nd - 2][i]);
     CK_CHECK_VALUE(k > 0 && k < kMaxParam && s > 0 && s < kMaxParam && d > 0 && d < kMaxParam,
                    "weight, stride, dilation: expected positive sizes, got kernel ", k, ", stride ", s, ", dilation ", d);
-    const int64_t y = checked_mul(xs.s[2 + i] - 1, s, "out: (input size - 1) * stride") - 2 * p.pad_lo[i] +
-                      checked_mul(d, k - 1, "out: dilation * (kernel size - 1)") + op + 1;
+    // padding < 2^31 (check_params), d * (k - 1) < 2^62: only the stride product and the final sum can overflow.
+    const int64_t y = checked_add(checked_mul(xs.s[2 + i] - 1, s, "out: (input size - 1) * stride") - 2 * p.pad_lo[i],
+                                  d * (k - 1) + op + 1, "out: the output size");
     CK_CHECK_VALUE(xs.s[2 + i] > 0 && y > 0, "the output would be empty along dim ", kDims[p.nd - 2][i], " (input ",
                    xs.s[2 + i], ", kernel ", k, ", stride ", s, ", padding ", p.pad_lo[i], ", dilation ", d, ")");
     ys.s[2 + i] = y;
@@ -471,7 +488,11 @@ void grad_input_run(const Problem& r, const ConvParams& p, const TensorView& gy,
     target = workspace.data;
   }
   g = tidy(g);
-  const ConvAlgo algo = algo_for(g, be);
+  ConvAlgo algo = algo_for(g, be);
+  // The direct and Winograd kernels multiply every tap, those that fall on padding or between strided outputs
+  // too, by a zero; with a NaN or inf weight that product is NaN where torch, which sums the products of real
+  // positions only, has a number. Such weights (a diverged training) take the gather path, which forms only those.
+  if (be == Backend::cpu && algo != ConvAlgo::gather && !all_finite(w)) algo = ConvAlgo::gather;
   const int64_t wg = g.Cout * w_cin * r.k_elems;
   for_groups(r.groups, be, [&](int64_t gi) {
     ConvGradInputArgs a{g,
