@@ -18,6 +18,16 @@
 #include <thread>
 #include <vector>
 
+// Under AddressSanitizer (tools/sanitize.sh) every fiber switch is announced, so ASan knows which stack is live and
+// does not take the fiber's frames for a stack overflow or stale poison.
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define CK_EMU_ASAN 1
+#else
+#define CK_EMU_ASAN 0
+#endif
+
 namespace ck_emu {
 
 thread_local ThreadState* g_thread = nullptr;
@@ -128,6 +138,7 @@ enum class St : uint8_t { runnable, barrier, warp, done };
 
 struct Fiber {
   Context ctx;
+  void* asan_fake = nullptr;  // ASan's saved fake stack while the fiber is switched out
   ThreadState ts;
   unsigned lin = 0;
   St st = St::runnable;
@@ -185,6 +196,9 @@ struct Worker {
   BlockState block{};
   std::vector<unsigned char> smem;
   Fiber* cur = nullptr;
+  const void* sched_stack = nullptr;  // the scheduler's stack, learnt on the first switch (ASan only)
+  size_t sched_stack_size = 0;
+  bool stacks_dirty = false;  // a failed block left fibers mid-call: their stacks hold ASan redzone poison
   const std::function<void()>* body = nullptr;
   std::exception_ptr error;
   const char* kernel = "";
@@ -211,6 +225,35 @@ struct Worker {
       mprotect(m, guard, PROT_NONE);  // overflowing a fiber stack faults instead of corrupting its neighbour
       stacks.push_back(static_cast<char*>(m));
     }
+#if CK_EMU_ASAN
+    if (stacks_dirty)
+      for (char* st : stacks) ASAN_UNPOISON_MEMORY_REGION(st + guard, stack_size);
+#endif
+    stacks_dirty = false;
+  }
+
+  // A fiber's switch back to the scheduler (parking at a collective, or finishing when `done`).
+  void to_scheduler(Fiber* f, bool done) {
+#if CK_EMU_ASAN
+    __sanitizer_start_switch_fiber(done ? nullptr : &f->asan_fake, sched_stack, sched_stack_size);
+#endif
+    ctx_switch(f->ctx, sched);
+#if CK_EMU_ASAN
+    __sanitizer_finish_switch_fiber(f->asan_fake, &sched_stack, &sched_stack_size);
+#endif
+    (void)done;
+  }
+
+  // The scheduler's switch into fiber i until it parks or finishes.
+  void to_fiber(unsigned i) {
+#if CK_EMU_ASAN
+    void* fake = nullptr;
+    __sanitizer_start_switch_fiber(&fake, stacks[i] + guard, stack_size);
+#endif
+    ctx_switch(sched, fibers[i].ctx);
+#if CK_EMU_ASAN
+    __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
   }
 
   [[noreturn]] void fail(const std::string& what) {
@@ -239,16 +282,23 @@ Worker& this_worker() {
   return w;
 }
 
+// Not instrumented: its frame is abandoned, never returned from, so ASan would leave its redzones poisoned.
+#if CK_EMU_ASAN
+__attribute__((no_sanitize_address))
+#endif
 void Worker::fiber_main(void* p) {
   Worker* w = t_worker;
   Fiber* f = static_cast<Fiber*>(p);
+#if CK_EMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &w->sched_stack, &w->sched_stack_size);
+#endif
   try {
     (*w->body)();
   } catch (...) {
     if (!w->error) w->error = std::current_exception();
   }
   f->st = St::done;
-  ctx_switch(f->ctx, w->sched);
+  w->to_scheduler(f, true);
   __builtin_unreachable();  // a finished fiber is never resumed
 }
 
@@ -278,7 +328,7 @@ void Worker::run_block(uint64_t lb) {
     for (unsigned i : ids) {
       cur = &fibers[i];
       g_thread = &cur->ts;
-      ctx_switch(sched, cur->ctx);
+      to_fiber(i);
       if (error) {
         std::exception_ptr e = error;
         error = nullptr;
@@ -520,7 +570,7 @@ uint64_t warp_collective(Collective op, unsigned mask, uint64_t value, int arg, 
   f->file = file;
   f->line = line;
   f->st = St::warp;
-  ctx_switch(f->ctx, w->sched);
+  w->to_scheduler(f, false);
   return f->result;
 }
 
@@ -532,7 +582,7 @@ int block_barrier(int kind, int predicate, const char* file, int line) {
   f->file = file;
   f->line = line;
   f->st = St::barrier;
-  ctx_switch(f->ctx, w->sched);
+  w->to_scheduler(f, false);
   return f->bar_result;
 }
 
@@ -584,6 +634,7 @@ void run_grid(const char* kernel, const char* file, int line, dim3 grid, dim3 bl
         w.run_block(b);
       }
     } catch (...) {
+      w.stacks_dirty = true;
       std::lock_guard<std::mutex> lock(mu);
       if (!first_error) first_error = std::current_exception();
       failed = true;
