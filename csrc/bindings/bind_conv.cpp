@@ -128,13 +128,15 @@ void bind_conv(py::module_& m) {
   m.def(
       "conv_grad_input_workspace_shape",
       [](const Ints& x_shape, const Ints& w_shape, const Ints& stride, const Ints& lo, const Ints& hi,
-         const Ints& dilation, int64_t groups, int pad_mode, int64_t channel_offset) {
+         const Ints& dilation, int64_t groups, int pad_mode, int64_t channel_offset, bool cpu) {
         return conv_grad_input_workspace_shape(
-            x_shape, w_shape, conv_params(stride, lo, hi, dilation, groups, pad_mode, 0, 0.0), channel_offset);
+            x_shape, w_shape, conv_params(stride, lo, hi, dilation, groups, pad_mode, 0, 0.0), channel_offset, cpu);
       },
       py::arg("x_shape"), py::arg("weight_shape"), py::arg("stride"), py::arg("padding_lo"), py::arg("padding_hi"),
       py::arg("dilation"), py::arg("groups"), py::arg("padding_mode"), py::arg("channel_offset") = 0,
-      "Shape of the workspace conv_grad_input needs ([] for zero padding).");
+      py::arg("cpu") = true,
+      "Shape of the workspace conv_grad_input needs ([] for zero padding, and for the CPU's sparse geometries); cpu: "
+      "whether the call runs on the CPU kernels (not CUDA or the emulator).");
   // ---- transposed convolution: stride, padding, dilation, groups as the convolution it is the gradient of ----
   m.def(
       "conv_transpose_output_shape",

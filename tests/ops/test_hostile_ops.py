@@ -130,6 +130,36 @@ def test_replicate_padding_with_huge_stride_matches_padded_torch():
         torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("mode, padding", [("replicate", 2**30), ("replicate", 4), ("reflect", 4), ("circular", 4)])
+def test_padding_modes_with_absurd_stride_backward_without_the_padded_input(mode, padding):
+    """Stride 2**31 - 1: the input gradient runs the gather kernel through the padding mode instead of folding a
+    padded input's gradient, which for padding 2**30 would be (2**31)^2 elements (found by the long fuzz: ValueError
+    in backward)."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 2, 5, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 2, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    s = 2**31 - 1
+    y = conv2d(x, w, padding=padding, stride=s, padding_mode=mode)
+    # torch on the padded positions the windows read: along each dim, output o's taps o * s - p + k, mapped into
+    # the input as the mode does, gathered; then a convolution whose stride is the kernel size
+    xr = x
+    for dim, k in ((2, w.shape[2]), (3, w.shape[3])):
+        n = x.shape[dim]
+        pos = (torch.arange((n + 2 * padding - k) // s + 1)[:, None] * s + torch.arange(k) - padding).reshape(-1)
+        if mode == "replicate":
+            idx = pos.clamp(0, n - 1)
+        elif mode == "reflect":
+            idx = torch.where(pos < 0, -pos, torch.where(pos >= n, 2 * (n - 1) - pos, pos))
+        else:
+            idx = pos % n
+        xr = xr.index_select(dim, idx)
+    yr = F.conv2d(xr, w, stride=tuple(w.shape[2:]))
+    torch.testing.assert_close(y, yr)
+    g = torch.randn(yr.shape, generator=gen, dtype=torch.float64)
+    for got, want in zip(torch.autograd.grad(y, (x, w), g), torch.autograd.grad(yr, (x, w), g)):
+        torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("nd, layout, kw", [
     (2, "cl", dict(kernel_size=2**20, padding=2**19)),
     (2, "nchw", dict(kernel_size=2**20, padding=2**19)),

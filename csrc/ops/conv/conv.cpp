@@ -213,6 +213,13 @@ ConvGeom tidy(ConvGeom g) {
   return g;
 }
 
+// Whether the gradient of the input goes through a workspace of the padded input's size, folded back afterwards:
+// for padding modes other than zeros, except on the CPU for sparse geometries, whose gather kernel maps every tap
+// through the padding mode itself (a padded input of 2^31 x 2^31 for a 1-pixel image never exists).
+bool needs_fold(const Problem& r, const ConvParams& p, Backend be) {
+  return p.pad_mode != PadMode::zeros && !(be == Backend::cpu && conv_sparse_geometry(tidy(r.g)));
+}
+
 // The algorithm a backend runs g with: the process-wide choice, or gather for sparse geometries on the CPU.
 ConvAlgo algo_for(const ConvGeom& g, Backend be) {
   return be == Backend::cpu && conv_sparse_geometry(g) ? ConvAlgo::gather : conv_algorithm();
@@ -377,10 +384,10 @@ std::vector<int64_t> conv_output_shape(const std::vector<int64_t>& x_shape, cons
 
 std::vector<int64_t> conv_grad_input_workspace_shape(const std::vector<int64_t>& x_shape,
                                                      const std::vector<int64_t>& w_shape, const ConvParams& p,
-                                                     int64_t channel_offset) {
+                                                     int64_t channel_offset, bool cpu) {
   int64_t w_cin = 0;
   Problem r = part_problem(shape_of(x_shape, "x"), "x", shape_of(w_shape, "weight"), p, channel_offset, &w_cin);
-  if (p.pad_mode == PadMode::zeros) return {};
+  if (!needs_fold(r, p, cpu ? Backend::cpu : Backend::cuda)) return {};
   std::vector<int64_t> s = {r.g.N, r.cin_total};
   for (int i = 0; i < p.nd; ++i) {
     const int a = 3 - p.nd + i;
@@ -464,7 +471,7 @@ void grad_input_run(const Problem& r, const ConvParams& p, const TensorView& gy,
                     const TensorView& w, int64_t w_cin, int64_t c0, const void* b, const TensorView& gx,
                     const TensorView& workspace, Backend be, void* stream) {
   ConvGeom g = r.g;
-  const bool padded = p.pad_mode != PadMode::zeros;
+  const bool padded = needs_fold(r, p, be);
   if (g.N == 0) return;
   ConvFoldArgs fold{};
   void* target = gx.data;
@@ -557,7 +564,8 @@ void conv_grad_input(const TensorView& gy, const TensorView& w, const TensorView
   check_dense(w, "weight");
   check_output(gx, "grad_input", {{&gy, "grad_output"}, {&w, "weight"}, {&output, "output"}});
   const ActGrad act = act_grad_of(p, output, gy);
-  if (p.pad_mode != PadMode::zeros) {
+  Backend be = pick_backend(gx, use_emu);
+  if (needs_fold(r, p, be)) {
     int64_t ws_shape[5] = {r.g.N, r.cin_total, 1, 1, 1};
     for (int i = 0; i < p.nd; ++i) {
       const int a = 3 - p.nd + i;
@@ -568,9 +576,9 @@ void conv_grad_input(const TensorView& gy, const TensorView& w, const TensorView
     check_tensor(workspace, "workspace", ws_shape, p.nd + 2, gx, "grad_input");
     check_output(workspace, "workspace", {{&gy, "grad_output"}, {&w, "weight"}, {&gx, "grad_input"}});
   } else {
-    CK_CHECK_VALUE(workspace.ndim == 0, "workspace: given, but zero padding needs none");
+    CK_CHECK_VALUE(workspace.ndim == 0, "workspace: given, but ",
+                   p.pad_mode == PadMode::zeros ? "zero padding" : "this geometry on the CPU", " needs none");
   }
-  Backend be = pick_backend(gx, use_emu);
   grad_input_run(r, p, gy, act, w, w_cin, channel_offset, nullptr, gx, workspace, be, stream);
 }
 

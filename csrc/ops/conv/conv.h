@@ -178,10 +178,11 @@ void conv_grad_input(const TensorView& gy, const TensorView& w, const TensorView
                      const ConvParams& p, bool use_emu, void* stream, int64_t channel_offset = 0,
                      const TensorView& output = TensorView{});
 // Shape of the workspace conv_grad_input needs for the gradient of x (x_shape: the part's shape) with padding
-// modes other than zeros (the padded part's shape), or {} for zero padding.
+// modes other than zeros (the padded part's shape), or {}: for zero padding, and on the CPU (cpu) for geometries
+// whose windows reach far beyond the input, where the gather kernel maps the padding itself.
 std::vector<int64_t> conv_grad_input_workspace_shape(const std::vector<int64_t>& x_shape,
                                                      const std::vector<int64_t>& w_shape, const ConvParams& p,
-                                                     int64_t channel_offset);
+                                                     int64_t channel_offset, bool cpu);
 void conv_grad_weight(const TensorView& gy, const std::vector<TensorView>& x, const TensorView& gw,
                       const TensorView& gb, const ConvParams& p, bool use_emu, void* stream,
                       const TensorView& output = TensorView{});

@@ -2325,11 +2325,11 @@ void forward_gather(const ConvForwardArgs& a) {
   });
 }
 
-// Zero padding only (the dispatch folds the other modes through a padded workspace).
+// Any padding mode: the tap lists map every tap through it, so an input reached by several padded positions
+// (replicate, reflect, circular) sums them all.
 template <class T>
 void grad_input_gather(const ConvGradInputArgs& a) {
   const ConvGeom& g = a.g;
-  CK_CHECK(g.pad == PadMode::zeros, "conv gather: the gradient of the input expects zero padding (internal error)");
   const TapLists L(g, true);
   const int64_t K = g.k[0] * g.k[1] * g.k[2], pin = g.in[0] * g.in[1] * g.in[2];
   const int64_t pout = g.out[0] * g.out[1] * g.out[2];

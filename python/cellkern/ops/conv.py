@@ -209,7 +209,8 @@ if torch is not None:
         out = None if output is None else _dense(output)
         gx = empty(input_shape, gy.dtype, gy.device, "grad_input")
         ws_shape = _C.conv_grad_input_workspace_shape(input_shape, list(wc.shape), stride, padding_lo, padding_hi,
-                                                      dilation, groups, padding_mode, channel_offset)
+                                                      dilation, groups, padding_mode, channel_offset,
+                                                      gy.device.type == "cpu" and not emu_flag(gy))
         ws = empty(ws_shape, gy.dtype, gy.device, "workspace (the padded input's gradient)") if ws_shape else None
         _C.conv_grad_input(dl(gy), dl(wc), dl(gx), dl(ws), stride, padding_lo, padding_hi, dilation, groups,
                            padding_mode, activation, negative_slope, emu_flag(gy), stream_of(gy), channel_offset,
