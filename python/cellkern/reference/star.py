@@ -432,7 +432,7 @@ def non_maximum_suppression_ref(dist, prob, grid=(1, 1), b=2, nms_thresh=0.4, pr
     * each candidate that is not suppressed yet is kept and suppresses every later candidate j with
       ``overlap(i, j) > nms_thresh``, where overlap is ``area(i and j) / min(area_i, area_j)``
       (``criterion='smaller'``, StarDist's rule) or ``area(i and j) / area(i or j)`` (``'iou'``).
-      A pair where either polygon has zero area has overlap 0.
+      A pair where either polygon has zero area has overlap 0. Negative distances count as 0.
     * areas are exact in float64: polygon centre at ``grid * cell index`` (pixels), vertices
       ``centre + d_k (sin phi_k, cos phi_k)`` in float64, intersections via fans of triangles
       (:func:`star_polygon_intersection_area`). Only pairs whose circumscribed circles (radius max d) meet
@@ -469,11 +469,12 @@ def non_maximum_suppression_ref(dist, prob, grid=(1, 1), b=2, nms_thresh=0.4, pr
     points = cells * np.asarray(grid)[None, :]
 
     n = len(points)
-    fans = np.stack([_fan_triangles(d, p) for d, p in zip(dists, points)]) if n else np.zeros((0, n_rays, 3, 2))
+    geom = np.maximum(dists.astype(np.float64), 0)  # a negative distance counts as 0 (as StarDist's NMS)
+    fans = np.stack([_fan_triangles(d, p) for d, p in zip(geom, points)]) if n else np.zeros((0, n_rays, 3, 2))
     phis = ray_angles(n_rays)
-    verts = points[:, :, None] + dists.astype(np.float64)[:, None, :] * np.stack([np.sin(phis), np.cos(phis)])
+    verts = points[:, :, None] + geom[:, None, :] * np.stack([np.sin(phis), np.cos(phis)])
     areas = polygon_area(verts)
-    radius = dists.max(axis=1).astype(np.float64) if n else np.zeros(0)
+    radius = geom.max(axis=1) if n else np.zeros(0)
 
     suppressed = np.zeros(n, bool)
     for i in range(n):
