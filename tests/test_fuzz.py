@@ -19,6 +19,7 @@ from hypothesis import strategies as st  # noqa: E402
 import cellkern  # noqa: E402
 from cellkern import ops, star  # noqa: E402
 from cellkern.reference import star as ref2  # noqa: E402
+from cellkern.reference.conv import padded_conv_gathered  # noqa: E402
 
 SANITIZED = os.environ.get("CELLKERN_SANITIZED") == "1"  # set by tools/sanitize.sh
 from cellkern.reference import star3d as ref3  # noqa: E402
@@ -213,35 +214,13 @@ def conv_reference(c, x64, w64, b64, transposed):
         if any(v < 0 for p in lohi for v in p):
             raise ValueError("negative padding")
         if x64.numel() and max(v for p in lohi for v in p) > 64 and c["padding_mode"] in ("zeros", "replicate"):
-            return _finish(c, _gathered_conv(conv, x64, w64, b64, lohi, c))
+            return _finish(c, padded_conv_gathered(x64, w64, b64, c["stride"], c["dilation"], lohi, c["groups"],
+                                                   c["padding_mode"]))
         if x64.numel() or c["padding_mode"] != "zeros":  # an empty batch: nothing to materialise
             x64 = F.pad(x64, [v for p in reversed(lohi) for v in p],
                         mode="constant" if c["padding_mode"] == "zeros" else c["padding_mode"])
             pad = 0
     return _finish(c, conv(x64, w64, b64, c["stride"], pad, c["dilation"], c["groups"]))
-
-
-def _gathered_conv(conv, x64, w64, b64, lohi, c):
-    """The convolution of the padded input, with only the padded positions its windows read materialised: along each
-    dim, output o's taps o * s - lo + k * d mapped through the padding mode (zeros: an appended zero), then a conv
-    whose stride is the kernel size (zeros and replicate padding; an empty output raises ValueError, as torch)."""
-    nd = c["nd"]
-    stride, dilation = _tuple(c["stride"], nd), _tuple(c["dilation"], nd)
-    mode = c["padding_mode"]
-    x = x64
-    for i in range(nd):
-        dim, n, k, (lo, hi) = x.dim() - nd + i, x.shape[x.dim() - nd + i], w64.shape[2 + i], lohi[i]
-        out = (n + lo + hi - dilation[i] * (k - 1) - 1) // stride[i] + 1
-        if out <= 0 or n == 0:
-            raise ValueError("the output is empty")
-        pos = (torch.arange(out)[:, None] * stride[i] + torch.arange(k)[None, :] * dilation[i] - lo).reshape(-1)
-        if mode == "zeros":
-            x = torch.cat([x, torch.zeros_like(x.narrow(dim, 0, 1))], dim)
-            idx = torch.where((pos >= 0) & (pos < n), pos, torch.full_like(pos, n))
-        else:
-            idx = pos.clamp(0, n - 1)
-        x = x.index_select(dim, idx)
-    return conv(x, w64, b64, tuple(w64.shape[2:]), 0, 1, c["groups"])
 
 
 def _finish(c, y):

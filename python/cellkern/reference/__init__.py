@@ -18,7 +18,8 @@ from .star3d import inside_polyhedron, nms3d, polyhedron_volume, polyhedron_voxe
 from .star3d import polyhedron_to_label as polyhedron_to_label_ref  # noqa: F401
 
 # The torch.nn rebuilds load on first use: the NumPy oracles above work without torch.
-_TORCH = {"ReferenceUNet": "unet", "gradient_extents": "unet", "ReferenceStarDist": "stardist"}
+_TORCH = {"ReferenceUNet": "unet", "gradient_extents": "unet", "ReferenceStarDist": "stardist",
+          "padded_conv_gathered": "conv"}
 
 
 def __getattr__(name):
