@@ -14,6 +14,7 @@ drops all idle ones.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import OrderedDict
@@ -133,6 +134,24 @@ def set_pool_limit(nbytes: int) -> None:
         _pool.limit = nbytes
         if _pool.bytes > nbytes:
             _pool._evict(_pool.bytes - nbytes)
+
+
+@contextlib.contextmanager
+def limited(nbytes: int):
+    """Within the block the pool keeps at most ``nbytes`` (never more than its own limit): a memory-bounded runner
+    (streamed inference) reuses its own buffers without the pool's default GiB of idle storages piling up on top.
+    Idle storages are freed and the old limit restored afterwards."""
+    if _pool is None:
+        yield
+        return
+    with _pool.lock:
+        old = _pool.limit
+    set_pool_limit(min(old, int(nbytes)))
+    try:
+        yield
+    finally:
+        empty_cache()
+        set_pool_limit(old)
 
 
 def empty_cache() -> None:

@@ -204,10 +204,11 @@ void for_groups(int64_t groups, Backend be, const F& f) {
 
 // The same convolution with parameters that cannot matter set to 1: the stride of a dim with one output (only
 // output 0 exists, which reads -lo + k d) and the dilation of a one-tap dim. A stride of 2^31 - 1 giving a 1x1
-// output then runs the ordinary kernels.
+// output then runs the ordinary kernels. A stride equal to the kernel stays: such a layer keeps its disjoint-tap
+// kernel whatever its size, so a slab of one row rounds as the whole image does (streamed inference relies on it).
 ConvGeom tidy(ConvGeom g) {
   for (int a = 0; a < 3; ++a) {
-    if (g.out[a] == 1) g.s[a] = 1;
+    if (g.out[a] == 1 && g.k[a] != g.s[a]) g.s[a] = 1;
     if (g.k[a] == 1) g.d[a] = 1;
   }
   return g;

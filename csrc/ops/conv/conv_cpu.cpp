@@ -13,6 +13,9 @@
 // while consecutive output rows reuse them, and runs the micro-kernels from there (50-80% of peak).
 #include <algorithm>
 #include <cstring>
+#include <list>
+#include <memory>
+#include <mutex>
 #include <type_traits>
 #include <vector>
 
@@ -756,31 +759,39 @@ struct Weights {
   std::vector<float> wd;  // wd[o][e][3 x 3]: the same taps untransformed (flipped for the input gradient)
   float x_limit = 0.f;    // inputs above it (and inf, NaN) make a tile direct
   bool finite = true;     // every weight finite
+  int64_t cout = 0, E = 0, OB = 0;
 };
 
-// The weights in both forms, computed in double.
-inline Weights transform_weights(const float* w, int64_t cout, int64_t E, int64_t OB, bool flip_transpose,
-                                 int64_t cin, int64_t KD) {
+// The taps as wd holds them ([o][e][3 x 3]; for the input gradient, o is an input channel of w, e = (output
+// channel, kd'), every tap reversed).
+inline std::vector<float> gather_taps(const float* w, int64_t cout, int64_t E, bool flip_transpose, int64_t cin,
+                                      int64_t KD) {
+  std::vector<float> wd(size_t(cout * E * 9));
+  for (int64_t o = 0; o < cout; ++o)
+    for (int64_t e = 0; e < E; ++e)
+      for (int k = 0; k < 9; ++k) {
+        const int64_t oc = e / KD, kd = KD - 1 - e % KD;
+        wd[size_t((o * E + e) * 9 + k)] = flip_transpose ? w[((oc * cin + o) * KD + kd) * 9 + (8 - k)]
+                                                         : w[(o * E + e) * 9 + k];
+      }
+  return wd;
+}
+
+// The weights in both forms, computed in double from the taps wd.
+inline Weights transform_weights(std::vector<float> wd, int64_t cout, int64_t E, int64_t OB) {
   const auto& G = kG;
   Weights r;
+  r.cout = cout, r.E = E, r.OB = OB;
   std::vector<float>& U = r.U;
   U.assign(size_t(36 * OB * E * MO), 0.f);
-  r.wd.assign(size_t(cout * E * 9), 0.f);
   double wmax = 0;
   for (int64_t o = 0; o < cout; ++o)
     for (int64_t e = 0; e < E; ++e) {
       double g[3][3];
       for (int i = 0; i < 3; ++i)
         for (int j = 0; j < 3; ++j) {
-          float v;
-          if (!flip_transpose) {
-            v = w[(o * E + e) * 9 + i * 3 + j];
-          } else {  // grad input: o is an input channel of w, e = (output channel, kd'); all taps reversed
-            const int64_t oc = e / KD, kd = KD - 1 - e % KD;
-            v = w[((oc * cin + o) * KD + kd) * 9 + (2 - i) * 3 + (2 - j)];
-          }
+          const float v = wd[size_t((o * E + e) * 9 + i * 3 + j)];
           g[i][j] = v;
-          r.wd[size_t((o * E + e) * 9 + i * 3 + j)] = v;
           wmax = std::isnan(v) ? INFINITY : std::max(wmax, std::fabs(double(v)));
         }
       double t[6][3];
@@ -792,9 +803,49 @@ inline Weights transform_weights(const float* w, int64_t cout, int64_t E, int64_
           U[size_t((((a * 6 + b) * OB + o / MO) * E + e) * MO + o % MO)] = float(u);
         }
     }
+  r.wd = std::move(wd);
   constexpr double fmax = 3.4028234663852886e38;
   r.finite = std::isfinite(wmax);
   r.x_limit = float(std::min(fmax / 200, wmax > 0 ? fmax / (2 * 36100.0 * double(E) * wmax) : fmax));
+  return r;
+}
+
+// The transformed weights, reused while a layer's taps are unchanged: a streamed image runs each layer on slabs of
+// a few rows, where transforming 128 x 128 taps (3 ms) costs more than the convolution itself. An entry is reused
+// only when every tap is bit-equal (and the shape the same), so it cannot go stale; the few most recent layers
+// are kept, at most kCacheBytes of them.
+inline std::shared_ptr<const Weights> weights_for(const float* w, int64_t cout, int64_t E, int64_t OB,
+                                                  bool flip_transpose, int64_t cin, int64_t KD) {
+  constexpr size_t kCacheBytes = size_t(64) << 20, kCacheEntries = 32;
+  static std::mutex mu;
+  static std::list<std::shared_ptr<const Weights>> cache;  // most recently used first
+  std::vector<float> wd = gather_taps(w, cout, E, flip_transpose, cin, KD);
+  const auto same = [&](const Weights& c) {
+    return c.cout == cout && c.E == E && c.OB == OB &&
+           std::memcmp(c.wd.data(), wd.data(), wd.size() * sizeof(float)) == 0;
+  };
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    for (auto it = cache.begin(); it != cache.end(); ++it)
+      if (same(**it)) {
+        cache.splice(cache.begin(), cache, it);
+        return cache.front();
+      }
+  }
+  auto r = std::make_shared<const Weights>(transform_weights(std::move(wd), cout, E, OB));
+  const auto bytes = [](const Weights& c) { return (c.U.size() + c.wd.size()) * sizeof(float); };
+  if (bytes(*r) <= kCacheBytes / 4) {
+    std::lock_guard<std::mutex> lock(mu);
+    cache.push_front(r);
+    size_t total = 0, n = 0;
+    for (auto it = cache.begin(); it != cache.end();) {
+      total += bytes(**it);
+      if (++n > kCacheEntries || total > kCacheBytes)
+        it = cache.erase(it);
+      else
+        ++it;
+    }
+  }
   return r;
 }
 
@@ -980,24 +1031,42 @@ void winograd_forward_2d(const ConvGeom& g, const ConvInput& x, const wino::Weig
   pg.s[1] = pg.s[2] = 4;
   pg.out[1] = TH;
   pg.out[2] = TWt;
-  const int64_t THg = ceil_div(TH, G), items = g.N * OD * THg;
+  const int64_t THg = ceil_div(TH, G), rows_items = g.N * OD * THg;
+  // Few tile rows (a slab of a streamed image, a short image) would leave threads idle: cut each row of tiles into
+  // CS column slices of VPS vectors too (at least MV each). A tile's result does not depend on the slice or block
+  // it is computed in, so the output is the same for every CS. Slices are the outer index: a thread's items walk
+  // down one slice, keeping its panel rows.
+  int64_t CS = 1;
+  if (rows_items < 4 * num_threads()) CS = std::max<int64_t>(1, std::min(ceil_div(4 * num_threads(), rows_items),
+                                                                          VPR / MV));
+  const int64_t VPS = ceil_div(VPR, CS);
+  CS = ceil_div(VPR, VPS);
+  const int64_t items = rows_items * CS;
   // Outputs beyond the caches are written once, in whole lines: streaming stores skip reading them first
   // (measured: 11% of the time sat on those stores' misses).
   const bool stream = g.N * o.bs * int64_t(sizeof(float)) > (int64_t(16) << 20);
   const std::vector<float>& U = W.U;
   const uint32_t lim = abs_bits(W.x_limit);
   parallel_for(items, 1, [&](int64_t b, int64_t e) {
-    PanelRows<float> src(pg, x, TWt, G);
+    PanelRows<float> src(pg, x, std::min(TWt, VPS * V::N), G);
     src.track_magnitude();
-    src.set_chunk(0, TWt);
     const int64_t* off = src.tap_offsets();
     std::vector<float> scratch;
     std::vector<float> Vb(size_t(36 * Cin * TCp)), Mb(size_t(OB * MO * 36 * TCp));
     std::vector<const float*> vrows(size_t(36 * Cin));
     for (int64_t xi = 0; xi < 36; ++xi)
       for (int64_t c = 0; c < Cin; ++c) vrows[size_t(xi * Cin + c)] = Vb.data() + (xi * Cin + c) * TCp;
+    int64_t slice = -1, tc0 = 0, ntc = 0, vpr = 0;  // the panel's column slice: tiles [tc0, tc0 + ntc)
     for (int64_t it = b; it < e; ++it) {
-      const int64_t trg = it % THg, od = (it / THg) % OD, n = it / (THg * OD);
+      const int64_t row_it = it % rows_items, cs = it / rows_items;
+      if (cs != slice) {
+        slice = cs;
+        tc0 = cs * VPS * V::N;
+        ntc = std::min(TWt - tc0, VPS * V::N);
+        vpr = ceil_div(ntc, int64_t(V::N));
+        src.set_chunk(tc0, ntc);
+      }
+      const int64_t trg = row_it % THg, od = (row_it / THg) % OD, n = row_it / (THg * OD);
       const int64_t t_row0 = trg * G, gr = std::min(G, TH - t_row0);
       int64_t nn[G], odd[G], th[G];
       for (int64_t j = 0; j < gr; ++j) {
@@ -1008,16 +1077,17 @@ void winograd_forward_2d(const ConvGeom& g, const ConvInput& x, const wino::Weig
       src.fill(nn, odd, th, gr);
       bool over[G] = {}, any_over = false;  // tile rows with an input above the limit (rare)
       for (int64_t j = 0; j < gr; ++j) any_over |= over[j] = src.magnitude(j) > lim;
-      if (it + 1 < e) {
-        const int64_t ntr = (it + 1) % THg, nod = ((it + 1) / THg) % OD, nnext = (it + 1) / (THg * OD);
-        src.clear_queue();
+      src.clear_queue();
+      if (it + 1 < e && (it + 1) / rows_items == cs) {
+        const int64_t ni = (it + 1) % rows_items;
+        const int64_t ntr = ni % THg, nod = (ni / THg) % OD, nnext = ni / (THg * OD);
         for (int64_t j = 0; j < G && ntr * G + j < TH; ++j) src.queue_next(nnext, nod, ntr * G + j, true);
       }
-      const int64_t nvec = gr * VPR;
+      const int64_t nvec = gr * vpr;
       for (int64_t v0 = 0; v0 < nvec; v0 += MV) {
         const int64_t nb = std::min<int64_t>(MV, nvec - v0);
-        for (int64_t q = 0; q < nb; ++q) {  // block vector q: tile row j, tiles t0 .. t0 + 7
-          const int64_t j = (v0 + q) / VPR, t0 = (v0 + q) % VPR * V::N;
+        for (int64_t q = 0; q < nb; ++q) {  // block vector q: tile row j, tiles tc0 + t0 .. + 7
+          const int64_t j = (v0 + q) / vpr, t0 = (v0 + q) % vpr * V::N;
           const float* const* rows = src.rows(j);
           for (int64_t c = 0; c < Cin; ++c)
             wino::input_tiles(rows + c * 6, off, t0, Vb.data() + c * TCp + q * V::N, Cin * TCp);
@@ -1026,8 +1096,8 @@ void winograd_forward_2d(const ConvGeom& g, const ConvInput& x, const wino::Weig
         src.pump(64);
         for (int64_t oc = 0; oc < g.Cout; ++oc)
           for (int64_t q = 0; q < nb; ++q) {
-            const int64_t j = (v0 + q) / VPR, t0 = (v0 + q) % VPR * V::N;
-            const int64_t oh0 = (t_row0 + j) * 4, c0 = t0 * 4;
+            const int64_t j = (v0 + q) / vpr, t0 = (v0 + q) % vpr * V::N;
+            const int64_t oh0 = (t_row0 + j) * 4, c0 = (tc0 + t0) * 4;
             wino::output_tiles(Mb.data() + oc * 36 * TCp + q * V::N, TCp, o.bias ? o.bias[oc] : 0.f, o.act, o.slope,
                                o.y + n * o.bs + oc * o.plane + (od * g.out[1] + oh0) * g.out[2] + c0, g.out[2],
                                std::min<int64_t>(4, g.out[1] - oh0), std::min<int64_t>(32, g.out[2] - c0), stream);
@@ -1035,16 +1105,17 @@ void winograd_forward_2d(const ConvGeom& g, const ConvInput& x, const wino::Weig
         if (any_over) {  // overwrite the tiles above the limit with direct sums
           if (stream) _mm_sfence();
           for (int64_t q = 0; q < nb; ++q) {
-            const int64_t j = (v0 + q) / VPR, t0 = (v0 + q) % VPR * V::N;
+            const int64_t j = (v0 + q) / vpr, t0 = (v0 + q) % vpr * V::N;
             if (!over[j]) continue;
             const int flags = wino::tiles_over(src.rows(j), off, Cin, t0, lim);
             const int64_t oh0 = (t_row0 + j) * 4;
-            for (int64_t l = 0; l < V::N && t0 + l < TWt; ++l)
-              if (flags >> l & 1)
+            for (int64_t l = 0; l < V::N && t0 + l < ntc; ++l)
+              if (flags >> l & 1) {
+                const int64_t c0 = (tc0 + t0 + l) * 4;
                 wino::direct_tile(src.rows(j), off, t0 + l, Cin, W.wd.data(), g.Cout, o.bias, o.act, o.slope,
-                                  o.y + n * o.bs + (od * g.out[1] + oh0) * g.out[2] + (t0 + l) * 4, o.plane, g.out[2],
-                                  std::min<int64_t>(4, g.out[1] - oh0), std::min<int64_t>(4, g.out[2] - (t0 + l) * 4),
-                                  scratch);
+                                  o.y + n * o.bs + (od * g.out[1] + oh0) * g.out[2] + c0, o.plane, g.out[2],
+                                  std::min<int64_t>(4, g.out[1] - oh0), std::min<int64_t>(4, g.out[2] - c0), scratch);
+              }
           }
         }
       }
@@ -1317,8 +1388,8 @@ void forward_typed(const ConvForwardArgs& a) {
 #if CK_SIMD_AVX2
   if constexpr (std::is_same<T, float>::value) {
     if (use_winograd(g, a.algo)) {
-      const wino::Weights W = wino::transform_weights(w, g.Cout, g.Cin * g.k[0], ceil_div(g.Cout, MO), false,
-                                                      g.Cin, g.k[0]);
+      const auto Wp = wino::weights_for(w, g.Cout, g.Cin * g.k[0], ceil_div(g.Cout, MO), false, g.Cin, g.k[0]);
+      const wino::Weights& W = *Wp;
       if (W.finite) {  // else torch's direct sums: a NaN or inf weight reaches every output it multiplies
         winograd_forward(g, x, W, o);
         return;
@@ -1483,8 +1554,8 @@ void grad_input_typed(const ConvGradInputArgs& a) {
 #if CK_SIMD_AVX2
     if constexpr (std::is_same<T, float>::value) {
       if (use_winograd(t, a.algo)) {
-        const wino::Weights W = wino::transform_weights(w, g.Cin, g.Cout * g.k[0], ceil_div(g.Cin, MO), true,
-                                                        wc, g.k[0]);
+        const auto Wp = wino::weights_for(w, g.Cin, g.Cout * g.k[0], ceil_div(g.Cin, MO), true, wc, g.k[0]);
+        const wino::Weights& W = *Wp;
         if (W.finite) {
           winograd_forward(t, gy, W, o);
           return;

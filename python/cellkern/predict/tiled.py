@@ -126,8 +126,11 @@ def run_tiles(model, image, plan, tiles, out, batch_size=1, transform=None, bar=
     return out
 
 
+STRATEGIES = ("auto", "stream", "tiles")
+
+
 def predict_tiled(model, image, tile_size=None, batch_size=1, memory_budget=None, out=None, progress=False,
-                  transform=None):
+                  transform=None, strategy="auto"):
     """Run ``model`` (a :class:`cellkern.nn.UNet` or a StarDist model, or a model with the same ``ndim``,
     ``in_channels``, ``output_channels``, ``downsampling_factor``, ``input_interval(lo, hi, dim, numeric)`` and
     ``receptive_field()``) over ``image (C, *spatial)`` (numpy, memory-mapped, zarr or dask array; read one tile at
@@ -135,10 +138,29 @@ def predict_tiled(model, image, tile_size=None, batch_size=1, memory_budget=None
 
     Returns ``out`` (or a new float32 numpy array) of shape ``(C_out, *cells)`` (as :func:`predict_whole`): on CPU
     float32 bit-equal to :func:`predict_whole`. ``out`` may be any array with numpy-style slice assignment (numpy,
-    memmap, zarr); its shape is checked before anything is written. Tiles of one shape run together in batches of
-    ``batch_size`` (the buffer pool reuses their activations from batch to batch; between shapes it is emptied, so
-    memory stays at one batch's working set). ``transform``: applied to every float32 input batch (elementwise
-    only, see :func:`predict_whole`). ``progress``: a tqdm bar over tiles."""
+    memmap, zarr); its shape is checked before anything is written. ``transform``: applied to every float32 input
+    batch (elementwise only, see :func:`predict_whole`). ``progress``: a tqdm bar.
+
+    ``strategy``: ``"stream"`` runs :func:`cellkern.predict.stream.predict_streamed`: slabs along the first axis,
+    each layer's rows computed once (no halo is recomputed along that axis), column tiles of ``tile_size[1:]``
+    across the others only when a whole cross-section does not fit ``memory_budget``; ``batch_size`` is not used.
+    ``"tiles"``: tiles with halos on every axis, of one shape together in batches of ``batch_size`` (the buffer pool
+    reuses their activations from batch to batch; between shapes it is emptied, so memory stays at one batch's
+    working set). ``"auto"`` (default): ``"stream"`` for the models it can run (a cellkern U-Net or StarDist model
+    with zero padding), else ``"tiles"``. Both are bit-equal to :func:`predict_whole` on CPU float32."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}")
+    if strategy != "tiles":
+        from .stream import graph_of, predict_streamed
+
+        try:
+            graph_of(model)
+        except (TypeError, NotImplementedError):
+            if strategy == "stream":
+                raise
+        else:
+            return predict_streamed(model, image, tile_size=tile_size, memory_budget=memory_budget, out=out,
+                                    progress=progress, transform=transform)
     spatial = _check_image(model, image)
     plan = plan_tiles(model, spatial, tile_size, memory_budget, batch_size)
     c_out, grid = output_spec(model)
