@@ -1032,13 +1032,13 @@ void winograd_forward_2d(const ConvGeom& g, const ConvInput& x, const wino::Weig
   pg.out[1] = TH;
   pg.out[2] = TWt;
   const int64_t THg = ceil_div(TH, G), rows_items = g.N * OD * THg;
-  // Few tile rows (a slab of a streamed image, a short image) would leave threads idle: cut each row of tiles into
-  // CS column slices of VPS vectors too (at least MV each). A tile's result does not depend on the slice or block
+  // Few tile rows (a slab of a streamed image, a short image) would leave threads idle or unevenly loaded: cut
+  // each row of tiles into CS column slices of VPS vectors too (at least MV each). A tile's result does not depend on the slice or block
   // it is computed in, so the output is the same for every CS. Slices are the outer index: a thread's items walk
   // down one slice, keeping its panel rows.
   int64_t CS = 1;
-  if (rows_items < 4 * num_threads()) CS = std::max<int64_t>(1, std::min(ceil_div(4 * num_threads(), rows_items),
-                                                                          VPR / MV));
+  const int64_t want = 8 * num_threads();  // items per thread enough that the static split is within ~1/8
+  if (rows_items < want) CS = std::max<int64_t>(1, std::min(ceil_div(want, rows_items), VPR / MV));
   const int64_t VPS = ceil_div(VPR, CS);
   CS = ceil_div(VPR, VPS);
   const int64_t items = rows_items * CS;
