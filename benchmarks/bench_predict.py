@@ -78,10 +78,16 @@ def _worker(args):
                 return predict_whole(model, image)
         else:
             plan = plan_tiles(model, shape, batch_size=args.batch_size)
-            result.update(tile_shape=list(plan.tile_shape), n_tiles=len(plan), core=list(plan.core))
+            result.update(tile_shape=list(plan.tile_shape), n_tiles=len(plan), core=list(plan.core),
+                          strategy=args.strategy)
+
+            if args.strategy != "tiles":  # the streamer's own plan: column tiles and rows per step
+                from cellkern.predict.stream import stream_plan
+                cores, step = stream_plan(model, shape)
+                result.update(stream_columns=cores[1:], rows_per_step=step)
 
             def fn():
-                return predict_tiled(model, image, batch_size=args.batch_size)
+                return predict_tiled(model, image, batch_size=args.batch_size, strategy=args.strategy)
     else:
         ref = ReferenceUNet(**unet_args)
         ref.load_state_dict(model.state_dict(), strict=True)
@@ -162,7 +168,7 @@ def _run_child(name, spec, method, args, outdir):
     argv = [sys.executable, str(Path(__file__).resolve()), "--worker-spec", json.dumps(spec),
             "--worker-method", method, "--worker-out", str(outdir), "--threads", str(args.threads),
             "--repeat", str(args.repeat), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
-            "--monai-overlap", str(args.monai_overlap)]
+            "--monai-overlap", str(args.monai_overlap), "--strategy", args.strategy]
     t0 = time.perf_counter()
     proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t0
@@ -204,7 +210,7 @@ def _case(name, spec, args, methods):
         if OURS in outs and ref is not None:
             info["tiled_equals_torch"] = bool(np.array_equal(outs[OURS], ref))
         del outs, ref
-    for key in ("tile_shape", "n_tiles", "core"):
+    for key in ("tile_shape", "n_tiles", "core", "strategy", "stream_columns", "rows_per_step"):
         if OURS in ok and key in ok[OURS]:
             info[key] = ok[OURS][key]
     res = {"name": name, "info": info, "results": ok,
@@ -228,6 +234,8 @@ def _print(payload):
     for c in payload["cases"]:
         info = c["info"]
         extra = f"  tiles {info['n_tiles']} x {info['tile_shape']}" if "n_tiles" in info else ""
+        if info.get("rows_per_step"):
+            extra = f"  streamed: {info['rows_per_step']} rows per step, column cores {info['stream_columns']}"
         print(f"{c['name']}  input {info['input']}{extra}")
         print(f"    {'side':15s} {'median':>11s} {'IQR':>11s} {'peak RSS':>9s} {'max|err|':>9s} {'peer/ours':>9s}")
         for m, r in c["results"].items():
@@ -308,6 +316,8 @@ def main():
                          "default: every 2D case")
     ap.add_argument("--methods", type=lambda s: [t.strip() for t in s.split(",") if t.strip()],
                     default=list(METHODS), help=f"comma list out of {', '.join(METHODS)}")
+    ap.add_argument("--strategy", default="auto", choices=("auto", "stream", "tiles"),
+                    help="predict_tiled strategy for 'cellkern tiled' (auto: streamed for a U-Net)")
     ap.add_argument("--batch-size", type=int, default=1, help="predict_tiled batch_size and MONAI sw_batch_size")
     ap.add_argument("--monai-overlap", type=float, default=0.25)
     ap.add_argument("--json", type=Path, default=Path("bench_predict.json"))

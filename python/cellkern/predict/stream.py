@@ -372,11 +372,10 @@ def predict_streamed(model, image, rows_per_step=None, tile_size=None, memory_bu
 
     Returns ``out`` (or a new float32 numpy array) of shape ``(C_out, *cells)``: on CPU float32 bit-equal to
     :func:`predict_whole`."""
-    from .plan import DEFAULT_BUDGET, _per_axis, alignment, output_spec, plan_tiles
+    from .plan import DEFAULT_BUDGET, alignment, output_spec, plan_tiles
     from .tiled import _Eval, _cells, _check_image, _read
 
     spatial = _check_image(model, image)
-    nd = model.ndim
     c_out, grid = output_spec(model)
     cells = _cells(spatial, grid)
     want = (c_out,) + cells
@@ -397,32 +396,8 @@ def predict_streamed(model, image, rows_per_step=None, tile_size=None, memory_bu
         if isinstance(rows_per_step, bool) or not isinstance(rows_per_step, numbers.Integral) or \
                 rows_per_step <= 0 or rows_per_step % step_unit:
             raise ValueError(f"rows_per_step: expected a positive multiple of {step_unit}, got {rows_per_step!r}")
-    graph.set_sizes(padded[0])
-
-    def full_core(d):
-        return -(-spatial[d] // align[d]) * align[d]
-
-    if tile_size is not None:
-        cores = list(_per_axis(tile_size, nd, "tile_size"))
-        cores[0] = full_core(0)
-        steps = [rows_per_step] if rows_per_step else [step_unit * m for m in (8, 4, 2, 1)]
-    else:
-        # the widest columns, then the largest step, that fit the budget
-        cores = [full_core(d) for d in range(nd)]
-        rf = model.receptive_field().size
-        least = [min(full_core(d), -(-rf[d] // align[d]) * align[d]) for d in range(nd)]  # plan_tiles' minimum
-        steps = [rows_per_step] if rows_per_step else [step_unit * m for m in (8, 4, 2, 1)]
-        while True:
-            plan = plan_tiles(model, spatial, tuple(cores))
-            cross = plan.tile_shape[1:]
-            fits = [s for s in steps if step_bytes(graph, padded[0], s, cross) <= budget / 2]
-            if fits or cores[1:] == least[1:]:
-                steps = fits or steps[-1:]
-                break
-            d = 1 + max(range(nd - 1), key=lambda i: cores[1 + i] - least[1 + i])  # halve the widest cross axis
-            cores[d] = max(least[d], (cores[d] // 2) // align[d] * align[d])
+    cores, step = _choose(model, graph, spatial, padded, align, budget, step_unit, rows_per_step, tile_size)
     plan = plan_tiles(model, spatial, tuple(cores))
-    step = steps[0]
     device = next(model.parameters()).device
     bar = None
     if progress:
@@ -455,3 +430,49 @@ def predict_streamed(model, image, rows_per_step=None, tile_size=None, memory_bu
         if bar is not None:
             bar.close()
     return out
+
+
+def _choose(model, graph, spatial, padded, align, budget, step_unit, rows_per_step, tile_size):
+    """(column cores per axis, rows per step): the widest columns, then the largest step, whose dry run fits half
+    the budget (the pool may hold the other half)."""
+    from .plan import _per_axis, plan_tiles
+
+    nd = len(spatial)
+
+    def full_core(d):
+        return -(-spatial[d] // align[d]) * align[d]
+
+    if tile_size is not None:
+        cores = list(_per_axis(tile_size, nd, "tile_size"))
+        cores[0] = full_core(0)
+        steps = [rows_per_step] if rows_per_step else [step_unit * m for m in (8, 4, 2, 1)]
+    else:
+        # the widest columns, then the largest step, that fit the budget
+        cores = [full_core(d) for d in range(nd)]
+        rf = model.receptive_field().size
+        least = [min(full_core(d), -(-rf[d] // align[d]) * align[d]) for d in range(nd)]  # plan_tiles' minimum
+        steps = [rows_per_step] if rows_per_step else [step_unit * m for m in (8, 4, 2, 1)]
+        while True:
+            plan = plan_tiles(model, spatial, tuple(cores))
+            cross = plan.tile_shape[1:]
+            fits = [s for s in steps if step_bytes(graph, padded[0], s, cross) <= budget / 2]
+            if fits or cores[1:] == least[1:]:
+                steps = fits or steps[-1:]
+                break
+            d = 1 + max(range(nd - 1), key=lambda i: cores[1 + i] - least[1 + i])  # halve the widest cross axis
+            cores[d] = max(least[d], (cores[d] // 2) // align[d] * align[d])
+    return cores, steps[0]
+
+
+def stream_plan(model, shape, rows_per_step=None, tile_size=None, memory_budget=None):
+    """The (column cores per axis, rows per step) :func:`predict_streamed` picks for an image of spatial ``shape``."""
+    from .plan import DEFAULT_BUDGET, alignment, output_spec
+
+    graph = graph_of(model)
+    align = alignment(model)
+    _, grid = output_spec(model)
+    factor = tuple(int(v) for v in model.downsampling_factor)
+    padded = tuple(-(-s // f) * f for s, f in zip(shape, factor))
+    budget = DEFAULT_BUDGET if memory_budget is None else memory_budget
+    return _choose(model, graph, tuple(shape), padded, align, budget, max(1, align[0] // grid[0]), rows_per_step,
+                   tile_size)
