@@ -5,6 +5,8 @@ from .._optional import require as _require
 _require("torch", "cellkern.predict")  # fails here with the pip command, not deep inside
 from .instances import predict_instances_big
 from .plan import TilePlan, alignment, plan_tiles
+from .stream import predict_streamed
 from .tiled import predict_tiled, predict_whole
 
-__all__ = ["TilePlan", "alignment", "plan_tiles", "predict_tiled", "predict_whole", "predict_instances_big"]
+__all__ = ["TilePlan", "alignment", "plan_tiles", "predict_streamed", "predict_tiled", "predict_whole",
+           "predict_instances_big"]

@@ -15,7 +15,7 @@ from ..nn.layers import _MaxPoolNd
 from ..nn.unet import WINOGRAD_TILE, NearestUpsample, UNet, _geometry, _winograd_dim
 from ..ops.conv import _params
 
-__all__ = ["Graph", "graph_of", "stream_rows"]
+__all__ = ["Graph", "graph_of", "predict_streamed", "step_bytes", "stream_plan", "stream_rows"]
 
 
 class Node:
@@ -104,10 +104,10 @@ class Node:
                     m.activation, m.negative_slope)
                 lo[0], hi[0] = pad
                 y = torch.ops.cellkern.conv(parts, m.weight, m.bias, st, lo, hi, dil, groups, mode, act, slope)
-            else:  # max-pool without padding (checked when the graph is built)
-                y = m(parts[0]) if pad == (0, 0) else None
-                if y is None:
+            else:  # max-pool without padding (checked when the graph is built): never past the axis's ends
+                if pad != (0, 0):
                     raise AssertionError("a pooling window past the end of the axis")
+                y = m(parts[0])
         else:
             i0, i1 = max(self.input_rows(y0, y1 - 1)[0], 0), min(self.input_rows(y0, y1 - 1)[1], n_in - 1)
             y = m(self.inputs[0].rows(i0, i1 + 1))
