@@ -89,7 +89,7 @@ def test_stream_bad_input():
     torch.manual_seed(0)
     reflect = UNet(2, 1, 1, depth=1, base_channels=4)
     reflect.encoder[0].conv0.padding_mode = "reflect"
-    with pytest.raises(NotImplementedError, match="zero padding"):
+    with pytest.raises(ValueError, match="zero padding"):  # StreamUnsupported
         predict_tiled(reflect, img, strategy="stream")
     np.testing.assert_array_equal(predict_tiled(reflect.eval(), img), predict_whole(reflect, img))  # auto: tiles
 

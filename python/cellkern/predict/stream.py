@@ -15,7 +15,11 @@ from ..nn.layers import _MaxPoolNd
 from ..nn.unet import WINOGRAD_TILE, NearestUpsample, UNet, _geometry, _winograd_dim
 from ..ops.conv import _params
 
-__all__ = ["Graph", "graph_of", "predict_streamed", "step_bytes", "stream_plan", "stream_rows"]
+__all__ = ["Graph", "StreamUnsupported", "graph_of", "predict_streamed", "step_bytes", "stream_plan", "stream_rows"]
+
+
+class StreamUnsupported(ValueError):
+    """The model has a layer the streamer cannot run slab by slab (``predict_tiled(strategy="auto")`` then tiles)."""
 
 
 class Node:
@@ -109,7 +113,8 @@ class Node:
                     raise AssertionError("a pooling window past the end of the axis")
                 y = m(parts[0])
         else:
-            i0, i1 = max(self.input_rows(y0, y1 - 1)[0], 0), min(self.input_rows(y0, y1 - 1)[1], n_in - 1)
+            i0, i1 = self.input_rows(y0, y1 - 1)
+            i0, i1 = max(i0, 0), min(i1, n_in - 1)
             y = m(self.inputs[0].rows(i0, i1 + 1))
             # the call's output row 0 is the image's row i0 * s - p (p = 0 here): keep [y0, y1)
             y = y[:, :, y0 - i0 * s:y1 - i0 * s]
@@ -203,14 +208,14 @@ def _block(nodes, block, inputs):
 
 def _check_layer(m):
     if isinstance(m, _ConvMixin) and m.padding_mode != "zeros":
-        raise NotImplementedError(f"streaming needs zero padding, {type(m).__name__} has {m.padding_mode!r}")
+        raise StreamUnsupported(f"streaming needs zero padding, {type(m).__name__} has {m.padding_mode!r}")
     if isinstance(m, _MaxPoolNd) and (getattr(m, "ceil_mode", False) or any(
             v != 0 for v in ((m.padding,) if isinstance(m.padding, int) else m.padding))):
-        raise NotImplementedError("streaming needs max-pools without padding or ceil_mode")
+        raise StreamUnsupported("streaming needs max-pools without padding or ceil_mode")
     if isinstance(m, (_ConvTransposeMixin, NearestUpsample)):
         t, k, s, p, d = _geometry(m, 0)
         if p != 0 or getattr(m, "output_padding", (0,))[0] != 0:
-            raise NotImplementedError("streaming needs transposed convolutions without padding")
+            raise StreamUnsupported("streaming needs transposed convolutions without padding")
 
 
 def _unet(nodes, net, x):
@@ -263,7 +268,7 @@ class _HeadsNode(Node):
 
 
 def graph_of(model):
-    """The :class:`Graph` of a :class:`cellkern.nn.UNet` or a StarDist model (NotImplementedError for layers
+    """The :class:`Graph` of a :class:`cellkern.nn.UNet` or a StarDist model (:class:`StreamUnsupported` for layers
     the streamer cannot run: padding modes other than zeros, padded pools, padded transposed convolutions;
     TypeError for other models)."""
     channels = getattr(model, "in_channels", None)

@@ -151,11 +151,11 @@ def predict_tiled(model, image, tile_size=None, batch_size=1, memory_budget=None
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}")
     if strategy != "tiles":
-        from .stream import graph_of, predict_streamed
+        from .stream import StreamUnsupported, graph_of, predict_streamed
 
         try:
             graph_of(model)
-        except (TypeError, NotImplementedError):
+        except (TypeError, StreamUnsupported):
             if strategy == "stream":
                 raise
         else:
