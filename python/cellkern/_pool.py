@@ -106,6 +106,13 @@ def _strides(shape, channels_last: bool):
     return strides
 
 
+def _size_class(nbytes: int) -> int:
+    """nbytes rounded up to one of 8 sizes per octave (at most 12.5% more): outputs whose sizes differ a little (a
+    streamed run's slabs of a few rows more or less) share storages instead of each missing the pool."""
+    grain = 1 << max(0, nbytes.bit_length() - 4)
+    return -(-nbytes // grain) * grain
+
+
 def empty(shape, dtype, device, channels_last: bool = False):
     """torch.empty(shape, dtype=dtype, device=device) in contiguous (or channels_last) layout; a pooled storage for
     large CPU tensors."""
@@ -117,7 +124,7 @@ def empty(shape, dtype, device, channels_last: bool = False):
     strides = _strides(shape, channels_last)
     if _pool is not None and _pool.limit > 0 and nbytes >= MIN_BYTES and torch.device(device).type == "cpu":
         with _pool.lock:
-            storage = _pool.take(nbytes)
+            storage = _pool.take(_size_class(nbytes))
             if storage is not None:
                 return torch.empty(0, dtype=dtype).set_(storage, 0, shape, strides)
     return torch.empty_strided(shape, strides, dtype=dtype, device=device)

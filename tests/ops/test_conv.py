@@ -411,8 +411,13 @@ def test_low_level_api_validates_outputs():
     ro.setflags(write=False)
     with pytest.raises(ValueError, match="read-only"):
         _C.conv_forward(x, w, None, ro, *p)
-    with pytest.raises(ValueError, match="expected a contiguous tensor"):
+    with pytest.raises(ValueError, match="x: expected dense planes"):
         _C.conv_forward(np.zeros((1, 2, 8, 16), np.float32)[..., ::2], w, None, np.zeros((1, 3, 8, 8), np.float32), *p)
+    with pytest.raises(ValueError, match="x: expected dense planes"):  # channels overlapping
+        _C.conv_forward(np.lib.stride_tricks.as_strided(np.zeros(200, np.float32), (1, 2, 8, 8), (800, 40, 32, 4)),
+                        w, None, np.zeros((1, 3, 8, 8), np.float32), *p)
+    with pytest.raises(ValueError, match="out: expected dense planes"):
+        _C.conv_forward(x, w, None, np.zeros((1, 3, 8, 16), np.float32)[..., ::2], *p)
     gy = np.zeros((1, 3, 8, 8), np.float32)
     reflect = ([1, 1], [1, 1], [1, 1], [1, 1], 1, 1, 0, 0.0)
     with pytest.raises(ValueError, match="workspace: padding_mode 1 needs a workspace"):
@@ -547,3 +552,47 @@ def test_channel_part_gradient_low_level_validates():
         _C.conv_grad_input(gy, w, np.zeros((1, 3, 8, 8), np.float32), None, *p, channel_offset=3)
     with pytest.raises(ValueError, match=r"channels \[-1, 1\)"):
         _C.conv_grad_input(gy, w, np.zeros((1, 2, 8, 8), np.float32), None, *p, channel_offset=-1)
+
+
+# A slab of rows of a taller tensor (channels apart, each plane dense) is read in place by the forward, and written in
+# place by conv_into on the CPU: how the streamed inference avoids copying a layer's rows together.
+SLAB_CASES = [  # (channels in, out, kernel, stride, padding, dilation, groups)
+    (16, 8, 3, 1, 1, 1, 1),   # Winograd in float32
+    (3, 5, 3, 1, 1, 1, 1),    # direct
+    (8, 8, 3, 1, 1, 1, 4),    # groups
+    (6, 4, 1, 1, 0, 1, 1),    # 1x1
+    (6, 4, 2, 2, 0, 1, 1),    # kernel == stride
+    (2, 3, 3, 1, 3, 3, 1),    # dilation
+]
+
+
+@pytest.mark.parametrize("case", SLAB_CASES, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_slab_views_read_and_written_in_place(backend, case, dtype):
+    from cellkern.ops.conv import _planes, conv_into
+    cin, cout, k, s, p, d, g = case
+    gen = torch.Generator().manual_seed(3)
+    big = torch.randn(2, cin, 40, 45, generator=gen, dtype=dtype)
+    x = big[:, :, 7:23]  # 16 rows: channels and items apart
+    assert not x.is_contiguous() and _planes(x) is x
+    w = torch.randn(cout, cin // g, k, k, generator=gen, dtype=dtype)
+    b = torch.randn(cout, generator=gen, dtype=dtype)
+    args = ([s, s], [p, p], [p, p], [d, d], g, 0, 1, 0.0)
+    got = torch.ops.cellkern.conv([x], w, b, *args)
+    want = torch.ops.cellkern.conv([x.contiguous()], w, b, *args)
+    assert torch.equal(got, want)  # the same kernel on the same numbers: bit-equal
+    _close(got, F.relu(F.conv2d(x, w, b, s, p, d, g)), dtype)
+    # two parts, each a slab
+    big2 = torch.randn(2, 3, 40, 45, generator=gen, dtype=dtype)
+    w2 = torch.randn(cout, cin + 3, k, k, generator=gen, dtype=dtype)
+    got = torch.ops.cellkern.conv([x, big2[:, :, 7:23]], w2, b, [s, s], [p, p], [p, p], [d, d], 1, 0, 0, 0.0)
+    _close(got, F.conv2d(torch.cat([x, big2[:, :, 7:23]], 1), w2, b, s, p, d), dtype)
+    # written into rows [5, 5 + n) of a taller output: the rows around are untouched
+    out = torch.full((2, cout, want.shape[2] + 9, want.shape[3]), 7.0, dtype=dtype)
+    if backend.name.startswith("emu"):
+        with pytest.raises(ValueError, match="planes apart .* only by the CPU"):
+            conv_into([x], w, b, *args, out[:, :, 5:5 + want.shape[2]])
+        return
+    conv_into([x], w, b, *args, out[:, :, 5:5 + want.shape[2]])
+    assert torch.equal(out[:, :, 5:5 + want.shape[2]], want)
+    assert (out[:, :, :5] == 7).all() and (out[:, :, 5 + want.shape[2]:] == 7).all()

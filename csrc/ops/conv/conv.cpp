@@ -254,8 +254,27 @@ std::vector<std::string> part_names(size_t n) {
   return names;
 }
 
+// Dense planes (every dim from 2 on contiguous), channels and batch items at least a plane apart: how the forward
+// reads its input (conv::input_plane), so a slab of rows of a taller tensor needs no copy.
+void check_plane_dense(const TensorView& t, const char* name) {
+  int64_t expect = 1;
+  bool ok = t.ndim >= 2;
+  for (int d = t.ndim - 1; ok && d >= 2; --d) {
+    ok = t.shape[d] == 1 || t.strides[d] == expect;
+    expect *= t.shape[d];
+  }
+  if (ok && t.numel() > 0) {
+    ok = (t.shape[1] == 1 || t.strides[1] >= expect) &&
+         (t.shape[0] == 1 || t.strides[0] >= (t.shape[1] - 1) * t.strides[1] + expect);
+  }
+  CK_CHECK_VALUE(ok, name, ": expected dense planes (contiguous from dim 2 on, channels and batch items not "
+                 "overlapping); the Python API converts other layouts");
+}
+
 // The shape of the input the parts form together (channels added up); every part is checked against the first.
-Shape parts_shape(const std::vector<TensorView>& xs, const std::vector<std::string>& names, const ConvParams& p) {
+// planes_apart: the parts may have channels apart (check_plane_dense), else they must be contiguous.
+Shape parts_shape(const std::vector<TensorView>& xs, const std::vector<std::string>& names, const ConvParams& p,
+                  bool planes_apart = false) {
   CK_CHECK_VALUE(!xs.empty() && xs.size() <= size_t(kMaxParts), "x: expected 1 to ", kMaxParts,
                  " channel parts, got ", xs.size());
   CK_CHECK_VALUE(xs.size() == 1 || p.groups == 1, "groups: an input given as channel parts needs groups=1, got ",
@@ -277,7 +296,12 @@ Shape parts_shape(const std::vector<TensorView>& xs, const std::vector<std::stri
   }
   if (xs.size() > 1) CK_CHECK_VALUE(x0.shape[1] > 0, names[0], ": a channel part must have channels, got shape ",
                                     shape_str(x0));
-  for (size_t i = 0; i < xs.size(); ++i) check_dense(xs[i], names[i].c_str());
+  for (size_t i = 0; i < xs.size(); ++i) {
+    if (planes_apart)
+      check_plane_dense(xs[i], names[i].c_str());
+    else
+      check_dense(xs[i], names[i].c_str());
+  }
   return s;
 }
 
@@ -285,9 +309,14 @@ Shape parts_shape(const std::vector<TensorView>& xs, const std::vector<std::stri
 ConvInput input_of(const std::vector<TensorView>& xs, const ConvGeom& g, int64_t gi) {
   ConvInput in;
   in.parts = int(xs.size());
+  const int64_t plane = plane_in(g);
   for (size_t i = 0; i < xs.size(); ++i) {
-    in.data[i] = offset(static_cast<const void*>(xs[i].data), gi * g.Cin * plane_in(g), xs[i].dtype);
-    in.bs[i] = xs[i].shape[1] * plane_in(g);
+    const TensorView& x = xs[i];
+    // channels apart (a slab of a taller tensor): read through cs; single channels / items have any stride
+    const int64_t cs = x.shape[1] > 1 && x.strides[1] != plane ? x.strides[1] : 0;
+    in.data[i] = offset(static_cast<const void*>(x.data), gi * g.Cin * (cs ? cs : plane), x.dtype);
+    in.cs[i] = cs;
+    in.bs[i] = x.shape[0] > 1 ? x.strides[0] : x.shape[1] * plane;
     in.c_begin[i + 1] = in.c_begin[i] + (xs.size() == 1 ? g.Cin : xs[i].shape[1]);
   }
   return in;
@@ -428,7 +457,7 @@ std::vector<int64_t> conv_transpose_output_shape(const std::vector<int64_t>& x_s
 void conv_forward(const std::vector<TensorView>& xs, const TensorView& w, const TensorView& b, const TensorView& y,
                   const ConvParams& p, bool use_emu, void* stream) {
   const std::vector<std::string> names = part_names(xs.size());
-  Shape whole = parts_shape(xs, names, p);
+  Shape whole = parts_shape(xs, names, p, true);
   const TensorView& x = xs[0];
   Problem r = make_problem(whole, names[0].c_str(), shape_of(w), p);
   check_same_dtype(w, "weight", x, names[0].c_str());
@@ -438,11 +467,19 @@ void conv_forward(const std::vector<TensorView>& xs, const TensorView& w, const 
     const int64_t bs[1] = {r.cout_total};
     check_tensor(b, "bias", bs, 1, x, names[0].c_str());
   }
-  check_tensor(y, "out", r.out_shape, p.nd + 2, x, names[0].c_str());
+  check_same_dtype(y, "out", x, names[0].c_str());
+  check_shape(y, "out", r.out_shape, p.nd + 2);
+  check_same_device(y, "out", x, names[0].c_str());
+  check_plane_dense(y, "out");
   check_output_parts(y, "out", xs, names, {{&w, "weight"}, {&b, "bias"}});
   Backend be = pick_backend(x, use_emu);
-  const ConvGeom g = tidy(r.g);
+  ConvGeom g = tidy(r.g);
   if (g.N == 0) return;
+  // out may be a slab of rows of a taller tensor (planes apart): written in place, on the CPU
+  const int64_t y_cs = y.shape[1] > 1 && y.strides[1] != plane_out(g) ? y.strides[1] : 0;
+  CK_CHECK_VALUE(y_cs == 0 || be == Backend::cpu, "out: planes apart (a slab of a taller tensor) are written only "
+                 "by the CPU kernels; pass a contiguous out");
+  if (g.N > 1) g.y_bs = y.strides[0];
   const int64_t wg = g.Cout * g.Cin * r.k_elems;
   const ConvAlgo algo = algo_for(g, be);
   for_groups(r.groups, be, [&](int64_t gi) {
@@ -451,11 +488,12 @@ void conv_forward(const std::vector<TensorView>& xs, const TensorView& w, const 
                       input_of(xs, g, gi),
                       offset(static_cast<const void*>(w.data), gi * wg, x.dtype),
                       b.ndim ? offset(static_cast<const void*>(b.data), gi * g.Cout, x.dtype) : nullptr,
-                      offset(y.data, gi * g.Cout * plane_out(g), x.dtype),
+                      offset(y.data, gi * g.Cout * (y_cs ? y_cs : plane_out(g)), x.dtype),
                       p.act,
                       p.slope,
                       algo,
-                      x.device.index};
+                      x.device.index,
+                      y_cs};
     if (be == Backend::cpu)
       CK_CPU_CALL(conv_forward_cpu, a);
     else

@@ -55,12 +55,15 @@ struct ActGrad {
 
 // The input side of a convolution, read in place from up to kMaxParts tensors that together are its channels (a
 // torch.cat along dim 1 that is never materialised: a U-Net decoder's [upsampled, skip]). Channel c of batch item n
-// lives in the part p with c_begin[p] <= c < c_begin[p + 1], at data[p] + n * bs[p] + (c - c_begin[p]) * plane.
+// lives in the part p with c_begin[p] <= c < c_begin[p + 1], at data[p] + n * bs[p] + (c - c_begin[p]) * cs[p]
+// (cs[p] = 0: the planes are dense, cs = plane). A forward input may have planes apart (a slab of rows of a taller
+// tensor, read in place by the streamed inference); each plane itself is always dense.
 constexpr int kMaxParts = 4;
 struct ConvInput {
   int parts = 1;
   const void* data[kMaxParts] = {};
   int64_t bs[kMaxParts] = {};  // batch strides (elements)
+  int64_t cs[kMaxParts] = {};  // channel strides (elements); 0: dense planes
   int64_t c_begin[kMaxParts + 1] = {};
   ActGrad act;  // a one-part gradient input (the input gradient's gy): read through the activation's derivative
 };
@@ -86,6 +89,7 @@ struct ConvForwardArgs {
   double slope;
   ConvAlgo algo;
   int device;
+  int64_t y_cs = 0;  // output channel stride (elements); 0: dense planes. Only the CPU writes planes apart.
 };
 
 // gx = d(sum(gy * conv(x, w))) / dx + b with zero padding: gy (N, Cout, out), gx (N, Cin, in), w[o][c][k] at

@@ -1044,7 +1044,7 @@ void winograd_forward_2d(const ConvGeom& g, const ConvInput& x, const wino::Weig
   const int64_t items = rows_items * CS;
   // Outputs beyond the caches are written once, in whole lines: streaming stores skip reading them first
   // (measured: 11% of the time sat on those stores' misses).
-  const bool stream = g.N * o.bs * int64_t(sizeof(float)) > (int64_t(16) << 20);
+  const bool stream = g.N * o.bs * int64_t(sizeof(float)) > (int64_t(4) << 20);
   const std::vector<float>& U = W.U;
   const uint32_t lim = abs_bits(W.x_limit);
   parallel_for(items, 1, [&](int64_t b, int64_t e) {
@@ -1145,7 +1145,7 @@ void winograd_forward(const ConvGeom& g, const ConvInput& x, const wino::Weights
   // Items are (n, tile row, od) with od fastest: consecutive output depths share KD - 1 input planes, whose
   // transforms stay cached (3x fewer input transforms for 3x3x3 kernels).
   const int64_t items = g.N * TH * OD;
-  const bool stream = g.N * o.bs * int64_t(sizeof(float)) > (int64_t(16) << 20);
+  const bool stream = g.N * o.bs * int64_t(sizeof(float)) > (int64_t(4) << 20);
   const std::vector<float>& U = W.U;
   const uint32_t lim = abs_bits(W.x_limit);
   parallel_for(items, 1, [&](int64_t b, int64_t e) {
@@ -1383,7 +1383,7 @@ void forward_typed(const ConvForwardArgs& a) {
   // and streamed in whole lines: 26-49 ms vs 14-29 ms for 1->32 @1024^2, 1 thread, fresh or reused outputs),
   // although a plain streaming loop reaches 22 GB/s here; so the direct path stores normally.
   RowOut<T> o{static_cast<T*>(a.y), g.Cout, {g.N, g.out[0], g.out[1]}, g.out[2],
-              g.out[0] * g.out[1] * g.out[2], g.y_bs, static_cast<const T*>(a.b), a.act, T(a.slope)};
+              a.y_cs ? a.y_cs : g.out[0] * g.out[1] * g.out[2], g.y_bs, static_cast<const T*>(a.b), a.act, T(a.slope)};
   const ConvInput& x = a.x;
 #if CK_SIMD_AVX2
   if constexpr (std::is_same<T, float>::value) {
@@ -1454,7 +1454,7 @@ void grad_input_disjoint(const ConvGradInputArgs& a, const RowOut<T>& o) {
   const int64_t TW = MV * N;
   const int64_t n_rows = g.N * g.out[0] * g.out[1];
   // Outputs beyond the caches are written once, in whole lines: streaming stores skip reading them first.
-  const bool stream = g.N * o.bs * int64_t(sizeof(T)) > (int64_t(16) << 20);
+  const bool stream = g.N * o.bs * int64_t(sizeof(T)) > (int64_t(4) << 20);
   parallel_for(n_rows, 1, [&](int64_t b, int64_t e) {
     std::vector<T> packed(size_t(g.Cout * TW));
     std::vector<const T*> rows(static_cast<size_t>(g.Cout));
@@ -1958,8 +1958,9 @@ ConvInput channel_slice(const ConvInput& x, int64_t c0, int64_t cc, int64_t plan
   for (int p = 0; p < x.parts; ++p) {
     const int64_t lo = std::max(c0, x.c_begin[p]), hi = std::min(c0 + cc, x.c_begin[p + 1]);
     if (lo >= hi) continue;
-    r.data[r.parts] = static_cast<const T*>(x.data[p]) + (lo - x.c_begin[p]) * plane;
+    r.data[r.parts] = static_cast<const T*>(x.data[p]) + (lo - x.c_begin[p]) * (x.cs[p] ? x.cs[p] : plane);
     r.bs[r.parts] = x.bs[p];
+    r.cs[r.parts] = x.cs[p];
     r.c_begin[r.parts + 1] = hi - c0;
     ++r.parts;
   }
@@ -2379,7 +2380,7 @@ void forward_gather(const ConvForwardArgs& a) {
   parallel_for(g.N * g.Cout, 1, [&](int64_t b, int64_t e) {
     for (int64_t nc = b; nc < e; ++nc) {
       const int64_t n = nc / g.Cout, oc = nc % g.Cout;
-      T* y = static_cast<T*>(a.y) + n * g.y_bs + oc * pout;
+      T* y = static_cast<T*>(a.y) + n * g.y_bs + oc * (a.y_cs ? a.y_cs : pout);
       for (int64_t od = 0; od < g.out[0]; ++od)
         for (int64_t oh = 0; oh < g.out[1]; ++oh)
           for (int64_t ow = 0; ow < g.out[2]; ++ow) {

@@ -67,12 +67,13 @@ CK_HD int64_t tap_output(int64_t i, int64_t k, int64_t s, int64_t d, int64_t lo,
   return o < nout ? o : -1;
 }
 
-// The (n, c) plane of an input given as channel parts (plane = elements per channel plane).
+// The (n, c) plane of an input given as channel parts (plane = elements per channel plane, the channel stride
+// where the part does not give its own).
 template <class T>
 CK_HD const T* input_plane(const ConvInput& x, int64_t n, int64_t c, int64_t plane) {
   int p = 0;
   while (p + 1 < x.parts && c >= x.c_begin[p + 1]) ++p;
-  return static_cast<const T*>(x.data[p]) + n * x.bs[p] + (c - x.c_begin[p]) * plane;
+  return static_cast<const T*>(x.data[p]) + n * x.bs[p] + (c - x.c_begin[p]) * (x.cs[p] ? x.cs[p] : plane);
 }
 
 // x at the input position tap (kd, kh, kw) of output (od, oh, ow) reads, padding applied. `plane` is one

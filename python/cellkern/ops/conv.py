@@ -157,6 +157,17 @@ def _conv_numpy(xs, weight, bias, nd, stride, padding, dilation, groups, padding
     return out[0] if unbatched else out
 
 
+def conv_into(xs, weight, bias, stride, padding_lo, padding_hi, dilation, groups, padding_mode, activation,
+              negative_slope, out):
+    """``torch.ops.cellkern.conv``'s forward written into ``out`` (no autograd): on the CPU ``out`` may be a slab of
+    rows of a taller tensor (its planes apart), as the streamed inference assembles a layer's rows in place."""
+    xc = [_planes(p) for p in xs]
+    _C.conv_forward(_dl_parts(xc), dl(_dense(weight)), dl(None if bias is None else _dense(bias)), dl(out), stride,
+                    padding_lo, padding_hi, dilation, groups, padding_mode, activation, negative_slope, emu_flag(xc[0]),
+                    stream_of(xc[0]))
+    return out
+
+
 # ---- torch custom ops ----------------------------------------------------------------------------------------
 
 def _out_size(n, k, s, d, lo, hi):
@@ -168,6 +179,23 @@ def _dense(t):
     return t if t.is_contiguous() else t.contiguous()
 
 
+def _planes(t):
+    """t if the forward kernels can read it in place (dense planes, channels and batch items apart: a slab of rows
+    of a taller tensor, as the streamed inference passes), else a contiguous copy."""
+    if t.is_contiguous():
+        return t
+    shape, strides = t.shape, t.stride()
+    expect = 1
+    for d in range(t.dim() - 1, 1, -1):
+        if shape[d] != 1 and strides[d] != expect:
+            return t.contiguous()
+        expect *= shape[d]
+    if t.dim() < 2 or (shape[1] != 1 and strides[1] < expect) or (
+            shape[0] != 1 and strides[0] < (shape[1] - 1) * strides[1] + expect):
+        return t.contiguous()
+    return t
+
+
 if torch is not None:
 
     @torch.library.custom_op("cellkern::conv", mutates_args=())
@@ -177,7 +205,7 @@ if torch is not None:
         nd = len(stride)
         x = xs[0]
         cl = is_channels_last(x, nd)
-        xc, wc = [_dense(p) for p in xs], _dense(weight)
+        xc, wc = [_planes(p) for p in xs], _dense(weight)
         bc = None if bias is None else _dense(bias)
         shape = _C.conv_output_shape(_whole_shape(xc), list(wc.shape), stride, padding_lo, padding_hi, dilation,
                                      groups, padding_mode)

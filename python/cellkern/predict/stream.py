@@ -13,7 +13,7 @@ from .. import _pool
 from ..nn.conv import _ConvMixin, _ConvTransposeMixin
 from ..nn.layers import _MaxPoolNd
 from ..nn.unet import WINOGRAD_TILE, NearestUpsample, UNet, _geometry, _winograd_dim
-from ..ops.conv import _params
+from ..ops.conv import _out_size, _params, conv_into
 
 __all__ = ["Graph", "StreamUnsupported", "graph_of", "predict_streamed", "step_bytes", "stream_plan", "stream_rows"]
 
@@ -56,8 +56,10 @@ class Node:
 
     # -- the rows held -------------------------------------------------------------------------------------
 
-    def rows(self, r0, r1):
-        """Held rows [r0, r1) as one contiguous (1, C, r1 - r0, *cross) tensor (a view when one piece holds them)."""
+    def rows(self, r0, r1, planes=False):
+        """Held rows [r0, r1) as one (1, C, r1 - r0, *cross) tensor: contiguous (a view when one piece holds them
+        whole), or with ``planes`` a view of one piece holding them (its channels apart, as the convolution reads
+        them in place)."""
         if not (self.lo <= r0 < r1 <= self.hi):
             raise AssertionError(f"rows [{r0}, {r1}) asked of a node holding [{self.lo}, {self.hi})")
         parts = []
@@ -66,7 +68,7 @@ class Node:
             if b <= r0 or a >= r1:
                 continue
             parts.append(t[:, :, max(r0, a) - a:min(r1, b) - a])
-        if len(parts) == 1 and parts[0].is_contiguous():
+        if len(parts) == 1 and (planes or parts[0].is_contiguous()):
             return parts[0]
         # assembled in a pooled buffer: a fresh allocation this size would page-fault on every step
         shape = list(parts[0].shape)
@@ -85,6 +87,18 @@ class Node:
         if not self.pieces:
             self.lo = self.hi
 
+    def compact(self):
+        """Copy the held rows of the oldest piece out of its storage when they are a small part of it (the few
+        rows a consumer's next window reaches back for): the rest of the slab is freed now, not a step later."""
+        if not self.pieces:
+            return
+        a, t = self.pieces[0]
+        held = a + t.shape[2] - self.lo
+        if a >= self.lo or not isinstance(t, torch.Tensor):
+            return
+        if held * 4 <= t.untyped_storage().nbytes() // max(1, t[:, :, :1].numel() * t.element_size()):
+            self.pieces[0] = (self.lo, self.rows(self.lo, a + t.shape[2]))
+
     def append(self, t):
         self.pieces.append((self.hi, t))
         self.hi += t.shape[2]
@@ -97,30 +111,92 @@ class Node:
         t, k, s, p, d = self.geometry()
         n_in = self.inputs[0].size
         if not t:
-            r0, r1 = y0 * s - p, (y1 - 1) * s - p + (k - 1) * d + 1  # [r0, r1) unclipped
-            a, b = max(r0, 0), min(r1, n_in)
-            pad = (a - r0, r1 - b)  # zero rows beyond the axis's ends, passed to the kernel as padding
-            parts = [inp.rows(a, b) for inp in self.inputs]
             if isinstance(m, _ConvMixin):
-                nd = len(m.kernel_size)
-                st, lo, hi, dil, groups, mode, act, slope = _params(
-                    nd, tuple(m.weight.shape), m.stride, m.padding, m.dilation, m.groups, m.padding_mode,
-                    m.activation, m.negative_slope)
-                lo[0], hi[0] = pad
-                y = torch.ops.cellkern.conv(parts, m.weight, m.bias, st, lo, hi, dil, groups, mode, act, slope)
+                segments = self._segments(y0, y1)
+                if len(segments) == 1:
+                    return self._post(self._conv(y0, y1, segments[0][2]))
+                x = self.inputs[0].pieces[-1][1]
+                if x.device.type != "cpu":  # only the CPU kernels write a slab of a taller tensor
+                    return [self._post(self._conv(a, b, in_place)) for a, b, in_place in segments]
+                y = _pool.empty((1, self.channels, y1 - y0) + self._cross(), x.dtype, x.device)
+                for a, b, in_place in segments:
+                    self._conv(a, b, in_place, y[:, :, a - y0:b - y0])
+                return self._post(y)
             else:  # max-pool without padding (checked when the graph is built): never past the axis's ends
-                if pad != (0, 0):
+                r0, r1 = y0 * s - p, (y1 - 1) * s - p + (k - 1) * d + 1
+                if r0 < 0 or r1 > n_in:
                     raise AssertionError("a pooling window past the end of the axis")
-                y = m(parts[0])
+                y = m(self.inputs[0].rows(r0, r1))
         else:
             i0, i1 = self.input_rows(y0, y1 - 1)
             i0, i1 = max(i0, 0), min(i1, n_in - 1)
             y = m(self.inputs[0].rows(i0, i1 + 1))
             # the call's output row 0 is the image's row i0 * s - p (p = 0 here): keep [y0, y1)
             y = y[:, :, y0 - i0 * s:y1 - i0 * s]
+        return self._post(y)
+
+    def _post(self, y):
         for f in self.post:
             y = f(y)
         return y
+
+    def _segments(self, y0, y1):
+        """Output rows [y0, y1) cut into [(a, b, in_place)]: runs whose windows read every input within one of its
+        pieces (read in place), and around each piece boundary of an input the few rows whose windows cross it
+        (read from rows copied together). Cuts fall on Winograd tiles, where the whole-image layer starts one too,
+        so the rows are bit-equal to it."""
+        _, k, s, p, d = self.geometry()
+        tile = WINOGRAD_TILE if self.winograd() else 1
+        bridges = []
+        for u in self.inputs:
+            for a, _ in u.pieces[1:]:  # a boundary: the windows of output rows [lo, hi) contain rows a - 1 and a
+                lo = max(y0, -(-(a + p - (k - 1) * d) // s) // tile * tile)
+                hi = min(y1, -(-(-(-(a + p) // s)) // tile) * tile)
+                if lo < hi:
+                    bridges.append((lo, hi))
+        bridges.sort()
+        merged = []
+        for lo, hi in bridges:
+            if merged and lo <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        out, at = [], y0
+        for lo, hi in merged:
+            if at < lo:
+                out.append((at, lo, True))
+            out.append((lo, hi, False))
+            at = hi
+        if at < y1:
+            out.append((at, y1, True))
+        return out
+
+    def _cross(self):
+        """The sizes of the other axes of this node's output (as the convolution gives them)."""
+        m = self.layer
+        x = self.inputs[0].pieces[-1][1]
+        st, lo, hi, dil = _params(len(m.kernel_size), tuple(m.weight.shape), m.stride, m.padding, m.dilation, m.groups,
+                                  m.padding_mode, m.activation, m.negative_slope)[:4]
+        return tuple(_out_size(x.shape[3 + i], m.weight.shape[3 + i], st[1 + i], dil[1 + i], lo[1 + i], hi[1 + i])
+                     for i in range(x.dim() - 3))
+
+    def _conv(self, y0, y1, in_place, out=None):
+        """Output rows [y0, y1) of the convolution (into ``out`` when given), its inputs read in place
+        (``in_place``: one piece holds the rows) or copied together; rows past the axis's ends are passed to the
+        kernel as zero padding. The post modules are not applied."""
+        m = self.layer
+        _, k, s, p, d = self.geometry()
+        r0, r1 = y0 * s - p, (y1 - 1) * s - p + (k - 1) * d + 1  # [r0, r1) unclipped
+        a, b = max(r0, 0), min(r1, self.inputs[0].size)
+        parts = [inp.rows(a, b, planes=in_place) for inp in self.inputs]
+        nd = len(m.kernel_size)
+        st, lo, hi, dil, groups, mode, act, slope = _params(
+            nd, tuple(m.weight.shape), m.stride, m.padding, m.dilation, m.groups, m.padding_mode, m.activation,
+            m.negative_slope)
+        lo[0], hi[0] = a - r0, r1 - b
+        if out is not None:
+            return conv_into(parts, m.weight, m.bias, st, lo, hi, dil, groups, mode, act, slope, out)
+        return torch.ops.cellkern.conv(parts, m.weight, m.bias, st, lo, hi, dil, groups, mode, act, slope)
 
 
 class _Input(Node):
@@ -327,7 +403,9 @@ def stream_rows(graph, read, n_rows, out_rows, rows_per_step, write, bar=None, a
                     v.pieces, v.lo, v.hi = [], lo, lo
                 if hi + 1 > v.hi:
                     if account is None:
-                        v.append(v.compute(v.hi, hi + 1))
+                        y = v.compute(v.hi, hi + 1)
+                        for t in (y if isinstance(y, list) else [y]):
+                            v.append(t)
                     else:
                         account(v, hi + 1 - v.hi)
                         v.append(_Dry(hi + 1 - v.hi))
@@ -335,6 +413,8 @@ def stream_rows(graph, read, n_rows, out_rows, rows_per_step, write, bar=None, a
                 for u in v.inputs:
                     if last[id(u)] == i:
                         u.drop_below(min(max(w.input_rows(w.hi, w.hi)[0], 0) for w in consumers[id(u)]))
+                        if account is None:
+                            u.compact()
             if account is None:
                 write(y0, graph.output.rows(y0, y1))
             if bar is not None:
@@ -355,8 +435,11 @@ def step_bytes(graph, n_rows, rows_per_step, cross):
 
     def account(v, rows):
         held = sum((u.hi - u.lo) * per_row[id(u)] for u in graph.nodes)
-        chunk = rows * (per_row[id(v)] + sum(per_row[id(u)] for u in v.inputs) * max(1, v.inputs[0].size // v.size)
-                        if v.inputs else per_row[id(v)])
+        # the chunk, and the inputs' rows copied together: a convolution reads its inputs in place but for the
+        # few rows around a piece boundary; the other layers read a copy of their whole window
+        copied = min(rows, 2 * WINOGRAD_TILE) if isinstance(v.layer, _ConvMixin) else rows
+        chunk = rows * per_row[id(v)] + copied * sum(per_row[id(u)] for u in v.inputs) * max(
+            1, v.inputs[0].size // v.size) if v.inputs else rows * per_row[id(v)]
         peak[0] = max(peak[0], held + chunk)
 
     stream_rows(graph, None, n_rows, graph.output.size, rows_per_step, None, account=account)
@@ -411,7 +494,7 @@ def predict_streamed(model, image, rows_per_step=None, tile_size=None, memory_bu
         tqdm = require("tqdm.auto", "predict_streamed(progress=True)").tqdm
         bar = tqdm(total=cells[0] * math.prod(len(ax) for ax in plan.axes[1:]), desc="rows", unit="row")
     try:
-        with _Eval(model), torch.no_grad(), _pool.limited(budget // 2):
+        with _Eval(model), torch.no_grad(), _pool.limited(budget):
             for col in plan.tiles:
                 window = [(a, b) for _, _, a, b in col[1:]]
 
