@@ -494,7 +494,7 @@ def predict_streamed(model, image, rows_per_step=None, tile_size=None, memory_bu
         tqdm = require("tqdm.auto", "predict_streamed(progress=True)").tqdm
         bar = tqdm(total=cells[0] * math.prod(len(ax) for ax in plan.axes[1:]), desc="rows", unit="row")
     try:
-        with _Eval(model), torch.no_grad(), _pool.limited(budget):
+        with _Eval(model), torch.no_grad(), _pool.limited(int(budget * 0.75)):
             for col in plan.tiles:
                 window = [(a, b) for _, _, a, b in col[1:]]
 
