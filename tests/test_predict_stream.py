@@ -69,6 +69,26 @@ def test_auto_streams_and_tiles_agree():
         np.testing.assert_array_equal(predict_tiled(net, img, memory_budget=budget, strategy=strategy), whole)
 
 
+def test_auto_takes_the_strategy_that_reads_fewer_voxels(monkeypatch):
+    from cellkern.predict import plan_tiles, tiled
+
+    net = _unet()
+    img = np.random.default_rng(8).random((1, 100, 90), dtype=np.float32)
+    # one tile over the whole image reads its voxels, padded to the down-sampling factor (8)
+    assert tiled._tile_volume(plan_tiles(net, (100, 90), (128, 128))) == 104 * 96
+    # a 3D volume of few planes: the whole cross-section does not fit 256 MiB, so the streamer needs columns with
+    # halos; it still reads fewer voxels than tiles of the same budget (halos on every axis)
+    vol = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (1, 64, 512, 512), (0,) * 4)
+    assert tiled._stream_reads_less(_unet(ndim=3), vol, None, None, 1)
+    calls = []
+    monkeypatch.setattr(tiled, "_stream_reads_less", lambda *a: calls.append(a) or False)
+    import cellkern.predict.stream as stream
+
+    monkeypatch.setattr(stream, "predict_streamed", lambda *a, **k: pytest.fail("auto streamed"))
+    np.testing.assert_array_equal(predict_tiled(net, img), predict_whole(net, img))  # tiles
+    assert calls
+
+
 def test_step_bytes_grows_with_the_step_and_width():
     g = graph_of(_unet())
     a, b, c = step_bytes(g, 1024, 32, (1024,)), step_bytes(g, 1024, 128, (1024,)), step_bytes(g, 1024, 32, (2048,))
