@@ -95,7 +95,10 @@ def _mapped(nbytes: int):
     evicted from the pool stayed in glibc's heap as free chunks of the wrong sizes (measured: a streamed 4096^2 run
     with a 256 MiB pool peaked 355 MB above its start, 250 MB of it free heap). Huge pages are asked for as torch
     asks for them (THP_MEM_ALLOC_ENABLE=1), so both sides of a benchmark fault alike."""
-    buf = mmap.mmap(-1, nbytes)
+    try:
+        buf = mmap.mmap(-1, nbytes)
+    except OSError as e:  # ENOMEM (an address-space limit, overcommit refused): what malloc's failure raises
+        raise MemoryError(f"could not map {nbytes} bytes: {e}") from None
     if _THP and nbytes >= (2 << 20) and hasattr(buf, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
         try:
             buf.madvise(mmap.MADV_HUGEPAGE)
