@@ -596,3 +596,21 @@ def test_slab_views_read_and_written_in_place(backend, case, dtype):
     conv_into([x], w, b, *args, out[:, :, 5:5 + want.shape[2]])
     assert torch.equal(out[:, :, 5:5 + want.shape[2]], want)
     assert (out[:, :, :5] == 7).all() and (out[:, :, 5 + want.shape[2]:] == 7).all()
+
+
+@pytest.mark.parametrize("ow", [25, 32, 50, 59])  # row tiles of 3 vectors; 4 and 7 vectors end in two of 2
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kernel_equal_stride_row_tiles(ow, dtype):
+    from cellkern.ops import conv_transpose2d
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 12, 6, 2 * ow, generator=gen, dtype=dtype, requires_grad=True)
+    w = torch.randn(9, 12, 2, 2, generator=gen, dtype=dtype, requires_grad=True)
+    y = conv2d(x, w, None, 2)
+    _close(y, F.conv2d(x, w, None, 2), dtype)
+    # the transposed convolution's input gradient runs the same kernel with 2x the entries
+    xt = torch.randn(1, 9, 5, ow, generator=gen, dtype=dtype, requires_grad=True)
+    gy = torch.randn(1, 12, 10, 2 * ow, generator=gen, dtype=dtype)
+    got = torch.autograd.grad(conv_transpose2d(xt, w, None, stride=2), (xt, w), gy)
+    want = torch.autograd.grad(F.conv_transpose2d(xt, w, None, stride=2), (xt, w), gy)
+    for a, b in zip(got, want):
+        _close(a, b, dtype)
