@@ -44,6 +44,7 @@ def _limit_from_env() -> int:
 class _Pool:
     def __init__(self, limit: int):
         self.limit = limit
+        self.mapped = False  # storages of their own mappings (within limited(), see _mapped)
         self.bytes = 0
         self.hits = 0
         self.misses = 0
@@ -69,7 +70,7 @@ class _Pool:
             self._evict(self.bytes + nbytes - self.limit)
             if self.bytes + nbytes > self.limit:
                 return None  # the pooled storages are in use: this one is not kept
-        storage = _mapped(nbytes)
+        storage = _mapped(nbytes) if self.mapped else torch.empty(nbytes, dtype=torch.uint8).untyped_storage()
         self.by_size.setdefault(nbytes, {})[id(storage)] = storage
         self.order[id(storage)] = nbytes
         self.bytes += nbytes
@@ -91,10 +92,12 @@ class _Pool:
 
 
 def _mapped(nbytes: int):
-    """A storage of its own anonymous memory mapping, unmapped when the pool lets it go. Through malloc, storages
-    evicted from the pool stayed in glibc's heap as free chunks of the wrong sizes (measured: a streamed 4096^2 run
-    with a 256 MiB pool peaked 355 MB above its start, 250 MB of it free heap). Huge pages are asked for as torch
-    asks for them (THP_MEM_ALLOC_ENABLE=1), so both sides of a benchmark fault alike."""
+    """A storage of its own anonymous memory mapping, unmapped when the pool lets it go: what a memory-bounded run
+    (:func:`limited`) allocates. Through malloc, storages evicted from the pool stayed in glibc's heap as free chunks
+    of the wrong sizes (measured: a streamed 4096^2 run with a 256 MiB pool peaked 355 MB above its start, 250 MB of
+    it free heap). Such a storage cannot be resized, so outside :func:`limited` the pool allocates as torch does.
+    Huge pages are asked for as torch asks for them (THP_MEM_ALLOC_ENABLE=1), so both sides of a benchmark fault
+    alike."""
     try:
         buf = mmap.mmap(-1, nbytes)
     except OSError as e:  # ENOMEM (an address-space limit, overcommit refused): what malloc's failure raises
@@ -146,8 +149,8 @@ def empty(shape, dtype, device, channels_last: bool = False):
             storage = _pool.take(_size_class(nbytes))
             if storage is not None:
                 return torch.empty(0, dtype=dtype).set_(storage, 0, shape, strides)
-        # past the limit: a mapping of its own too, given back whole when freed (not left as free heap)
-        return torch.empty(0, dtype=dtype).set_(_mapped(nbytes), 0, shape, strides)
+        if _pool.mapped:  # past the limit: a mapping of its own too, given back whole when freed
+            return torch.empty(0, dtype=dtype).set_(_mapped(nbytes), 0, shape, strides)
     return torch.empty_strided(shape, strides, dtype=dtype, device=device)
 
 
@@ -168,16 +171,20 @@ def set_pool_limit(nbytes: int) -> None:
 def limited(nbytes: int):
     """Within the block the pool keeps at most ``nbytes`` (never more than its own limit): a memory-bounded runner
     (streamed inference) reuses its own buffers without the pool's default GiB of idle storages piling up on top.
-    Idle storages are freed and the old limit restored afterwards."""
+    Storages made within the block are anonymous mappings of their own (:func:`_mapped`; not resizable), and
+    outputs past the limit too. Idle storages are freed and the old limit restored afterwards."""
     if _pool is None:
         yield
         return
     with _pool.lock:
-        old = _pool.limit
+        old, old_mapped = _pool.limit, _pool.mapped
+    empty_cache()  # idle storages from before are of the other kind
     set_pool_limit(min(old, int(nbytes)))
+    _pool.mapped = True
     try:
         yield
     finally:
+        _pool.mapped = old_mapped
         empty_cache()
         set_pool_limit(old)
 

@@ -177,3 +177,21 @@ def test_evicts_the_least_recently_used_first(pool):
     assert sizes == [2 << 20, 4 << 20]
     assert pb not in [st.data_ptr() for e in pool.by_size.values() for st in e.values()]
     del c
+
+
+def test_limited_maps_its_storages_and_gives_them_back(pool):
+    x = torch.randn(2, 16, 256, 256)  # 8 MiB outputs
+    outside = ops.max_pool2d(x, 1)
+    outside.resize_(3, 16, 256, 256)  # an ordinary torch storage: resizable
+    del outside
+    with _pool.limited(10 << 20):
+        a = ops.max_pool2d(x, 1)  # pooled, its own mapping
+        b = ops.max_pool2d(x, 1)  # past the limit: a mapping of its own, not pooled
+        assert not a.untyped_storage().resizable() and not b.untyped_storage().resizable()
+        assert _pool.pool_stats()["bytes"] == 8 << 20
+        torch.testing.assert_close(a, x)
+        torch.testing.assert_close(b, x)
+        del a, b
+    assert _pool.pool_stats()["bytes"] == 0  # freed on the way out
+    after = ops.max_pool2d(x, 1)
+    assert after.untyped_storage().resizable()
