@@ -160,3 +160,35 @@ def test_winograd_weights_changed_in_place_are_seen():
     torch.testing.assert_close(y2, F.conv2d(x, w, None, padding=1), rtol=1e-4, atol=1e-3)
     assert not torch.equal(y1[:, 3], y2[:, 3])
     torch.testing.assert_close(y1[:, 4], y2[:, 4], rtol=0, atol=0)
+
+
+class _ChunkedOut:
+    """A numpy array behind zarr's interface (shape, ndim, chunks, slice assignment) that records the row ranges
+    written."""
+
+    def __init__(self, shape, chunks):
+        self.a = np.full(shape, np.nan, np.float32)
+        self.shape, self.ndim, self.chunks, self.writes = shape, len(shape), chunks, []
+
+    def __setitem__(self, key, value):
+        self.writes.append((key[1].start, key[1].stop))
+        self.a[key] = value
+
+
+def test_stream_writes_whole_chunks_of_a_chunked_output():
+    net = _unet()
+    img = np.random.default_rng(9).random((1, 203, 150), dtype=np.float32)
+    out = _ChunkedOut((2, 203, 150), (1, 50, 64))
+    predict_streamed(net, img, rows_per_step=32, out=out)
+    np.testing.assert_array_equal(out.a, predict_whole(net, img))
+    # every write but the last ends past a chunk boundary (50 rows): no chunk is written more than twice
+    assert all(b // 50 > a // 50 for a, b in out.writes[:-1]), out.writes
+    assert out.writes[-1][1] == 203 and len(out.writes) <= 203 // 50 + 1
+    cols = _ChunkedOut((2, 203, 260), (1, 50, 64))  # column tiles: each column's rows are buffered apart
+    wide = np.random.default_rng(10).random((1, 203, 260), dtype=np.float32)
+    predict_streamed(net, wide, rows_per_step=32, tile_size=(32, 128), out=cols)  # 3 columns
+    np.testing.assert_array_equal(cols.a, predict_whole(net, wide))
+    zarr = pytest.importorskip("zarr")
+    z = zarr.create_array(store={}, shape=(2, 203, 150), chunks=(1, 50, 64), dtype="float32")
+    predict_streamed(net, img, rows_per_step=32, out=z)
+    np.testing.assert_array_equal(z[:], predict_whole(net, img))

@@ -475,6 +475,7 @@ def predict_streamed(model, image, rows_per_step=None, tile_size=None, memory_bu
     align = alignment(model)
     factor = tuple(int(v) for v in model.downsampling_factor)
     padded = tuple(-(-s // f) * f for s, f in zip(spatial, factor))
+    band = _row_chunk(out)
     if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, numbers.Real)
                                       or not memory_budget > 0):
         raise ValueError(f"memory_budget: expected a positive number of bytes, got {memory_budget!r}")
@@ -509,15 +510,41 @@ def predict_streamed(model, image, rows_per_step=None, tile_size=None, memory_bu
                 src = tuple(slice((c0 - a) // g, (c0 - a) // g + d.stop - d.start)
                             for (c0, _, a, _), g, d in zip(col[1:], grid[1:], dst))
 
+                pending = []  # rows held back until a chunk of a chunked `out` is whole: [(y0, array)]
+
+                def flush(dst=dst):
+                    if pending:
+                        y0, y = pending[0][0], np.concatenate([a for _, a in pending], axis=1)
+                        out[(slice(None), slice(y0, y0 + y.shape[1])) + dst] = y
+                        pending.clear()
+
                 def write(y0, t, dst=dst, src=src):
-                    y = t[0][(slice(None), slice(None)) + src]
-                    out[(slice(None), slice(y0, y0 + y.shape[1])) + dst] = y.float().cpu().numpy()
+                    y = t[0][(slice(None), slice(None)) + src].float().cpu().numpy()
+                    if band is None:
+                        out[(slice(None), slice(y0, y0 + y.shape[1])) + dst] = y
+                        return
+                    # a zarr chunk written a few rows at a time is read, decoded and encoded again each time
+                    pending.append((y0, y.copy()))  # a copy: the slab's storage is reused
+                    end = y0 + y.shape[1]
+                    if end // band > pending[0][0] // band or end >= cells[0]:
+                        flush()
 
                 stream_rows(graph, read, padded[0], cells[0], step, write, bar)
+                flush()
     finally:
         if bar is not None:
             bar.close()
     return out
+
+
+def _row_chunk(out):
+    """Rows per chunk of ``out`` along its first spatial axis when it is stored in chunks of several rows (zarr),
+    else None (numpy, memory-mapped: rows are written as they come)."""
+    chunks = getattr(out, "chunks", None)
+    if not isinstance(chunks, tuple) or len(chunks) != getattr(out, "ndim", -1) or len(chunks) < 2:
+        return None
+    rows = chunks[1]
+    return int(rows) if isinstance(rows, numbers.Integral) and rows > 1 else None
 
 
 def _choose(model, graph, spatial, padded, align, budget, step_unit, rows_per_step, tile_size):
