@@ -13,6 +13,7 @@ from .. import _pool
 from ..nn.conv import _ConvMixin, _ConvTransposeMixin
 from ..nn.layers import _MaxPoolNd
 from ..nn.unet import WINOGRAD_TILE, NearestUpsample, UNet, _geometry, _winograd_dim
+from ..ops._common import emu_flag
 from ..ops.conv import _out_size, _params, conv_into
 
 __all__ = ["Graph", "StreamUnsupported", "graph_of", "predict_streamed", "step_bytes", "stream_plan", "stream_rows"]
@@ -116,7 +117,7 @@ class Node:
                 if len(segments) == 1:
                     return self._post(self._conv(y0, y1, segments[0][2]))
                 x = self.inputs[0].pieces[-1][1]
-                if x.device.type != "cpu":  # only the CPU kernels write a slab of a taller tensor
+                if x.device.type != "cpu" or emu_flag(x):  # only the CPU kernels write a slab of a taller tensor
                     return [self._post(self._conv(a, b, in_place)) for a, b, in_place in segments]
                 y = _pool.empty((1, self.channels, y1 - y0) + self._cross(), x.dtype, x.device)
                 for a, b, in_place in segments:
