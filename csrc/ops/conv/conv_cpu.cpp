@@ -1293,6 +1293,8 @@ void forward_disjoint(const ConvGeom& g, const ConvInput& x, const T* wp, const 
       ekw[size_t(en)] = kk % g.k[2];
     }
     std::vector<int64_t> roff(static_cast<size_t>(KDH));
+    std::vector<const T*> pf;  // the next tile's input lines, prefetched a few at a time
+    pf.reserve(size_t(EK) * size_t(ceil_div(TW * g.s[2] + g.k[2], int64_t(64 / sizeof(T))) + 1));
     int64_t roff_row = -1, roff_n = 0;
     auto set_row = [&](int64_t row) {
       if (row == roff_row) return;
@@ -1337,17 +1339,25 @@ void forward_disjoint(const ConvGeom& g, const ConvInput& x, const T* wp, const 
         const int64_t nrow = ti + 1 < n_tiles ? row : row + 1, nj0 = ti + 1 < n_tiles ? tile_at[size_t(ti + 1)] : 0;
         for (int64_t k0 = 0; k0 < E; k0 += KB) {
           const int64_t ek = std::min(KB, E - k0);
+          pf.clear();
           if (nrow < e) {
             set_row(nrow);
+            // Every line of the span the tile reads (its first and last only left the middle ones of a stride-2
+            // tile to miss), once per row (the kw > 0 entries read the row of kw = 0); issued a few per output
+            // channel block below: ~1000 at once filled the miss buffers and stalled on the prefetches themselves.
+            constexpr int64_t LINE = 64 / int64_t(sizeof(T));
             for (int64_t k = 0; k < ek; ++k) {
               int64_t kw;
               const T* r = entry_row(k0 + k, &kw);
-              if (!r) continue;
+              if (!r || (kw > 0 && k > 0)) continue;
               const int64_t i0 = std::max<int64_t>(0, conv::tap_input(nj0, kw, g.s[2], 1, g.lo[2]));
-              __builtin_prefetch(r + std::min(i0, g.in[2] - 1), 0, 3);
-              __builtin_prefetch(r + std::min(i0 + TW * g.s[2] - 1, g.in[2] - 1), 0, 3);
+              const int64_t i1 = std::min(i0 + TW * g.s[2] + g.k[2] - 1, g.in[2]);
+              for (int64_t i = i0; i < i1; i += LINE) pf.push_back(r + i);
+              if (i1 > i0 && (i1 - 1 - i0) % LINE) pf.push_back(r + i1 - 1);
             }
           }
+          const size_t pf_per_ob = (pf.size() + size_t(OB) - 1) / size_t(OB);
+          size_t pf_at = 0;
           set_row(row);
           for (int64_t k = 0; k < ek; ++k) {  // pack entry k0 + k for outputs j0 .. j0 + TW - 1
             T* dst = xp.data() + k * TW;
@@ -1380,6 +1390,7 @@ void forward_disjoint(const ConvGeom& g, const ConvInput& x, const T* wp, const 
           const bool first = k0 == 0, last = k0 + KB >= E;
           const MicroFwd<T> micro = pick_micro_fwd<T>(nv, 1);
           for (int64_t ob = 0; ob < OB; ++ob) {
+            for (size_t q = 0; q < pf_per_ob && pf_at < pf.size(); ++q) __builtin_prefetch(pf[pf_at++], 0, 3);
             V acc[MO][MV];
             T* park = tb.data() + ob * MO * TW;
             for (int i = 0; i < MO; ++i) {
