@@ -1260,6 +1260,23 @@ bool taps_dont_overlap(const ConvGeom& g) {
 // channels runs the forward micro-kernel over them, the partial sums of earlier blocks parked in a tile buffer.
 // (The row driver keeps a whole row's panel and re-reads it from L2 for every block of output channels: 55% of
 // peak for the 2x2 / stride-2 convolution of a transposed convolution's input gradient.)
+// The column tiles of a row of `width` outputs for the k == s kernels, as their starts followed by `width`: MV
+// vectors each, but a row whose vectors leave one over ends in two tiles of MV - 1 (a 1-vector tile broadcasts 4
+// weights per 4 FMAs; 128 columns ran 5 x 24 + 8 at ~5% below 4 x 24 + 2 x 16).
+std::vector<int64_t> row_tiles(int64_t width, int64_t n) {
+  const int64_t tw = MV * n, nvt = ceil_div(width, n);
+  const bool split = MV > 2 && nvt % MV == 1 && nvt > MV;
+  const int64_t full = nvt / MV - (split ? 1 : 0);
+  std::vector<int64_t> at;
+  for (int64_t t = 0; t < full; ++t) at.push_back(t * tw);
+  int64_t j = full * tw;
+  if (split)
+    for (int h = 0; h < 2 && j < width; ++h, j += (MV - 1) * n) at.push_back(j);
+  for (; j < width; j += tw) at.push_back(j);
+  at.push_back(width);
+  return at;
+}
+
 template <class T>
 void forward_disjoint(const ConvGeom& g, const ConvInput& x, const T* wp, const RowOut<T>& o) {
   using V = Vec<T>;
@@ -1314,20 +1331,7 @@ void forward_disjoint(const ConvGeom& g, const ConvInput& x, const T* wp, const 
       const int64_t off = roff[size_t(edh[size_t(en)])];
       return off < 0 ? nullptr : ebase[size_t(en)] + roff_n * ebs[size_t(en)] + off;
     };
-    // Column tiles of MV vectors; a row whose vectors leave one over ends in two tiles of MV - 1 instead (a
-    // 1-vector tile broadcasts 4 weights per 4 FMAs: 128 columns ran 5 x 24 + 8 at ~5% below 4 x 24 + 2 x 16).
-    std::vector<int64_t> tile_at;
-    {
-      const int64_t nvt = ceil_div(OW, int64_t(N));
-      const bool split = MV > 2 && nvt % MV == 1 && nvt > MV;
-      const int64_t full = nvt / MV - (split ? 1 : 0);
-      for (int64_t t = 0; t < full; ++t) tile_at.push_back(t * TW);
-      int64_t j = full * TW;
-      if (split)
-        for (int h = 0; h < 2 && j < OW; ++h, j += (MV - 1) * N) tile_at.push_back(j);
-      for (; j < OW; j += TW) tile_at.push_back(j);
-      tile_at.push_back(OW);
-    }
+    const std::vector<int64_t> tile_at = row_tiles(OW, N);
     const int64_t n_tiles = int64_t(tile_at.size()) - 1;
     for (int64_t row = b; row < e; ++row) {
       const int64_t oh = row % g.out[1], od = (row / g.out[1]) % g.out[0], n = row / (g.out[1] * g.out[0]);
@@ -1516,11 +1520,13 @@ void grad_input_disjoint(const ConvGradInputArgs& a, const RowOut<T>& o) {
     static const int64_t zero_off[1] = {0};
     const MicroFwd<T> micro_full = pick_micro_fwd<T>(MV, 1);
     alignas(32) T tmp[2 * N];
+    const std::vector<int64_t> tile_at = row_tiles(OW, N);
     for (int64_t it = b; it < e; ++it) {
       const int64_t oh = it % g.out[1], od = (it / g.out[1]) % g.out[0], n = it / (g.out[1] * g.out[0]);
       const T* gyrow = gy + n * g.y_bs + (od * g.out[1] + oh) * OW;
-      for (int64_t j0 = 0; j0 < OW; j0 += TW) {
-        const int64_t valid = std::min(TW, OW - j0);
+      for (int64_t ti = 0; ti + 1 < int64_t(tile_at.size()); ++ti) {
+        const int64_t j0 = tile_at[size_t(ti)], valid = tile_at[size_t(ti + 1)] - j0;
+        const bool last_tile = ti + 2 == int64_t(tile_at.size());
         const int nv = int(ceil_div(valid, N));
         for (int64_t oc = 0; oc < g.Cout; ++oc) {
           T* dst = packed.data() + oc * TW;
@@ -1529,7 +1535,7 @@ void grad_input_disjoint(const ConvGradInputArgs& a, const RowOut<T>& o) {
           std::fill(dst + valid, dst + TW, T(0));
         }
         // The next tile's rows (the next gy row's first at the row end), spread over this tile's micro-kernel calls.
-        const T* next = j0 + TW < OW ? gyrow + j0 + TW : it + 1 < e ? gy + ((it + 1) / (g.out[1] * g.out[0])) * g.y_bs +
+        const T* next = !last_tile ? gyrow + j0 + valid : it + 1 < e ? gy + ((it + 1) / (g.out[1] * g.out[0])) * g.y_bs +
                         ((((it + 1) / g.out[1]) % g.out[0]) * g.out[1] + (it + 1) % g.out[1]) * OW : nullptr;
         const int64_t calls = taps * CBn, per_call = next ? ceil_div(g.Cout, calls) : 0;
         int64_t pf = 0;
@@ -1567,7 +1573,7 @@ void grad_input_disjoint(const ConvGradInputArgs& a, const RowOut<T>& o) {
               }
             }
           }
-          if (inside && j0 + TW >= OW && covered_w < W)  // after the last tile: the columns no tap reaches
+          if (inside && last_tile && covered_w < W)  // after the last tile: the columns no tap reaches
             for (int64_t c = 0; c < g.Cin; ++c)
               std::fill(gxrow + c * o.plane + covered_w, gxrow + c * o.plane + W, bias_of(c));
         }
