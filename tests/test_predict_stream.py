@@ -80,6 +80,11 @@ def test_auto_takes_the_strategy_that_reads_fewer_voxels(monkeypatch):
     # halos; it still reads fewer voxels than tiles of the same budget (halos on every axis)
     vol = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (1, 64, 512, 512), (0,) * 4)
     assert tiled._stream_reads_less(_unet(ndim=3), vol, None, None, 1)
+    # tiles cannot be planned from a tile_size and a budget together; the streamer takes both
+    wide = np.random.default_rng(11).random((1, 120, 260), dtype=np.float32)
+    assert tiled._stream_reads_less(net, wide, (32, 128), 64 << 20, 1)
+    np.testing.assert_array_equal(predict_tiled(net, wide, tile_size=(32, 128), memory_budget=64 << 20),
+                                  predict_whole(net, wide))
     calls = []
     monkeypatch.setattr(tiled, "_stream_reads_less", lambda *a: calls.append(a) or False)
     import cellkern.predict.stream as stream
