@@ -1254,12 +1254,6 @@ bool taps_dont_overlap(const ConvGeom& g) {
   return true;
 }
 
-// The forward of such a convolution is a GEMM, y[oc][p] = b + sum_e w[oc][e] X[e][p], e = (c, kd, kh, kw): per
-// tile of MV vectors of output pixels along a row, X is packed ([e][tile], a stride-s gather of each entry's input
-// row, vectorised for strides 1 and 2) in blocks of KB entries that stay in L1 while every block of 4 output
-// channels runs the forward micro-kernel over them, the partial sums of earlier blocks parked in a tile buffer.
-// (The row driver keeps a whole row's panel and re-reads it from L2 for every block of output channels: 55% of
-// peak for the 2x2 / stride-2 convolution of a transposed convolution's input gradient.)
 // The column tiles of a row of `width` outputs for the k == s kernels, as their starts followed by `width`: MV
 // vectors each, but a row whose vectors leave one over ends in two tiles of MV - 1 (a 1-vector tile broadcasts 4
 // weights per 4 FMAs; 128 columns ran 5 x 24 + 8 at ~5% below 4 x 24 + 2 x 16).
@@ -1277,6 +1271,12 @@ std::vector<int64_t> row_tiles(int64_t width, int64_t n) {
   return at;
 }
 
+// The forward of such a convolution is a GEMM, y[oc][p] = b + sum_e w[oc][e] X[e][p], e = (c, kd, kh, kw): per
+// tile of MV vectors of output pixels along a row, X is packed ([e][tile], a stride-s gather of each entry's input
+// row, vectorised for strides 1 and 2) in blocks of KB entries that stay in L1 while every block of 4 output
+// channels runs the forward micro-kernel over them, the partial sums of earlier blocks parked in a tile buffer.
+// (The row driver keeps a whole row's panel and re-reads it from L2 for every block of output channels: 55% of
+// peak for the 2x2 / stride-2 convolution of a transposed convolution's input gradient.)
 template <class T>
 void forward_disjoint(const ConvGeom& g, const ConvInput& x, const T* wp, const RowOut<T>& o) {
   using V = Vec<T>;
