@@ -1254,6 +1254,31 @@ bool taps_dont_overlap(const ConvGeom& g) {
   return true;
 }
 
+// Cache lines to prefetch, issued a few per step of the work that follows (one step per block of output channels):
+// the k == s kernels read rows of many planes at once, too many streams for the hardware prefetchers, and ~1000
+// prefetches issued together filled the miss buffers and stalled on the prefetches themselves.
+class SpreadPrefetch {
+ public:
+  void clear() { lines_.clear(), at_ = 0, per_ = 0; }
+  // Every line of [p, p + n) elements.
+  template <class T>
+  void add_span(const T* p, int64_t n) {
+    if (n <= 0) return;
+    const char* b = reinterpret_cast<const char*>(p);
+    const char* e = reinterpret_cast<const char*>(p + n);
+    for (const char* q = b; q < e; q += 64) lines_.push_back(q);
+    if ((e - 1 - b) % 64) lines_.push_back(e - 1);
+  }
+  void spread_over(int64_t steps) { per_ = (lines_.size() + size_t(steps) - 1) / size_t(std::max<int64_t>(1, steps)); }
+  void step() {
+    for (size_t q = 0; q < per_ && at_ < lines_.size(); ++q) __builtin_prefetch(lines_[at_++], 0, 3);
+  }
+
+ private:
+  std::vector<const char*> lines_;
+  size_t at_ = 0, per_ = 0;
+};
+
 // The column tiles of a row of `width` outputs for the k == s kernels, as their starts followed by `width`: MV
 // vectors each, but a row whose vectors leave one over ends in two tiles of MV - 1 (a 1-vector tile broadcasts 4
 // weights per 4 FMAs; 128 columns ran 5 x 24 + 8 at ~5% below 4 x 24 + 2 x 16).
@@ -1310,8 +1335,7 @@ void forward_disjoint(const ConvGeom& g, const ConvInput& x, const T* wp, const 
       ekw[size_t(en)] = kk % g.k[2];
     }
     std::vector<int64_t> roff(static_cast<size_t>(KDH));
-    std::vector<const T*> pf;  // the next tile's input lines, prefetched a few at a time
-    pf.reserve(size_t(EK) * size_t(ceil_div(TW * g.s[2] + g.k[2], int64_t(64 / sizeof(T))) + 1));
+    SpreadPrefetch pf;  // the next tile's input lines
     int64_t roff_row = -1, roff_n = 0;
     auto set_row = [&](int64_t row) {
       if (row == roff_row) return;
@@ -1347,21 +1371,16 @@ void forward_disjoint(const ConvGeom& g, const ConvInput& x, const T* wp, const 
           if (nrow < e) {
             set_row(nrow);
             // Every line of the span the tile reads (its first and last only left the middle ones of a stride-2
-            // tile to miss), once per row (the kw > 0 entries read the row of kw = 0); issued a few per output
-            // channel block below: ~1000 at once filled the miss buffers and stalled on the prefetches themselves.
-            constexpr int64_t LINE = 64 / int64_t(sizeof(T));
+            // tile to miss), once per row: the kw > 0 entries read the row of kw = 0.
             for (int64_t k = 0; k < ek; ++k) {
               int64_t kw;
               const T* r = entry_row(k0 + k, &kw);
               if (!r || (kw > 0 && k > 0)) continue;
               const int64_t i0 = std::max<int64_t>(0, conv::tap_input(nj0, kw, g.s[2], 1, g.lo[2]));
-              const int64_t i1 = std::min(i0 + TW * g.s[2] + g.k[2] - 1, g.in[2]);
-              for (int64_t i = i0; i < i1; i += LINE) pf.push_back(r + i);
-              if (i1 > i0 && (i1 - 1 - i0) % LINE) pf.push_back(r + i1 - 1);
+              pf.add_span(r + i0, std::min(i0 + TW * g.s[2] + g.k[2] - 1, g.in[2]) - i0);
             }
           }
-          const size_t pf_per_ob = (pf.size() + size_t(OB) - 1) / size_t(OB);
-          size_t pf_at = 0;
+          pf.spread_over(OB);
           set_row(row);
           for (int64_t k = 0; k < ek; ++k) {  // pack entry k0 + k for outputs j0 .. j0 + TW - 1
             T* dst = xp.data() + k * TW;
@@ -1394,7 +1413,7 @@ void forward_disjoint(const ConvGeom& g, const ConvInput& x, const T* wp, const 
           const bool first = k0 == 0, last = k0 + KB >= E;
           const MicroFwd<T> micro = pick_micro_fwd<T>(nv, 1);
           for (int64_t ob = 0; ob < OB; ++ob) {
-            for (size_t q = 0; q < pf_per_ob && pf_at < pf.size(); ++q) __builtin_prefetch(pf[pf_at++], 0, 3);
+            pf.step();
             V acc[MO][MV];
             T* park = tb.data() + ob * MO * TW;
             for (int i = 0; i < MO; ++i) {
@@ -2054,7 +2073,7 @@ void grad_weight_disjoint(const ConvGradWeightArgs& a) {
       part.assign(size_t(OB * NEB * MO * EB), T(0));
       bpart.assign(size_t(CP), T(0));
       std::vector<T> gt(size_t(CP * PB), T(0)), xt(size_t(PB * EB));
-      std::vector<const T*> pf;  // input lines of the next entry block
+      SpreadPrefetch pf;  // input lines of the next entry block
       const int64_t b0 = n_blocks * slot / T_, b1 = n_blocks * (slot + 1) / T_;
       for (int64_t blk = b0; blk < b1; ++blk) {
         const int64_t r0 = blk * RB, nr = std::min(RB, n_rows - r0), np = nr * OW;
@@ -2077,28 +2096,28 @@ void grad_weight_disjoint(const ConvGradWeightArgs& a) {
         // The input lines entry block eb reads (its rows of the block's output rows), prefetched a few per
         // output-channel block while the block before runs: 24 entries' rows are too many streams for the
         // hardware prefetchers, and packing waited on them (~17% of a k2s2 256 -> 128 weight gradient).
-        auto lines_of = [&](int64_t eb) {
-          pf.clear();
-          constexpr int64_t LINE = 64 / int64_t(sizeof(T));
-          for (int64_t jj = 0; jj < EB && eb * EB + jj < E; ++jj) {
-            const int64_t e = eb * EB + jj, c = e / K, kk = e % K, kw = kk % g.k[2];
-            if (kw > 0 && jj > 0) continue;  // the row of kw = 0
-            const int64_t kh = (kk / g.k[2]) % g.k[1], kd = kk / (g.k[2] * g.k[1]);
-            for (int64_t j = 0; j < nr; ++j) {
-              const int64_t row = r0 + j, oh = row % g.out[1], od = (row / g.out[1]) % g.out[0];
-              const int64_t n = row / (g.out[1] * g.out[0]);
-              const int64_t id = conv::map_index(conv::tap_input(od, kd, g.s[0], 1, g.lo[0]), g.in[0], g.pad);
-              const int64_t ih = conv::map_index(conv::tap_input(oh, kh, g.s[1], 1, g.lo[1]), g.in[1], g.pad);
-              if (id < 0 || ih < 0) continue;
-              const T* xrow = conv::input_plane<T>(a.x, n, c, in_plane) + (id * g.in[1] + ih) * g.in[2];
-              for (int64_t i = 0; i < g.in[2]; i += LINE) pf.push_back(xrow + i);
-            }
-          }
+        // The input row entry e reads for output row r0 + j (null: padding), and its kw.
+        auto entry_row = [&](int64_t e, int64_t j, int64_t* kw_out) -> const T* {
+          const int64_t c = e / K, kk = e % K, kh = (kk / g.k[2]) % g.k[1], kd = kk / (g.k[2] * g.k[1]);
+          *kw_out = kk % g.k[2];
+          const int64_t row = r0 + j, oh = row % g.out[1], od = (row / g.out[1]) % g.out[0];
+          const int64_t n = row / (g.out[1] * g.out[0]);
+          const int64_t id = conv::map_index(conv::tap_input(od, kd, g.s[0], 1, g.lo[0]), g.in[0], g.pad);
+          const int64_t ih = conv::map_index(conv::tap_input(oh, kh, g.s[1], 1, g.lo[1]), g.in[1], g.pad);
+          if (id < 0 || ih < 0) return nullptr;
+          return conv::input_plane<T>(a.x, n, c, in_plane) + (id * g.in[1] + ih) * g.in[2];
         };
         for (int64_t eb = 0; eb < NEB; ++eb) {
-          if (eb + 1 < NEB) lines_of(eb + 1); else pf.clear();
-          const size_t pf_per_ob = (pf.size() + size_t(OB) - 1) / size_t(OB);
-          size_t pf_at = 0;
+          // The next entry block's rows, prefetched while this one runs (its packing waited on 24 rows at once:
+          // ~17% of a k2s2 256 -> 128 weight gradient); the kw > 0 entries read the row of kw = 0.
+          pf.clear();
+          for (int64_t jj = 0; eb + 1 < NEB && jj < EB && (eb + 1) * EB + jj < E; ++jj)
+            for (int64_t j = 0; j < nr; ++j) {
+              int64_t kw;
+              const T* r = entry_row((eb + 1) * EB + jj, j, &kw);
+              if (r && !(kw > 0 && jj > 0)) pf.add_span(r, g.in[2]);
+            }
+          pf.spread_over(OB);
           // X^T for entries eb * EB ..: xt[p][j] (zero past the last entry).
           for (int64_t jj = 0; jj < EB; ++jj) {
             const int64_t e = eb * EB + jj;
@@ -2106,18 +2125,14 @@ void grad_weight_disjoint(const ConvGradWeightArgs& a) {
               for (int64_t p = 0; p < np; ++p) xt[size_t(p * EB + jj)] = T(0);
               continue;
             }
-            const int64_t c = e / K, kk = e % K, kw = kk % g.k[2], kh = (kk / g.k[2]) % g.k[1], kd = kk / (g.k[2] * g.k[1]);
             for (int64_t j = 0; j < nr; ++j) {
-              const int64_t row = r0 + j, oh = row % g.out[1], od = (row / g.out[1]) % g.out[0];
-              const int64_t n = row / (g.out[1] * g.out[0]);
-              const int64_t id = conv::map_index(conv::tap_input(od, kd, g.s[0], 1, g.lo[0]), g.in[0], g.pad);
-              const int64_t ih = conv::map_index(conv::tap_input(oh, kh, g.s[1], 1, g.lo[1]), g.in[1], g.pad);
+              int64_t kw;
+              const T* xrow = entry_row(e, j, &kw);
               T* dst = xt.data() + (j * OW) * EB + jj;
-              if (id < 0 || ih < 0) {
+              if (!xrow) {
                 for (int64_t ow = 0; ow < OW; ++ow) dst[ow * EB] = T(0);
                 continue;
               }
-              const T* xrow = conv::input_plane<T>(a.x, n, c, in_plane) + (id * g.in[1] + ih) * g.in[2];
               // outputs [in0, in1) read inside the row (ow * s + off): copied without mapping each position
               // (the mapping was ~20% of a 256 -> 128 k2s2 weight gradient)
               const int64_t s2 = g.s[2], off = kw - g.lo[2];
@@ -2136,7 +2151,7 @@ void grad_weight_disjoint(const ConvGradWeightArgs& a) {
             }
           }
           for (int64_t ob = 0; ob < OB; ++ob) {
-            for (size_t q = 0; q < pf_per_ob && pf_at < pf.size(); ++q) __builtin_prefetch(pf[pf_at++], 0, 3);
+            pf.step();
             T* acc_p = part.data() + (ob * NEB + eb) * MO * EB;
             V acc[MO][MV];
             for (int i = 0; i < MO; ++i)
