@@ -175,6 +175,53 @@ def test_gradients_of_some_inputs_only():
     torch.testing.assert_close(wr.grad, wt.grad, rtol=1e-4, atol=1e-4)
 
 
+def test_winograd_weight_cache_sees_every_tap_a_channel_part_uses():
+    """The CPU keeps transformed weights while the weight tensor is unchanged. A channel part's input gradient reads
+    a window of every output channel's taps, up to the last output channel's: a tap changed in place there must
+    not reuse the old transform."""
+    gen = torch.Generator().manual_seed(4)
+    a, b = torch.randn(1, 16, 9, 10, generator=gen), torch.randn(1, 16, 9, 10, generator=gen)
+    w = torch.randn(32, 32, 3, 3, generator=gen)
+    gy = torch.randn(1, 32, 9, 10, generator=gen)
+
+    def grad_of_b():
+        bb = b.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(conv2d([a, bb], w, None, 1, 1), bb, gy)
+        bt = b.clone().requires_grad_(True)
+        (want,) = torch.autograd.grad(F.conv2d(torch.cat([a, bt], 1), w, None, 1, 1), bt, gy)
+        torch.testing.assert_close(g, want, rtol=1e-4, atol=1e-3)
+        return g
+
+    before = grad_of_b()
+    w[31, 31, 1, 1] += 1.0  # the last tap the part's gradient reads
+    after = grad_of_b()
+    assert not torch.equal(before[:, 15], after[:, 15])
+
+
+def test_forward_and_input_gradient_do_not_depend_on_the_thread_count():
+    """Tiled and resumed runs (other processes, other thread counts) must reproduce a whole run bit for bit. The
+    weights are transformed afresh for each thread count: the CPU's cache of transformed weights holds 32 layers,
+    and 40 others pass through it in between."""
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 32, 23, 37, generator=gen)
+    w, b = torch.randn(24, 32, 3, 3, generator=gen) * 0.1, torch.randn(24, generator=gen)
+    gy = torch.randn(2, 24, 23, 37, generator=gen)
+    before = cellkern.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2):
+            for _ in range(40):
+                conv2d(x[:, :, :4], torch.randn(24, 32, 3, 3, generator=gen), None, 1, 1)
+            cellkern.set_num_threads(threads)
+            xr = x.clone().requires_grad_(True)
+            y = conv2d(xr, w, b, 1, 1)
+            runs.append((y, torch.autograd.grad(y, xr, gy)[0]))
+    finally:
+        cellkern.set_num_threads(before)
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert torch.equal(runs[0][1], runs[1][1])
+
+
 def test_first_layer_and_wide_rows_take_the_fast_paths():
     # 1 -> 32 channels on rows wider than one panel chunk and an output above the streaming-store threshold.
     gen = torch.Generator().manual_seed(5)

@@ -754,56 +754,145 @@ constexpr double kG[6][3] = {{1.0 / 4, 0, 0},          {-1.0 / 6, -1.0 / 6, -1.0
 // only the outputs whose window holds it, and finite huge values keep their finite results. (The transforms
 // would spread one NaN to all 16 outputs of every tile holding it, and turn +inf into NaN through inf - inf.)
 // Weights that are not finite send the whole call to the direct kernels.
+//
+// A vector whose elements start uninitialised: U is written whole by the transform, and zero-filling it first on
+// one thread (9 MB at 256 x 256 channels) cost as much as the transform itself.
+template <class T>
+struct UninitAlloc : std::allocator<T> {
+  template <class U>
+  struct rebind {
+    using other = UninitAlloc<U>;
+  };
+  UninitAlloc() = default;
+  template <class U>
+  UninitAlloc(const UninitAlloc<U>&) noexcept {}
+  template <class U>
+  void construct(U*) noexcept {}
+  template <class U, class... A>
+  void construct(U* p, A&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<A>(args)...);
+  }
+};
+using Floats = std::vector<float, UninitAlloc<float>>;
+
 struct Weights {
-  std::vector<float> U;   // U[xi][ob][e][i] = (G g G^T)[xi], output channel ob * MO + i, entry e = (c, kd)
-  std::vector<float> wd;  // wd[o][e][3 x 3]: the same taps untransformed (flipped for the input gradient)
+  Floats raw;             // the layer's weight tensor as given (what a later call is compared with)
+  Floats U;               // U[xi][ob][e][i] = (G g G^T)[xi], output channel ob * MO + i, entry e = (c, kd)
+  Floats wd;              // wd[o][e][3 x 3]: the same taps untransformed (flipped for the input gradient)
   float x_limit = 0.f;    // inputs above it (and inf, NaN) make a tile direct
   bool finite = true;     // every weight finite
-  int64_t cout = 0, E = 0, OB = 0;
+  bool flip = false;
+  int64_t cout = 0, E = 0, OB = 0, cin = 0, KD = 0;
 };
 
-// The taps as wd holds them ([o][e][3 x 3]; for the input gradient, o is an input channel of w, e = (output
-// channel, kd'), every tap reversed).
-inline std::vector<float> gather_taps(const float* w, int64_t cout, int64_t E, bool flip_transpose, int64_t cin,
-                                      int64_t KD) {
-  std::vector<float> wd(size_t(cout * E * 9));
-  for (int64_t o = 0; o < cout; ++o)
-    for (int64_t e = 0; e < E; ++e)
-      for (int k = 0; k < 9; ++k) {
-        const int64_t oc = e / KD, kd = KD - 1 - e % KD;
-        wd[size_t((o * E + e) * 9 + k)] = flip_transpose ? w[((oc * cin + o) * KD + kd) * 9 + (8 - k)]
-                                                         : w[(o * E + e) * 9 + k];
+// Buffers of dropped Weights, handed to the next transforms: a training step transforms every layer's new weights
+// twice (forward and input gradient), and fresh buffers page-faulted ~4 ms per 256 x 256 layer. Best fit among
+// buffers at most twice the size asked for; at most kBytes kept.
+class Spares {
+ public:
+  static Spares& instance() {
+    static Spares* s = new Spares;  // never destroyed: Weights may still be freed during interpreter exit
+    return *s;
+  }
+  Floats take(size_t n) {
+    Floats r;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      size_t best = bufs_.size();
+      for (size_t i = 0; i < bufs_.size(); ++i) {
+        const size_t c = bufs_[i].capacity();
+        if (c >= n && c <= 2 * n && (best == bufs_.size() || c < bufs_[best].capacity())) best = i;
       }
-  return wd;
+      if (best < bufs_.size()) {
+        r = std::move(bufs_[best]);
+        bufs_.erase(bufs_.begin() + std::ptrdiff_t(best));
+        bytes_ -= r.capacity() * sizeof(float);
+      }
+    }
+    r.resize(n);
+    return r;
+  }
+  void give(Floats&& f) {
+    const size_t b = f.capacity() * sizeof(float);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (b == 0 || bytes_ + b > kBytes) return;  // f is freed by its owner
+    bytes_ += b;
+    bufs_.push_back(std::move(f));
+  }
+
+ private:
+  static constexpr size_t kBytes = size_t(32) << 20;
+  std::mutex mu_;
+  std::vector<Floats> bufs_;
+  size_t bytes_ = 0;
+};
+
+// Tap k (kh * 3 + kw) of wd[o][e] read from the weight tensor w: itself, or for the input gradient (flip) the
+// transposed, reversed tap, o an input channel of w and e = (output channel, kd').
+inline float tap_of(const float* w, int64_t o, int64_t e, int k, int64_t E, bool flip, int64_t cin, int64_t KD) {
+  if (!flip) return w[(o * E + e) * 9 + k];
+  const int64_t oc = e / KD, kd = KD - 1 - e % KD;
+  return w[((oc * cin + o) * KD + kd) * 9 + (8 - k)];
 }
 
-// The weights in both forms, computed in double from the taps wd.
-inline Weights transform_weights(std::vector<float> wd, int64_t cout, int64_t E, int64_t OB) {
+// How many floats of w from its start tap_of reads: with flip, the channel part of a wider input (cin > cout)
+// reads a window of each output channel's taps, and the span runs to the last one.
+inline size_t weight_span(int64_t cout, int64_t E, bool flip, int64_t cin, int64_t KD) {
+  return size_t(flip ? ((E / KD - 1) * cin + cout) * KD * 9 : cout * E * 9);
+}
+
+// The weights in both forms from the tensor w, in double: U for the MO output channels of a block at once (one
+// AVX2 double lane each, stored as adjacent floats), blocks spread over the threads. Single-threaded and one
+// channel at a time this took 14 ms of a 27 ms forward at 256 -> 256 channels, 32^2 x 4, every training step.
+inline Weights transform_weights(const float* w, int64_t cout, int64_t E, int64_t OB, bool flip, int64_t cin,
+                                 int64_t KD) {
+  using D = __m256d;
+  static_assert(MO == 4, "one AVX2 double vector per block of MO output channels");
   const auto& G = kG;
   Weights r;
-  r.cout = cout, r.E = E, r.OB = OB;
-  std::vector<float>& U = r.U;
-  U.assign(size_t(36 * OB * E * MO), 0.f);
+  r.cout = cout, r.E = E, r.OB = OB, r.flip = flip, r.cin = cin, r.KD = KD;
+  Spares& spares = Spares::instance();
+  const size_t span = weight_span(cout, E, flip, cin, KD);
+  r.raw = spares.take(span);
+  std::memcpy(r.raw.data(), w, span * sizeof(float));
+  r.wd = spares.take(size_t(cout * E * 9));
+  r.U = spares.take(size_t(36 * OB * E * MO));
+  std::mutex mu;
   double wmax = 0;
-  for (int64_t o = 0; o < cout; ++o)
-    for (int64_t e = 0; e < E; ++e) {
-      double g[3][3];
-      for (int i = 0; i < 3; ++i)
-        for (int j = 0; j < 3; ++j) {
-          const float v = wd[size_t((o * E + e) * 9 + i * 3 + j)];
-          g[i][j] = v;
-          wmax = std::isnan(v) ? INFINITY : std::max(wmax, std::fabs(double(v)));
+  parallel_for(OB, 1, [&](int64_t ob0, int64_t ob1) {
+    double m = 0;
+    for (int64_t ob = ob0; ob < ob1; ++ob)
+      for (int64_t e = 0; e < E; ++e) {
+        alignas(32) double g[9][MO];
+        for (int i = 0; i < MO; ++i) {
+          const int64_t o = ob * MO + i;
+          for (int k = 0; k < 9; ++k) {
+            const float v = o < cout ? tap_of(w, o, e, k, E, flip, cin, KD) : 0.f;
+            if (o < cout) r.wd[size_t((o * E + e) * 9 + k)] = v;
+            g[k][i] = v;
+            m = std::isnan(v) ? INFINITY : std::max(m, std::fabs(double(v)));
+          }
         }
-      double t[6][3];
-      for (int a = 0; a < 6; ++a)
-        for (int j = 0; j < 3; ++j) t[a][j] = G[a][0] * g[0][j] + G[a][1] * g[1][j] + G[a][2] * g[2][j];
-      for (int a = 0; a < 6; ++a)
-        for (int b = 0; b < 6; ++b) {
-          const double u = t[a][0] * G[b][0] + t[a][1] * G[b][1] + t[a][2] * G[b][2];
-          U[size_t((((a * 6 + b) * OB + o / MO) * E + e) * MO + o % MO)] = float(u);
-        }
-    }
-  r.wd = std::move(wd);
+        // Explicit FMAs: left to contraction, the inlined copies of this body (one thread, several) rounded
+        // differently, and a result depended on the thread count.
+        D t[6][3];
+        for (int a = 0; a < 6; ++a)
+          for (int j = 0; j < 3; ++j)
+            t[a][j] = _mm256_fmadd_pd(
+                _mm256_set1_pd(G[a][2]), _mm256_load_pd(g[6 + j]),
+                _mm256_fmadd_pd(_mm256_set1_pd(G[a][1]), _mm256_load_pd(g[3 + j]),
+                                _mm256_mul_pd(_mm256_set1_pd(G[a][0]), _mm256_load_pd(g[j]))));
+        for (int a = 0; a < 6; ++a)
+          for (int b = 0; b < 6; ++b) {
+            const D u = _mm256_fmadd_pd(
+                t[a][2], _mm256_set1_pd(G[b][2]),
+                _mm256_fmadd_pd(t[a][1], _mm256_set1_pd(G[b][1]), _mm256_mul_pd(t[a][0], _mm256_set1_pd(G[b][0]))));
+            _mm_storeu_ps(r.U.data() + (((a * 6 + b) * OB + ob) * E + e) * MO, _mm256_cvtpd_ps(u));
+          }
+      }
+    std::lock_guard<std::mutex> lock(mu);
+    wmax = std::max(wmax, m);
+  });
   constexpr double fmax = 3.4028234663852886e38;
   r.finite = std::isfinite(wmax);
   r.x_limit = float(std::min(fmax / 200, wmax > 0 ? fmax / (2 * 36100.0 * double(E) * wmax) : fmax));
@@ -811,18 +900,17 @@ inline Weights transform_weights(std::vector<float> wd, int64_t cout, int64_t E,
 }
 
 // The transformed weights, reused while a layer's taps are unchanged: a streamed image runs each layer on slabs of
-// a few rows, where transforming 128 x 128 taps (3 ms) costs more than the convolution itself. An entry is reused
-// only when every tap is bit-equal (and the shape the same), so it cannot go stale; the few most recent layers
-// are kept, at most kCacheBytes of them.
+// a few rows, where transforming 128 x 128 taps costs more than the convolution itself. An entry is reused only
+// when the weight tensor is bit-equal (and the shape and use the same), so it cannot go stale; the few most recent
+// layers are kept, at most kCacheBytes of them.
 inline std::shared_ptr<const Weights> weights_for(const float* w, int64_t cout, int64_t E, int64_t OB,
                                                   bool flip_transpose, int64_t cin, int64_t KD) {
   constexpr size_t kCacheBytes = size_t(64) << 20, kCacheEntries = 32;
   static std::mutex mu;
   static std::list<std::shared_ptr<const Weights>> cache;  // most recently used first
-  std::vector<float> wd = gather_taps(w, cout, E, flip_transpose, cin, KD);
   const auto same = [&](const Weights& c) {
-    return c.cout == cout && c.E == E && c.OB == OB &&
-           std::memcmp(c.wd.data(), wd.data(), wd.size() * sizeof(float)) == 0;
+    return c.cout == cout && c.E == E && c.OB == OB && c.flip == flip_transpose && c.cin == cin && c.KD == KD &&
+           std::memcmp(c.raw.data(), w, c.raw.size() * sizeof(float)) == 0;
   };
   {
     std::lock_guard<std::mutex> lock(mu);
@@ -832,8 +920,16 @@ inline std::shared_ptr<const Weights> weights_for(const float* w, int64_t cout, 
         return cache.front();
       }
   }
-  auto r = std::make_shared<const Weights>(transform_weights(std::move(wd), cout, E, OB));
-  const auto bytes = [](const Weights& c) { return (c.U.size() + c.wd.size()) * sizeof(float); };
+  std::shared_ptr<const Weights> r(new Weights(transform_weights(w, cout, E, OB, flip_transpose, cin, KD)),
+                                   [](const Weights* p) {
+                                     Spares& spares = Spares::instance();
+                                     Weights* q = const_cast<Weights*>(p);
+                                     spares.give(std::move(q->raw));
+                                     spares.give(std::move(q->wd));
+                                     spares.give(std::move(q->U));
+                                     delete p;
+                                   });
+  const auto bytes = [](const Weights& c) { return (c.raw.size() + c.U.size() + c.wd.size()) * sizeof(float); };
   if (bytes(*r) <= kCacheBytes / 4) {
     std::lock_guard<std::mutex> lock(mu);
     cache.push_front(r);
@@ -996,7 +1092,7 @@ inline void output_tiles(const float* m, int64_t xi_stride, float bias_s, Act ac
 
 // The 36 GEMMs M[oc][xi][tile] = sum over entries of U[xi][oc][e] V[xi][e][tile] for ntiles tiles, on the direct
 // convolution's micro-kernel; vrows[xi * E + e] points at V's row of entry e.
-inline void gemms(const float* const* vrows, int64_t E, const std::vector<float>& U, int64_t OB, int64_t ntiles,
+inline void gemms(const float* const* vrows, int64_t E, const float* U, int64_t OB, int64_t ntiles,
                   float* M, int64_t TCp) {
   using V = Vec<float>;
   static const int64_t zero_off[1] = {0};
@@ -1007,7 +1103,7 @@ inline void gemms(const float* const* vrows, int64_t E, const std::vector<float>
         V acc[MO][MV];
         for (int i = 0; i < MO; ++i)
           for (int jj = 0; jj < MV; ++jj) acc[i][jj] = V::zero();
-        pick_micro_fwd<float>(nv, 1)(vrows + xi * E, E, j0, 1, zero_off, U.data() + (xi * OB + ob) * E * MO, acc);
+        pick_micro_fwd<float>(nv, 1)(vrows + xi * E, E, j0, 1, zero_off, U + (xi * OB + ob) * E * MO, acc);
         for (int i = 0; i < MO; ++i)
           for (int jj = 0; jj < nv; ++jj) acc[i][jj].store(M + ((ob * MO + i) * 36 + xi) * TCp + j0 + jj * V::N);
       }
@@ -1045,7 +1141,7 @@ void winograd_forward_2d(const ConvGeom& g, const ConvInput& x, const wino::Weig
   // Outputs beyond the caches are written once, in whole lines: streaming stores skip reading them first
   // (measured: 11% of the time sat on those stores' misses).
   const bool stream = g.N * o.bs * int64_t(sizeof(float)) > (int64_t(4) << 20);
-  const std::vector<float>& U = W.U;
+  const float* U = W.U.data();
   const uint32_t lim = abs_bits(W.x_limit);
   parallel_for(items, 1, [&](int64_t b, int64_t e) {
     PanelRows<float> src(pg, x, std::min(TWt, VPS * V::N), G);
@@ -1146,7 +1242,7 @@ void winograd_forward(const ConvGeom& g, const ConvInput& x, const wino::Weights
   // transforms stay cached (3x fewer input transforms for 3x3x3 kernels).
   const int64_t items = g.N * TH * OD;
   const bool stream = g.N * o.bs * int64_t(sizeof(float)) > (int64_t(4) << 20);
-  const std::vector<float>& U = W.U;
+  const float* U = W.U.data();
   const uint32_t lim = abs_bits(W.x_limit);
   parallel_for(items, 1, [&](int64_t b, int64_t e) {
     PanelRows<float> src(pg, x, TC, 1);
@@ -1454,7 +1550,6 @@ void forward_typed(const ConvForwardArgs& a) {
   const ConvGeom& g = a.g;
   const T* w = static_cast<const T*>(a.w);
   const int64_t K = g.k[0] * g.k[1] * g.k[2], E = g.Cin * K;
-  const std::vector<T> wp = pack_weights<T>(g.Cout, E, [&](int64_t o, int64_t e) { return w[o * E + e]; });
   // First layers (a few taps per output) are bound by writing the output. Streaming stores were measured slower
   // than ordinary ones on this path in every variant tried (96-byte tiles, 64-byte line tiles, rows staged in L1
   // and streamed in whole lines: 26-49 ms vs 14-29 ms for 1->32 @1024^2, 1 thread, fresh or reused outputs),
@@ -1474,6 +1569,7 @@ void forward_typed(const ConvForwardArgs& a) {
     }
   }
 #endif
+  const std::vector<T> wp = pack_weights<T>(g.Cout, E, [&](int64_t o, int64_t e) { return w[o * E + e]; });
   if (taps_dont_overlap(g)) {
     forward_disjoint<T>(g, x, wp.data(), o);
     return;
