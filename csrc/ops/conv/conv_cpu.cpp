@@ -34,6 +34,86 @@ namespace {
 
 using simd::Vec;
 
+// ---- scratch buffers ----------------------------------------------------------------------------------------
+
+// Blocks of the large per-call buffers (panels of input rows, Winograd workspaces and partial sums, transformed
+// weights), kept when a call ends for the next one: glibc hands big blocks back to the kernel, and fresh ones
+// page-faulted on every call (a fifth of a 256-channel weight gradient's time). Best fit among kept blocks at most
+// twice the size asked for; at most kBytes kept, the oldest dropped first.
+class Recycler {
+ public:
+  struct Block {
+    std::unique_ptr<char[]> p;
+    size_t bytes = 0;
+  };
+  static Recycler& instance() {
+    static Recycler* r = new Recycler;  // never destroyed: buffers may still come back during interpreter exit
+    return *r;
+  }
+  Block take(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      size_t best = kept_.size();
+      for (size_t i = 0; i < kept_.size(); ++i) {
+        const size_t b = kept_[i].bytes;
+        if (b >= bytes && b <= 2 * bytes && (best == kept_.size() || b < kept_[best].bytes)) best = i;
+      }
+      if (best < kept_.size()) {
+        Block r = std::move(kept_[best]);
+        kept_.erase(kept_.begin() + std::ptrdiff_t(best));
+        total_ -= r.bytes;
+        return r;
+      }
+    }
+    return Block{std::unique_ptr<char[]>(new char[bytes]), bytes};  // uninitialised: every user writes first
+  }
+  void give(Block&& b) {
+    if (!b.p || b.bytes > kBytes) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    while (total_ + b.bytes > kBytes) {
+      total_ -= kept_.front().bytes;
+      kept_.erase(kept_.begin());
+    }
+    total_ += b.bytes;
+    kept_.push_back(std::move(b));
+  }
+
+ private:
+  static constexpr size_t kBytes = size_t(64) << 20;
+  std::mutex mu_;
+  std::vector<Block> kept_;  // oldest first
+  size_t total_ = 0;
+};
+
+// n values of T (trivial), uninitialised, whose block goes back to the Recycler when it is destroyed.
+template <class T>
+class Scratch {
+ public:
+  Scratch() = default;
+  explicit Scratch(size_t n) : b_(Recycler::instance().take(std::max<size_t>(1, n) * sizeof(T))), n_(n) {}
+  Scratch(size_t n, T v) : Scratch(n) { std::fill(data(), data() + n_, v); }
+  Scratch(Scratch&& o) noexcept : b_(std::move(o.b_)), n_(o.n_) { o.n_ = 0; }
+  Scratch& operator=(Scratch&& o) noexcept {
+    if (this != &o) {
+      Recycler::instance().give(std::move(b_));
+      b_ = std::move(o.b_);
+      n_ = o.n_;
+      o.n_ = 0;
+    }
+    return *this;
+  }
+  ~Scratch() { Recycler::instance().give(std::move(b_)); }
+  T* data() { return reinterpret_cast<T*>(b_.p.get()); }
+  const T* data() const { return reinterpret_cast<const T*>(b_.p.get()); }
+  size_t size() const { return n_; }
+  T& operator[](size_t i) { return data()[i]; }
+  const T& operator[](size_t i) const { return data()[i]; }
+
+ private:
+  Recycler::Block b_;
+  size_t n_ = 0;
+};
+
 constexpr int MO = 4;        // output channels per register tile (weights broadcast)
 constexpr int MV = 3;        // vectors of output columns per register tile (inputs loaded)
 
@@ -149,7 +229,7 @@ class PanelRows {
     const int64_t planes = rb_ <= 1 ? 1 : ceil_div(rb_, g.out[1]) + 1;
     cap_ = std::min(rb_ * KD_ * KH_, planes * KD_ * hspan);
     try {  // the one per-thread buffer that grows with the geometry: say how large it was
-      data_.assign(size_t(g.Cin * cap_ * row_len_), T(0));
+      data_ = Scratch<T>(size_t(g.Cin * cap_ * row_len_), T(0));
     } catch (const std::bad_alloc&) {
       throw MemoryError(str("conv: could not allocate a ", g.Cin * cap_ * row_len_ * int64_t(sizeof(T)),
                             "-byte panel of input rows (one per thread)"));
@@ -297,6 +377,11 @@ class PanelRows {
   }
   void queue(const void* p, int64_t bytes) {
     pf_.push_back({static_cast<const char*>(p), (bytes + 63) / 64});
+  }
+  int64_t queued_lines() const {
+    int64_t n = 0;
+    for (const auto& q : pf_) n += q.second;
+    return n;
   }
   // Issues up to k queued line prefetches.
   void pump(int k) {
@@ -457,7 +542,8 @@ class PanelRows {
   int64_t cw_, rb_, KD_, KH_, KW_, S_;
   int64_t cwin_ = 0, phase_ = 0, row_len_ = 0, cap_ = 0, in0_ = 0, in_valid_ = 0;
   std::vector<int64_t> off_;  // panel offset of each tap kw
-  std::vector<T> data_, zero_;
+  Scratch<T> data_;
+  std::vector<T> zero_;
   std::vector<int64_t> keys_, need_, slot_of_;
   std::vector<char> used_;
   std::vector<const T*> rows_;
@@ -755,76 +841,14 @@ constexpr double kG[6][3] = {{1.0 / 4, 0, 0},          {-1.0 / 6, -1.0 / 6, -1.0
 // would spread one NaN to all 16 outputs of every tile holding it, and turn +inf into NaN through inf - inf.)
 // Weights that are not finite send the whole call to the direct kernels.
 //
-// A vector whose elements start uninitialised: U is written whole by the transform, and zero-filling it first on
-// one thread (9 MB at 256 x 256 channels) cost as much as the transform itself.
-template <class T>
-struct UninitAlloc : std::allocator<T> {
-  template <class U>
-  struct rebind {
-    using other = UninitAlloc<U>;
-  };
-  UninitAlloc() = default;
-  template <class U>
-  UninitAlloc(const UninitAlloc<U>&) noexcept {}
-  template <class U>
-  void construct(U*) noexcept {}
-  template <class U, class... A>
-  void construct(U* p, A&&... args) {
-    ::new (static_cast<void*>(p)) U(std::forward<A>(args)...);
-  }
-};
-using Floats = std::vector<float, UninitAlloc<float>>;
-
 struct Weights {
-  Floats raw;             // the layer's weight tensor as given (what a later call is compared with)
-  Floats U;               // U[xi][ob][e][i] = (G g G^T)[xi], output channel ob * MO + i, entry e = (c, kd)
-  Floats wd;              // wd[o][e][3 x 3]: the same taps untransformed (flipped for the input gradient)
+  Scratch<float> raw;     // the layer's weight tensor as given (what a later call is compared with)
+  Scratch<float> U;       // U[xi][ob][e][i] = (G g G^T)[xi], output channel ob * MO + i, entry e = (c, kd)
+  Scratch<float> wd;      // wd[o][e][3 x 3]: the same taps untransformed (flipped for the input gradient)
   float x_limit = 0.f;    // inputs above it (and inf, NaN) make a tile direct
   bool finite = true;     // every weight finite
   bool flip = false;
   int64_t cout = 0, E = 0, OB = 0, cin = 0, KD = 0;
-};
-
-// Buffers of dropped Weights, handed to the next transforms: a training step transforms every layer's new weights
-// twice (forward and input gradient), and fresh buffers page-faulted ~4 ms per 256 x 256 layer. Best fit among
-// buffers at most twice the size asked for; at most kBytes kept.
-class Spares {
- public:
-  static Spares& instance() {
-    static Spares* s = new Spares;  // never destroyed: Weights may still be freed during interpreter exit
-    return *s;
-  }
-  Floats take(size_t n) {
-    Floats r;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      size_t best = bufs_.size();
-      for (size_t i = 0; i < bufs_.size(); ++i) {
-        const size_t c = bufs_[i].capacity();
-        if (c >= n && c <= 2 * n && (best == bufs_.size() || c < bufs_[best].capacity())) best = i;
-      }
-      if (best < bufs_.size()) {
-        r = std::move(bufs_[best]);
-        bufs_.erase(bufs_.begin() + std::ptrdiff_t(best));
-        bytes_ -= r.capacity() * sizeof(float);
-      }
-    }
-    r.resize(n);
-    return r;
-  }
-  void give(Floats&& f) {
-    const size_t b = f.capacity() * sizeof(float);
-    std::lock_guard<std::mutex> lock(mu_);
-    if (b == 0 || bytes_ + b > kBytes) return;  // f is freed by its owner
-    bytes_ += b;
-    bufs_.push_back(std::move(f));
-  }
-
- private:
-  static constexpr size_t kBytes = size_t(32) << 20;
-  std::mutex mu_;
-  std::vector<Floats> bufs_;
-  size_t bytes_ = 0;
 };
 
 // Tap k (kh * 3 + kw) of wd[o][e] read from the weight tensor w: itself, or for the input gradient (flip) the
@@ -843,7 +867,8 @@ inline size_t weight_span(int64_t cout, int64_t E, bool flip, int64_t cin, int64
 
 // The weights in both forms from the tensor w, in double: U for the MO output channels of a block at once (one
 // AVX2 double lane each, stored as adjacent floats), blocks spread over the threads. Single-threaded and one
-// channel at a time this took 14 ms of a 27 ms forward at 256 -> 256 channels, 32^2 x 4, every training step.
+// channel at a time, into fresh zeroed buffers, this took 14 ms of a 27 ms forward at 256 -> 256 channels, 32^2 x 4,
+// every training step.
 inline Weights transform_weights(const float* w, int64_t cout, int64_t E, int64_t OB, bool flip, int64_t cin,
                                  int64_t KD) {
   using D = __m256d;
@@ -851,12 +876,11 @@ inline Weights transform_weights(const float* w, int64_t cout, int64_t E, int64_
   const auto& G = kG;
   Weights r;
   r.cout = cout, r.E = E, r.OB = OB, r.flip = flip, r.cin = cin, r.KD = KD;
-  Spares& spares = Spares::instance();
   const size_t span = weight_span(cout, E, flip, cin, KD);
-  r.raw = spares.take(span);
+  r.raw = Scratch<float>(span);
   std::memcpy(r.raw.data(), w, span * sizeof(float));
-  r.wd = spares.take(size_t(cout * E * 9));
-  r.U = spares.take(size_t(36 * OB * E * MO));
+  r.wd = Scratch<float>(size_t(cout * E * 9));
+  r.U = Scratch<float>(size_t(36 * OB * E * MO));
   std::mutex mu;
   double wmax = 0;
   parallel_for(OB, 1, [&](int64_t ob0, int64_t ob1) {
@@ -920,15 +944,7 @@ inline std::shared_ptr<const Weights> weights_for(const float* w, int64_t cout, 
         return cache.front();
       }
   }
-  std::shared_ptr<const Weights> r(new Weights(transform_weights(w, cout, E, OB, flip_transpose, cin, KD)),
-                                   [](const Weights* p) {
-                                     Spares& spares = Spares::instance();
-                                     Weights* q = const_cast<Weights*>(p);
-                                     spares.give(std::move(q->raw));
-                                     spares.give(std::move(q->wd));
-                                     spares.give(std::move(q->U));
-                                     delete p;
-                                   });
+  auto r = std::make_shared<const Weights>(transform_weights(w, cout, E, OB, flip_transpose, cin, KD));
   const auto bytes = [](const Weights& c) { return (c.raw.size() + c.U.size() + c.wd.size()) * sizeof(float); };
   if (bytes(*r) <= kCacheBytes / 4) {
     std::lock_guard<std::mutex> lock(mu);
@@ -1148,7 +1164,7 @@ void winograd_forward_2d(const ConvGeom& g, const ConvInput& x, const wino::Weig
     src.track_magnitude();
     const int64_t* off = src.tap_offsets();
     std::vector<float> scratch;
-    std::vector<float> Vb(size_t(36 * Cin * TCp)), Mb(size_t(OB * MO * 36 * TCp));
+    Scratch<float> Vb(size_t(36 * Cin * TCp), 0.f), Mb(size_t(OB * MO * 36 * TCp), 0.f);
     std::vector<const float*> vrows(size_t(36 * Cin));
     for (int64_t xi = 0; xi < 36; ++xi)
       for (int64_t c = 0; c < Cin; ++c) vrows[size_t(xi * Cin + c)] = Vb.data() + (xi * Cin + c) * TCp;
@@ -1250,7 +1266,8 @@ void winograd_forward(const ConvGeom& g, const ConvInput& x, const wino::Weights
     const int64_t* off = src.tap_offsets();
     std::vector<float> scratch;
     const int64_t S = KD + 1;  // cached transformed planes: the KD an output depth needs, plus one to fill
-    std::vector<float> Vb(size_t(36 * S * Cin * TCp)), Mb(size_t(OB * MO * 36 * TCp)), Vzero(size_t(TCp), 0.f);
+    Scratch<float> Vb(size_t(36 * S * Cin * TCp), 0.f), Mb(size_t(OB * MO * 36 * TCp), 0.f);
+    std::vector<float> Vzero(size_t(TCp), 0.f);
     std::vector<const float*> vrows(size_t(36 * E));
     std::vector<int64_t> slot_key(static_cast<size_t>(S), -1), slot_of(static_cast<size_t>(KD));
     std::vector<char> slot_used(static_cast<size_t>(S));
@@ -1942,7 +1959,8 @@ void winograd_grad_weight(const ConvGradWeightArgs& a) {
   gyin.act = a.act;
   const int64_t blocks = g.N * OD * THg * n_chunks;
   const int T_ = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), blocks)));
-  std::vector<std::vector<float>> parts(static_cast<size_t>(T_)), bparts(static_cast<size_t>(T_));
+  std::vector<Scratch<float>> parts(static_cast<size_t>(T_));
+  std::vector<std::vector<float>> bparts(static_cast<size_t>(T_));
   // The direct sums of the tiles kept out of the transforms, per thread ([Cout][E][9], then [Cout]); allocated
   // when a thread meets one.
   std::vector<std::vector<double>> dparts(static_cast<size_t>(T_));
@@ -1951,9 +1969,9 @@ void winograd_grad_weight(const ConvGradWeightArgs& a) {
   const float prod_lim = float(fmax / (45000.0 * double(g.N * OD * TH * TWt)));
   parallel_for(T_, 0, [&](int64_t t0_, int64_t t1_) {
     for (int64_t slot = t0_; slot < t1_; ++slot) {
-      std::vector<float>& Mp = parts[size_t(slot)];
+      Scratch<float>& Mp = parts[size_t(slot)];
       std::vector<float>& bp = bparts[size_t(slot)];
-      Mp.assign(size_t(36 * OB * EP * MO), 0.f);
+      Mp = Scratch<float>(size_t(36 * OB * EP * MO), 0.f);
       bp.assign(size_t(CP), 0.f);
       PanelRows<float> sx(px, a.x, TC, G), sy(py, gyin, TC, G);
       sx.track_magnitude();
@@ -1961,7 +1979,7 @@ void winograd_grad_weight(const ConvGradWeightArgs& a) {
       const int64_t* offx = sx.tap_offsets();
       const int64_t* offy = sy.tap_offsets();
       std::vector<double>& dp = dparts[size_t(slot)];
-      std::vector<float> Xb(size_t(36 * EP * TP), 0.f), Yb(size_t(36 * CP * TP), 0.f);
+      Scratch<float> Xb(size_t(36 * EP * TP), 0.f), Yb(size_t(36 * CP * TP), 0.f);
       std::vector<const float*> xrows(size_t(36 * EP));
       for (int64_t xi = 0; xi < 36; ++xi)
         for (int64_t e = 0; e < EP; ++e) xrows[size_t(xi * EP + e)] = Xb.data() + (xi * EP + e) * TP;
@@ -1986,6 +2004,17 @@ void winograd_grad_weight(const ConvGradWeightArgs& a) {
         }
         sx.fill(nn, odd, th, gr);
         sy.fill(nn, odd, th, gr);
+        // The next block's rows, prefetched while this block's GEMMs run: its copies had waited on memory.
+        sx.clear_queue();
+        sy.clear_queue();
+        if (blk + 1 < b1 && (rest + 1) % (g.N * OD * THg) != 0) {
+          const int64_t nr = rest + 1, ntrg = nr % THg, nod = (nr / THg) % OD, nnn = nr / (THg * OD);
+          for (int64_t j = 0; j < G && ntrg * G + j < TH; ++j) {
+            sx.queue_next(nnn, nod, ntrg * G + j, true);
+            sy.queue_next(nnn, nod, ntrg * G + j, true);
+          }
+        }
+        const int pf_per_gemm = int(ceil_div(sx.queued_lines() + sy.queued_lines(), 36 * OB));
         // X[xi][e][tile]: the forward's input transform; row j of the group at tile j * tvalid, in order (a vector
         // running past a row's end is overwritten by the next row's).
         for (int64_t j = 0; j < gr; ++j) {
@@ -2063,6 +2092,8 @@ void winograd_grad_weight(const ConvGradWeightArgs& a) {
           for (int64_t ob = 0; ob < OB; ++ob) {
             const float* gt = Yb.data() + (xi * CP + ob * MO) * TP;
             float* pb = Mp.data() + (xi * OB + ob) * EP * MO;
+            sx.pump(pf_per_gemm);
+            sy.pump(pf_per_gemm);
             for (int64_t e = 0; e < EP; e += 3) {
               V acc[MO][3];
               micro_gw<float>(1, gt, nv * N, ntiles, TP, xrows.data() + xi * EP + e, 3, acc);
