@@ -82,6 +82,38 @@ def test_forward_and_backward_match_torch(backend, nd, dtype):
             _close(a, c, dtype, f"grad {name} {case}")
 
 
+@pytest.mark.parametrize("case", [CASES_2D[0], CASES_2D[4], CASES_2D[11], CASES_3D[0]],
+                         ids=["k2s2", "overlapping", "depthwise", "3d-k2s2"])
+def test_gradient_of_a_channel_part_is_read_in_place(backend, case):
+    """The U-Net's decoder convolution reads the upsampled tensor next to the skip, so the upsampling's gradient
+    arrives as a channel slice of a wider gradient (batch items further apart than its own channels): the three
+    gradient ops read it at its strides. The same ops on a contiguous copy, and torch, give the reference."""
+    nd = len(case[0]) - 2
+    gen = torch.Generator().manual_seed(3)
+    x, w, b, (s, p, op, g, d) = _make(case, torch.float32, backend.device, gen)
+    y = _torch(nd)(x, w, b, s, p, op, g, d)
+    wide = torch.randn((y.shape[0], y.shape[1] + 5) + y.shape[2:], generator=gen).to(backend.device)
+    gy = wide[:, 2:2 + y.shape[1]]
+    assert not gy.is_contiguous() or y.shape[0] == 1
+    args = ([s] * nd if isinstance(s, int) else list(s), [p] * nd if isinstance(p, int) else list(p),
+            [d] * nd if isinstance(d, int) else list(d), g)
+    ops = torch.ops.cellkern
+    for view, dense in [(ops.conv_transpose_grad_input(gy, w, list(x.shape), *args),
+                         ops.conv_transpose_grad_input(gy.contiguous(), w, list(x.shape), *args)),
+                        (ops.conv_transpose_grad_weight(gy, x, list(w.shape), *args),
+                         ops.conv_transpose_grad_weight(gy.contiguous(), x, list(w.shape), *args)),
+                        (ops.conv_bias_grad(gy), ops.conv_bias_grad(gy.contiguous()))]:
+        torch.testing.assert_close(view, dense, rtol=0, atol=0)
+    # Through autograd: a concatenation's backward hands each part such a slice.
+    ins = [t.requires_grad_(True) for t in (x, w, b)]
+    other = torch.randn((y.shape[0], 5) + y.shape[2:], generator=gen).to(backend.device)
+    gz = torch.randn(wide.shape, generator=gen).to(backend.device)
+    got = torch.autograd.grad(torch.cat([other, _ours(nd)(x, w, b, s, p, op, g, d)], 1), ins, gz)
+    want = torch.autograd.grad(torch.cat([other, _torch(nd)(x, w, b, s, p, op, g, d)], 1), ins, gz)
+    for name, a, c in zip(("x", "weight", "bias"), got, want):
+        _close(a, c, torch.float32, f"grad {name} {case}")
+
+
 GRADCHECK = [
     ((1, 2, 4, 5), 3, 2, 2, 0, 0, 1, 1),
     ((2, 2, 4, 3), 2, 2, 2, 1, 1, 1, 1),

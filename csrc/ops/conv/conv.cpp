@@ -148,12 +148,33 @@ void check_dense(const TensorView& t, const char* name) {
   CK_CHECK_VALUE(t.is_contiguous(), name, ": expected a contiguous tensor (the Python API converts other layouts)");
 }
 
+// Dense planes (every dim from 2 on contiguous), channels and batch items at least a plane apart: how the forward
+// reads its input (conv::input_plane), so a slab of rows of a taller tensor needs no copy.
+void check_plane_dense(const TensorView& t, const char* name) {
+  int64_t expect = 1;
+  bool ok = t.ndim >= 2;
+  for (int d = t.ndim - 1; ok && d >= 2; --d) {
+    ok = t.shape[d] == 1 || t.strides[d] == expect;
+    expect *= t.shape[d];
+  }
+  if (ok && t.numel() > 0) {
+    ok = (t.shape[1] == 1 || t.strides[1] >= expect) &&
+         (t.shape[0] == 1 || t.strides[0] >= (t.shape[1] - 1) * t.strides[1] + expect);
+  }
+  CK_CHECK_VALUE(ok, name, ": expected dense planes (contiguous from dim 2 on, channels and batch items not "
+                 "overlapping); the Python API converts other layouts");
+}
+
+// dense: contiguous, else dense planes (check_plane_dense, for inputs read through a ConvInput).
 void check_tensor(const TensorView& t, const char* name, const int64_t* shape, int ndim, const TensorView& ref,
-                  const char* ref_name) {
+                  const char* ref_name, bool dense = true) {
   check_same_dtype(t, name, ref, ref_name);
   check_shape(t, name, shape, ndim);
   check_same_device(t, name, ref, ref_name);
-  check_dense(t, name);
+  if (dense)
+    check_dense(t, name);
+  else
+    check_plane_dense(t, name);
 }
 
 void check_output(const TensorView& t, const char* name, std::initializer_list<std::pair<const TensorView*, const char*>> inputs) {
@@ -252,23 +273,6 @@ std::vector<std::string> part_names(size_t n) {
   std::vector<std::string> names;
   for (size_t i = 0; i < n; ++i) names.push_back(n == 1 ? std::string("x") : str("x[", i, "]"));
   return names;
-}
-
-// Dense planes (every dim from 2 on contiguous), channels and batch items at least a plane apart: how the forward
-// reads its input (conv::input_plane), so a slab of rows of a taller tensor needs no copy.
-void check_plane_dense(const TensorView& t, const char* name) {
-  int64_t expect = 1;
-  bool ok = t.ndim >= 2;
-  for (int d = t.ndim - 1; ok && d >= 2; --d) {
-    ok = t.shape[d] == 1 || t.strides[d] == expect;
-    expect *= t.shape[d];
-  }
-  if (ok && t.numel() > 0) {
-    ok = (t.shape[1] == 1 || t.strides[1] >= expect) &&
-         (t.shape[0] == 1 || t.strides[0] >= (t.shape[1] - 1) * t.strides[1] + expect);
-  }
-  CK_CHECK_VALUE(ok, name, ": expected dense planes (contiguous from dim 2 on, channels and batch items not "
-                 "overlapping); the Python API converts other layouts");
 }
 
 // The shape of the input the parts form together (channels added up); every part is checked against the first.
@@ -663,13 +667,24 @@ void conv_transpose_forward(const TensorView& x, const TensorView& w, const Tens
   grad_input_run(r, p, x, ActGrad{}, w, r.g.Cin, 0, b.ndim ? b.data : nullptr, y, TensorView{}, be, stream);
 }
 
+// A transposed convolution's grad_output (dense planes, checked) as the one-part input of group gi, at its own
+// batch and channel strides: the gradient of one channel part of a wider tensor (a U-Net's upsampling, whose
+// output the next convolution reads next to the skip) arrives as such a view, and is read without a copy.
+ConvInput grad_output_input(const TensorView& gy, int64_t gi, int64_t channels, int64_t plane) {
+  const int64_t cs = gy.shape[1] == 1 ? plane : gy.strides[1];
+  const int64_t bs = gy.shape[0] == 1 ? gy.shape[1] * cs : gy.strides[0];
+  ConvInput in = single_input(offset(static_cast<const void*>(gy.data), gi * channels * cs, gy.dtype), bs, channels);
+  in.cs[0] = cs == plane ? 0 : cs;
+  return in;
+}
+
 void conv_transpose_grad_input(const TensorView& gy, const TensorView& w, const TensorView& gx, const ConvParams& p,
                                bool use_emu, void* stream) {
   check_dtype(gx, "grad_input", {DType::f32, DType::f64});
   check_dense(gx, "grad_input");
-  check_dense(gy, "grad_output");
+  check_plane_dense(gy, "grad_output");
   Problem r = transposed_problem(shape_of(gx), shape_of(w), shape_of(gy), p);
-  check_tensor(gy, "grad_output", gy.shape, gy.ndim, gx, "grad_input");
+  check_tensor(gy, "grad_output", gy.shape, gy.ndim, gx, "grad_input", false);
   check_same_dtype(w, "weight", gx, "grad_input");
   check_same_device(w, "weight", gx, "grad_input");
   check_dense(w, "weight");
@@ -683,8 +698,7 @@ void conv_transpose_grad_input(const TensorView& gy, const TensorView& w, const 
   for_groups(r.groups, be, [&](int64_t gi) {
     ConvForwardArgs a{g,
                       gx.dtype,
-                      single_input(offset(static_cast<const void*>(gy.data), gi * g.Cin * plane_in(g), gx.dtype),
-                                   g.x_bs, g.Cin),
+                      grad_output_input(gy, gi, g.Cin, plane_in(g)),
                       offset(static_cast<const void*>(w.data), gi * wg, gx.dtype),
                       nullptr,
                       offset(gx.data, gi * g.Cout * plane_out(g), gx.dtype),
@@ -703,9 +717,9 @@ void conv_transpose_grad_weight(const TensorView& gy, const TensorView& x, const
                                 const ConvParams& p, bool use_emu, void* stream) {
   check_dtype(x, "x", {DType::f32, DType::f64});
   check_dense(x, "x");
-  check_dense(gy, "grad_output");
+  check_plane_dense(gy, "grad_output");
   Problem r = transposed_problem(shape_of(x), shape_of(gw), shape_of(gy), p);
-  check_tensor(gy, "grad_output", gy.shape, gy.ndim, x, "x");
+  check_tensor(gy, "grad_output", gy.shape, gy.ndim, x, "x", false);
   check_same_dtype(gw, "grad_weight", x, "x");
   check_same_device(gw, "grad_weight", x, "x");
   check_dense(gw, "grad_weight");
@@ -713,22 +727,23 @@ void conv_transpose_grad_weight(const TensorView& gy, const TensorView& x, const
   Backend be = pick_backend(x, use_emu);
   // The convolution y -> x's weight gradient: its input is gy (the transposed output), its output gradient x.
   const ConvGeom& g = r.g;
-  grad_weight_run(r, x, ActGrad{}, [&](int64_t gi) {
-    return single_input(offset(static_cast<const void*>(gy.data), gi * g.Cin * plane_in(g), gy.dtype), g.x_bs, g.Cin);
-  }, gw, nullptr, be, stream);
+  grad_weight_run(r, x, ActGrad{}, [&](int64_t gi) { return grad_output_input(gy, gi, g.Cin, plane_in(g)); }, gw,
+                  nullptr, be, stream);
 }
 
 void conv_bias_grad(const TensorView& gy, const TensorView& gb, bool use_emu, void* stream) {
   check_dtype(gy, "grad_output", {DType::f32, DType::f64});
   CK_CHECK_VALUE(gy.ndim >= 2, "grad_output: expected (N, C, ...), got shape ", shape_str(gy));
-  check_dense(gy, "grad_output");
+  check_plane_dense(gy, "grad_output");
   const int64_t bs[1] = {gy.shape[1]};
   check_tensor(gb, "grad_bias", bs, 1, gy, "grad_output");
   check_output(gb, "grad_bias", {{&gy, "grad_output"}});
   Backend be = pick_backend(gy, use_emu);
   int64_t plane = 1;
   for (int i = 2; i < gy.ndim; ++i) plane = checked_mul(plane, gy.shape[i], "the plane size");
-  ConvBiasGradArgs a{gy.shape[0], gy.shape[1], plane, gy.dtype, gy.data, gb.data, gy.device.index};
+  const int64_t cs = gy.shape[1] == 1 ? plane : gy.strides[1];
+  const int64_t gy_bs = gy.shape[0] == 1 ? gy.shape[1] * cs : gy.strides[0];
+  ConvBiasGradArgs a{gy.shape[0], gy.shape[1], plane, gy_bs, cs, gy.dtype, gy.data, gb.data, gy.device.index};
   if (a.C == 0) return;
   if (be == Backend::cpu)
     CK_CPU_CALL(conv_bias_grad_cpu, a);

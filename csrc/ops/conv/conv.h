@@ -138,6 +138,7 @@ struct ConvFoldArgs {
 // gb[c] = sum over n and the plane of gy[n][c] (a transposed convolution's bias gradient). gy: (N, C, plane).
 struct ConvBiasGradArgs {
   int64_t N, C, plane;
+  int64_t bs, cs;  // batch and channel strides of gy (elements); planes are dense
   DType dtype;
   const void* gy;
   void* gb;

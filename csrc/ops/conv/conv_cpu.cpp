@@ -2462,7 +2462,8 @@ void grad_weight_typed(const ConvGradWeightArgs& a) {
 
 // ---- elementwise helpers of the backward --------------------------------------------------------------------
 
-// Per-channel sums over batch and plane (a transposed convolution's bias gradient); fixed order per channel.
+// Per-channel sums over batch and plane (a transposed convolution's bias gradient); fixed order per channel. gy's
+// planes are dense, its channels and batch items at any stride (a channel part of a wider gradient).
 template <class T>
 void bias_grad_typed(const ConvBiasGradArgs& a) {
   using V = Vec<T>;
@@ -2474,7 +2475,7 @@ void bias_grad_typed(const ConvBiasGradArgs& a) {
       V acc[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
       T tail = T(0);
       for (int64_t n = 0; n < a.N; ++n) {
-        const T* p = gy + (n * a.C + c) * a.plane;
+        const T* p = gy + n * a.bs + c * a.cs;
         int64_t i = 0;
         for (; i + 4 * N <= a.plane; i += 4 * N)
           for (int k = 0; k < 4; ++k) acc[k] = acc[k] + V::load(p + i + k * N);

@@ -241,12 +241,12 @@ __global__ void fold_kernel(const T* __restrict__ gp, T* __restrict__ gx, ConvFo
 // (fixed order: deterministic).
 template <class T>
 __global__ void __launch_bounds__(kThreads) bias_grad_kernel(const T* __restrict__ gy, T* __restrict__ gb, int64_t N,
-                                                             int64_t C, int64_t plane) {
+                                                             int64_t plane, int64_t bs, int64_t cs) {
   __shared__ T part[kThreads];
   const int64_t c = blockIdx.x;
   T s = T(0);
   for (int64_t n = 0; n < N; ++n) {
-    const T* p = gy + (n * C + c) * plane;
+    const T* p = gy + n * bs + c * cs;
     for (int64_t i = threadIdx.x; i < plane; i += kThreads) s += p[i];
   }
   part[threadIdx.x] = s;
@@ -262,8 +262,8 @@ template <class T>
 void bias_grad_typed(const ConvBiasGradArgs& a, void* stream) {
   CK_CHECK(a.C <= (int64_t(1) << 31) - 1, "too many channels for one CUDA grid");
   auto k = &bias_grad_kernel<T>;
-  CK_LAUNCH(k, dim3(unsigned(a.C)), kThreads, 0, stream, static_cast<const T*>(a.gy), static_cast<T*>(a.gb), a.N, a.C,
-            a.plane);
+  CK_LAUNCH(k, dim3(unsigned(a.C)), kThreads, 0, stream, static_cast<const T*>(a.gy), static_cast<T*>(a.gb), a.N, a.plane,
+            a.bs, a.cs);
 }
 
 template <class T>

@@ -388,7 +388,7 @@ if torch is not None:
     def _conv_transpose_grad_input_op(grad_out: torch.Tensor, weight: torch.Tensor, input_shape: List[int],
                                       stride: List[int], padding: List[int], dilation: List[int],
                                       groups: int) -> torch.Tensor:
-        gy, wc = _dense(grad_out), _dense(weight)
+        gy, wc = _planes(grad_out), _dense(weight)
         gx = empty(input_shape, gy.dtype, gy.device, "grad_input")
         _C.conv_transpose_grad_input(dl(gy), dl(wc), dl(gx), stride, padding, dilation, groups, emu_flag(gy),
                                      stream_of(gy))
@@ -402,7 +402,7 @@ if torch is not None:
     def _conv_transpose_grad_weight_op(grad_out: torch.Tensor, x: torch.Tensor, weight_shape: List[int],
                                        stride: List[int], padding: List[int], dilation: List[int],
                                        groups: int) -> torch.Tensor:
-        gy, xc = _dense(grad_out), _dense(x)
+        gy, xc = _planes(grad_out), _dense(x)
         gw = empty(weight_shape, gy.dtype, gy.device, "grad_weight")
         _C.conv_transpose_grad_weight(dl(gy), dl(xc), dl(gw), stride, padding, dilation, groups, emu_flag(gy),
                                       stream_of(gy))
@@ -414,7 +414,7 @@ if torch is not None:
 
     @torch.library.custom_op("cellkern::conv_bias_grad", mutates_args=())
     def _conv_bias_grad_op(grad_out: torch.Tensor) -> torch.Tensor:
-        gy = _dense(grad_out)
+        gy = _planes(grad_out)
         gb = torch.empty(gy.shape[1], dtype=gy.dtype, device=gy.device)
         _C.conv_bias_grad(dl(gy), dl(gb), emu_flag(gy), stream_of(gy))
         return gb
@@ -431,7 +431,9 @@ if torch is not None:
 
     def _transpose_backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
-        grad_out = _dense(grad_out)  # once here, not in each of the three gradient ops
+        # Once here, not in each of the three gradient ops. A channel part of a wider gradient (the decoder's
+        # convolution reads the upsampled tensor next to the skip) is read in place.
+        grad_out = _planes(grad_out)
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             gx = torch.ops.cellkern.conv_transpose_grad_input(grad_out, weight, list(x.shape), *ctx.args)
