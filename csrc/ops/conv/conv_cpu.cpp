@@ -840,7 +840,6 @@ constexpr double kG[6][3] = {{1.0 / 4, 0, 0},          {-1.0 / 6, -1.0 / 6, -1.0
 // only the outputs whose window holds it, and finite huge values keep their finite results. (The transforms
 // would spread one NaN to all 16 outputs of every tile holding it, and turn +inf into NaN through inf - inf.)
 // Weights that are not finite send the whole call to the direct kernels.
-//
 struct Weights {
   Scratch<float> raw;     // the layer's weight tensor as given (what a later call is compared with)
   Scratch<float> U;       // U[xi][ob][e][i] = (G g G^T)[xi], output channel ob * MO + i, entry e = (c, kd)
