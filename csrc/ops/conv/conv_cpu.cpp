@@ -1026,13 +1026,49 @@ inline void direct_tile_grad(const float* const* rx, const int64_t* offx, const 
 
 // Writes y[4t + j] = v[j][t] for t < 8, j < 4 (32 floats), or its first `n` values; streaming (cache-bypassing)
 // stores when asked and y is 32-byte aligned.
-inline void store_interleaved4(float* y, const __m256* v, int64_t n, bool stream) {
+// r[k][l] = the (8 k + l)-th of v[j][t] in (t, j) order: r holds y[4 t + j] = v[j][t] for t < 8, j < 4.
+inline void interleave4(const __m256* v, __m256* r) {
   const __m256 ab_lo = _mm256_unpacklo_ps(v[0], v[1]), ab_hi = _mm256_unpackhi_ps(v[0], v[1]);
   const __m256 cd_lo = _mm256_unpacklo_ps(v[2], v[3]), cd_hi = _mm256_unpackhi_ps(v[2], v[3]);
   const __m256 s0 = _mm256_shuffle_ps(ab_lo, cd_lo, 0x44), s1 = _mm256_shuffle_ps(ab_lo, cd_lo, 0xEE);
   const __m256 s2 = _mm256_shuffle_ps(ab_hi, cd_hi, 0x44), s3 = _mm256_shuffle_ps(ab_hi, cd_hi, 0xEE);
-  const __m256 r[4] = {_mm256_permute2f128_ps(s0, s1, 0x20), _mm256_permute2f128_ps(s2, s3, 0x20),
-                       _mm256_permute2f128_ps(s0, s1, 0x31), _mm256_permute2f128_ps(s2, s3, 0x31)};
+  r[0] = _mm256_permute2f128_ps(s0, s1, 0x20);
+  r[1] = _mm256_permute2f128_ps(s2, s3, 0x20);
+  r[2] = _mm256_permute2f128_ps(s0, s1, 0x31);
+  r[3] = _mm256_permute2f128_ps(s2, s3, 0x31);
+}
+
+// y[4 t + j] += v[j][t] for t < 8, j < 4.
+inline void add_interleaved4(float* y, const __m256* v) {
+  __m256 r[4];
+  interleave4(v, r);
+  for (int k = 0; k < 4; ++k) _mm256_storeu_ps(y + 8 * k, _mm256_add_ps(_mm256_loadu_ps(y + 8 * k), r[k]));
+}
+
+// dst[t * stride + c] = src[c * 8 + t] for c, t < 8 (src 32-byte aligned).
+inline void transpose8(const float* src, float* dst, int64_t stride) {
+  __m256 r[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_load_ps(src + 8 * i);
+  __m256 t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int h = 0; h < 2; ++h) {  // rows 4h .. 4h + 3: u[4h + m] holds columns m | m + 4 of them
+    u[4 * h + 0] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0x44);
+    u[4 * h + 1] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0xEE);
+    u[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0x44);
+    u[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0xEE);
+  }
+  for (int m = 0; m < 4; ++m) {
+    _mm256_storeu_ps(dst + m * stride, _mm256_permute2f128_ps(u[m], u[4 + m], 0x20));
+    _mm256_storeu_ps(dst + (m + 4) * stride, _mm256_permute2f128_ps(u[m], u[4 + m], 0x31));
+  }
+}
+
+inline void store_interleaved4(float* y, const __m256* v, int64_t n, bool stream) {
+  __m256 r[4];
+  interleave4(v, r);
   if (n >= 32) {
     if (stream && (reinterpret_cast<uintptr_t>(y) & 31) == 0)
       for (int k = 0; k < 4; ++k) _mm256_stream_ps(y + 8 * k, r[k]);
@@ -1927,7 +1963,7 @@ void winograd_grad_weight(const ConvGradWeightArgs& a) {
   using V = Vec<float>;
   constexpr int N = V::N;
   const ConvGeom& g = a.g;
-  const int64_t KD = g.k[0], E = g.Cin * KD, OB = ceil_div(g.Cout, MO), CP = OB * MO, EP = round_up(E, 3);
+  const int64_t KD = g.k[0], E = g.Cin * KD, OB = ceil_div(g.Cout, MO), CP = OB * MO, EP = round_up(E, N);
   const int64_t TH = ceil_div(g.out[1], 4), TWt = ceil_div(g.out[2], 4), OD = g.out[0];
   constexpr int64_t TB = 96;
   const int64_t G = TWt < TB ? std::max<int64_t>(1, TB / TWt) : 1;
@@ -1978,10 +2014,11 @@ void winograd_grad_weight(const ConvGradWeightArgs& a) {
       const int64_t* offx = sx.tap_offsets();
       const int64_t* offy = sy.tap_offsets();
       std::vector<double>& dp = dparts[size_t(slot)];
-      Scratch<float> Xb(size_t(36 * EP * TP), 0.f), Yb(size_t(36 * CP * TP), 0.f);
-      std::vector<const float*> xrows(size_t(36 * EP));
-      for (int64_t xi = 0; xi < 36; ++xi)
-        for (int64_t e = 0; e < EP; ++e) xrows[size_t(xi * EP + e)] = Xb.data() + (xi * EP + e) * TP;
+      // Xt[xi][tile][e] (channels contiguous) and Yt[xi][ob][tile][i] (MO channels per tile): the forward's GEMM
+      // with tiles as its entries, Yt as its packed weights and Xt's rows as its input rows.
+      Scratch<float> Xt(size_t(36 * TP * EP), 0.f), Yt(size_t(36 * OB * TP * MO), 0.f);
+      std::vector<const float*> xrows(size_t(36 * TP));
+      for (int64_t q = 0; q < 36 * TP; ++q) xrows[size_t(q)] = Xt.data() + q * EP;
       alignas(32) __m256 tr[6][6];
       const int64_t b0 = blocks * slot / T_, b1 = blocks * (slot + 1) / T_;
       // Blocks are chunk-major (each chunk keeps its panels' column window), then (n, od, tile row group).
@@ -1994,7 +2031,6 @@ void winograd_grad_weight(const ConvGradWeightArgs& a) {
           sy.set_chunk(tc0, tvalid);
         }
         const int64_t t_row0 = trg * G, gr = std::min(G, TH - t_row0), ntiles = gr * tvalid;
-        const int64_t nv = ceil_div(ntiles, N);
         int64_t nn[TB], odd[TB], th[TB];
         for (int64_t j = 0; j < gr; ++j) {
           nn[j] = n;
@@ -2013,53 +2049,69 @@ void winograd_grad_weight(const ConvGradWeightArgs& a) {
             sy.queue_next(nnn, nod, ntrg * G + j, true);
           }
         }
-        const int pf_per_gemm = int(ceil_div(sx.queued_lines() + sy.queued_lines(), 36 * OB));
-        // X[xi][e][tile]: the forward's input transform; row j of the group at tile j * tvalid, in order (a vector
-        // running past a row's end is overwritten by the next row's).
+        const int pf_per_gemm = int(ceil_div(sx.queued_lines() + sy.queued_lines(), 36 * OB * ceil_div(EP, MV * N)));
+        // Xt: the forward's input transform, 8 channels x 8 tiles at a time through a stack buffer, then an 8 x 8
+        // transpose per xi. Row j of the group starts at tile j * tvalid, rows in order: the tiles a vector writes
+        // past a row's end are overwritten by the next row's.
         for (int64_t j = 0; j < gr; ++j) {
           const float* const* rows = sx.rows(j);
-          for (int64_t e = 0; e < E; ++e)
-            for (int64_t t0 = 0; t0 < tvalid; t0 += N) {
-              for (int r = 0; r < 6; ++r) {
-                const float* p = rows[e * 6 + r] + t0;
-                __m256 d[6];
-                for (int q = 0; q < 6; ++q) d[q] = _mm256_loadu_ps(p + offx[q]);
-                wino::bt6(d, tr[r]);
+          for (int64_t t0 = 0; t0 < tvalid; t0 += N)
+            for (int64_t e0 = 0; e0 < EP; e0 += N) {
+              alignas(32) float tmp[36][N][N];  // [xi][channel][tile]
+              for (int c = 0; c < N; ++c) {
+                const int64_t e = e0 + c;
+                if (e >= E) {
+                  for (int xi = 0; xi < 36; ++xi) _mm256_store_ps(tmp[xi][c], _mm256_setzero_ps());
+                  continue;
+                }
+                for (int r = 0; r < 6; ++r) {
+                  const float* p = rows[e * 6 + r] + t0;
+                  __m256 d[6];
+                  for (int q = 0; q < 6; ++q) d[q] = _mm256_loadu_ps(p + offx[q]);
+                  wino::bt6(d, tr[r]);
+                }
+                for (int k = 0; k < 6; ++k) {
+                  __m256 col[6], y[6];
+                  for (int r = 0; r < 6; ++r) col[r] = tr[r][k];
+                  wino::bt6(col, y);
+                  for (int q = 0; q < 6; ++q) _mm256_store_ps(tmp[q * 6 + k][c], y[q]);
+                }
               }
-              for (int k = 0; k < 6; ++k) {
-                __m256 col[6], y[6];
-                for (int r = 0; r < 6; ++r) col[r] = tr[r][k];
-                wino::bt6(col, y);
-                for (int q = 0; q < 6; ++q) _mm256_storeu_ps(Xb.data() + ((q * 6 + k) * EP + e) * TP + j * tvalid + t0, y[q]);
-              }
+              for (int xi = 0; xi < 36; ++xi)
+                wino::transpose8(tmp[xi][0], Xt.data() + (xi * TP + j * tvalid + t0) * EP + e0, EP);
             }
         }
-        // Y[xi][k][tile] = A gy A^T, the same placement; lanes past the block's last tile are zeroed, so that the
-        // GEMMs' whole vectors add nothing for them.
+        // Yt: A gy A^T for the MO channels of a block and 8 tiles, interleaved channel-fastest; the same placement.
         for (int64_t j = 0; j < gr; ++j) {
           const float* const* rows = sy.rows(j);
-          for (int64_t k = 0; k < g.Cout; ++k)
+          for (int64_t ob = 0; ob < OB; ++ob)
             for (int64_t t0 = 0; t0 < tvalid; t0 += N) {
-              __m256 h[4][6];
-              for (int r = 0; r < 4; ++r) {
-                const float* p = rows[k * 4 + r] + t0;
-                __m256 v[4];
-                for (int q = 0; q < 4; ++q) v[q] = _mm256_loadu_ps(p + offy[q]);
-                wino::a6(v, h[r]);
+              __m256 tmp[36][MO];
+              for (int i = 0; i < MO; ++i) {
+                const int64_t k = ob * MO + i;
+                if (k >= g.Cout) {
+                  for (int xi = 0; xi < 36; ++xi) tmp[xi][i] = _mm256_setzero_ps();
+                  continue;
+                }
+                __m256 h[4][6];
+                for (int r = 0; r < 4; ++r) {
+                  const float* p = rows[k * 4 + r] + t0;
+                  __m256 v[4];
+                  for (int q = 0; q < 4; ++q) v[q] = _mm256_loadu_ps(p + offy[q]);
+                  wino::a6(v, h[r]);
+                }
+                for (int c = 0; c < 6; ++c) {
+                  __m256 col[4], y[6];
+                  for (int r = 0; r < 4; ++r) col[r] = h[r][c];
+                  wino::a6(col, y);
+                  for (int q = 0; q < 6; ++q) tmp[q * 6 + c][i] = y[q];
+                }
               }
-              for (int c = 0; c < 6; ++c) {
-                __m256 col[4], y[6];
-                for (int r = 0; r < 4; ++r) col[r] = h[r][c];
-                wino::a6(col, y);
-                for (int q = 0; q < 6; ++q) _mm256_storeu_ps(Yb.data() + ((q * 6 + c) * CP + k) * TP + j * tvalid + t0, y[q]);
-              }
+              for (int xi = 0; xi < 36; ++xi)
+                wino::store_interleaved4(Yt.data() + ((xi * OB + ob) * TP + j * tvalid + t0) * MO, tmp[xi], 32,
+                                         false);
             }
         }
-        for (int64_t xi = 0; xi < 36; ++xi)
-          for (int64_t k = 0; k < g.Cout; ++k) {
-            float* row = Yb.data() + (xi * CP + k) * TP;
-            std::fill(row + ntiles, row + nv * N, 0.f);
-          }
         for (int64_t j = 0; j < gr; ++j) {  // tiles over the limits: out of the GEMMs, into direct sums
           const float xm = from_bits(sx.magnitude(j)), gm = from_bits(sy.magnitude(j));
           if (xm <= x_lim && gm <= gy_lim && xm * gm <= prod_lim) continue;
@@ -2072,34 +2124,43 @@ void winograd_grad_weight(const ConvGradWeightArgs& a) {
             for (int64_t l = 0; l < N && t0 + l < tvalid; ++l) {
               if (xmax[l] <= x_lim && gmax[l] <= gy_lim && xmax[l] * gmax[l] <= prod_lim) continue;
               const int64_t t = t0 + l, lane = j * tvalid + t;
-              for (int64_t q = 0; q < 36 * EP; ++q) Xb[size_t(q * TP + lane)] = 0.f;
-              for (int64_t q = 0; q < 36 * CP; ++q) Yb[size_t(q * TP + lane)] = 0.f;
+              for (int64_t xi = 0; xi < 36; ++xi) {
+                std::fill_n(Xt.data() + (xi * TP + lane) * EP, EP, 0.f);
+                for (int64_t ob = 0; ob < OB; ++ob) std::fill_n(Yt.data() + ((xi * OB + ob) * TP + lane) * MO, MO, 0.f);
+              }
               if (dp.empty()) dp.assign(size_t(g.Cout * E * 9 + g.Cout), 0.0);
               wino::direct_tile_grad(rx, offx, ry, offy, t, E, g.Cout, std::min<int64_t>(4, g.out[1] - (t_row0 + j) * 4),
                                      std::min<int64_t>(4, g.out[2] - (tc0 + t) * 4), dp.data(), dp.data() + g.Cout * E * 9);
             }
           }
         }
-        for (int64_t k = 0; k < g.Cout; ++k) {  // the bias: Y at xi = (1, 1) is each tile's sum of gy
-          const float* row = Yb.data() + (7 * CP + k) * TP;
-          V s = V::zero();
-          for (int64_t v = 0; v < nv; ++v) s = s + V::load(row + v * N);
-          bp[size_t(k)] += s.hsum();
+        for (int64_t ob = 0; ob < OB; ++ob) {  // the bias: Y at xi = (1, 1) is each tile's sum of gy
+          const float* row = Yt.data() + (7 * OB + ob) * TP * MO;
+          __m128 sum = _mm_setzero_ps();
+          for (int64_t t = 0; t < ntiles; ++t) sum = _mm_add_ps(sum, _mm_loadu_ps(row + t * MO));
+          _mm_storeu_ps(bp.data() + ob * MO, _mm_add_ps(_mm_loadu_ps(bp.data() + ob * MO), sum));
         }
-        // The 36 GEMMs over this block's tiles (padded entries read X rows that stay zero).
+        // The 36 GEMMs over this block's tiles: the forward's micro-kernel, a block of MO output channels x 24
+        // entries accumulated over every tile in registers, then added to M once (the reduction over tiles in
+        // vector lanes it replaces ended every 12 vectors in horizontal adds: the weight gradient ran 1.5x the
+        // forward's time at 128 channels). Padded entries read Xt columns that stay zero.
+        static const int64_t zero_off[1] = {0};
         for (int64_t xi = 0; xi < 36; ++xi)
-          for (int64_t ob = 0; ob < OB; ++ob) {
-            const float* gt = Yb.data() + (xi * CP + ob * MO) * TP;
-            float* pb = Mp.data() + (xi * OB + ob) * EP * MO;
-            sx.pump(pf_per_gemm);
-            sy.pump(pf_per_gemm);
-            for (int64_t e = 0; e < EP; e += 3) {
-              V acc[MO][3];
-              micro_gw<float>(1, gt, nv * N, ntiles, TP, xrows.data() + xi * EP + e, 3, acc);
-              for (int t = 0; t < 3; ++t) {
-                const V col[MO] = {acc[0][t], acc[1][t], acc[2][t], acc[3][t]};
-                reduce4_add(col, pb + (e + t) * MO);
+          for (int64_t e0 = 0; e0 < EP; e0 += MV * N) {
+            const int nvec = int(std::min<int64_t>(MV, (EP - e0) / N));
+            const MicroFwd<float> micro = pick_micro_fwd<float>(nvec, 1);
+            for (int64_t ob = 0; ob < OB; ++ob) {
+              V acc[MO][MV];
+              for (int i = 0; i < MO; ++i)
+                for (int jv = 0; jv < MV; ++jv) acc[i][jv] = V::zero();
+              micro(xrows.data() + xi * TP, ntiles, e0, 1, zero_off, Yt.data() + (xi * OB + ob) * TP * MO, acc);
+              float* pb = Mp.data() + ((xi * OB + ob) * EP + e0) * MO;
+              for (int jv = 0; jv < nvec; ++jv) {
+                const __m256 v[MO] = {acc[0][jv].v, acc[1][jv].v, acc[2][jv].v, acc[3][jv].v};
+                wino::add_interleaved4(pb + jv * N * MO, v);
               }
+              sx.pump(pf_per_gemm);
+              sy.pump(pf_per_gemm);
             }
           }
       }
