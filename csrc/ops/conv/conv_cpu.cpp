@@ -1947,17 +1947,18 @@ static_assert(MO == 4, "reduce4_add reduces MO = 4 accumulators");
 //   gw = G^T [ sum over tiles of (A gy_tile A^T) .* (B^T x_tile B) ] G,
 // so per 6x6 input tile and 4x4 gy tile 36 products stand for the 144 of the direct sum (the transforms are the
 // forward's panel and input transform for x, a6 for gy). The sum over tiles is 36 GEMMs M[xi][k][e] = sum_t
-// Y[xi][k][t] X[xi][e][t] with the tiles in the vector lanes (micro_gw, the direct path's reduction kernel);
-// G^T M G runs once at the end, in double. A 3x3x3 kernel's depth taps are entries e = (c, kd), as in the forward.
-// Blocks of up to TB tiles, tile rows grouped when narrower, keep micro_gw's reductions over many tiles; each
-// thread sums its own M over a fixed range of blocks (deterministic for a fixed thread count). The bias gradient
-// is the sum of Y at xi = (1, 1) (A's second row is all ones).
+// Y[xi][k][t] X[xi][e][t] on the forward's micro-kernel, the tiles as its entries (Y packed MO channels per tile
+// as its weights, X channel-contiguous per tile as its input rows); G^T M G runs once at the end, in double. A
+// 3x3x3 kernel's depth taps are entries e = (c, kd), as in the forward. Blocks of up to TB tiles, tile rows
+// grouped when narrower, keep each GEMM's sum over many tiles in registers; each thread sums its own M over a
+// fixed range of blocks (deterministic for a fixed thread count). The bias gradient is the sum of Y at
+// xi = (1, 1) (A's second row is all ones).
 //
 // Non-finite and huge values (as wino::Weights explains for the forward): here |X| <= 100 max|x| (B as there),
 // |Y| <= 225 max|gy| (A's row sums reach 15), and M sums up to T tiles of X Y, so a tile takes the transforms
 // when max|x| <= FLT_MAX / 200, max|gy| <= FLT_MAX / 450 and max|x| max|gy| <= FLT_MAX / (45000 T): no
 // intermediate overflows and the direct sum of its products is finite too. Other tiles are taken out of the
-// GEMMs (their lanes zeroed) and add their products of gy and x directly, only over outputs inside the output
+// GEMMs (their X and Y rows zeroed) and add their products of gy and x directly, only over outputs inside the output
 // (the transforms' zero padding of gy past the output times an inf x would make NaN where torch has none).
 void winograd_grad_weight(const ConvGradWeightArgs& a) {
   using V = Vec<float>;
