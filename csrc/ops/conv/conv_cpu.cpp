@@ -2020,7 +2020,6 @@ void winograd_grad_weight(const ConvGradWeightArgs& a) {
       Scratch<float> Xt(size_t(36 * TP * EP), 0.f), Yt(size_t(36 * OB * TP * MO), 0.f);
       std::vector<const float*> xrows(size_t(36 * TP));
       for (int64_t q = 0; q < 36 * TP; ++q) xrows[size_t(q)] = Xt.data() + q * EP;
-      alignas(32) __m256 tr[6][6];
       const int64_t b0 = blocks * slot / T_, b1 = blocks * (slot + 1) / T_;
       // Blocks are chunk-major (each chunk keeps its panels' column window), then (n, od, tile row group).
       for (int64_t blk = b0; blk < b1; ++blk) {
@@ -2061,22 +2060,10 @@ void winograd_grad_weight(const ConvGradWeightArgs& a) {
               alignas(32) float tmp[36][N][N];  // [xi][channel][tile]
               for (int c = 0; c < N; ++c) {
                 const int64_t e = e0 + c;
-                if (e >= E) {
+                if (e < E)
+                  wino::input_tiles(rows + e * 6, offx, t0, tmp[0][c], N * N);
+                else
                   for (int xi = 0; xi < 36; ++xi) _mm256_store_ps(tmp[xi][c], _mm256_setzero_ps());
-                  continue;
-                }
-                for (int r = 0; r < 6; ++r) {
-                  const float* p = rows[e * 6 + r] + t0;
-                  __m256 d[6];
-                  for (int q = 0; q < 6; ++q) d[q] = _mm256_loadu_ps(p + offx[q]);
-                  wino::bt6(d, tr[r]);
-                }
-                for (int k = 0; k < 6; ++k) {
-                  __m256 col[6], y[6];
-                  for (int r = 0; r < 6; ++r) col[r] = tr[r][k];
-                  wino::bt6(col, y);
-                  for (int q = 0; q < 6; ++q) _mm256_store_ps(tmp[q * 6 + k][c], y[q]);
-                }
               }
               for (int xi = 0; xi < 36; ++xi)
                 wino::transpose8(tmp[xi][0], Xt.data() + (xi * TP + j * tvalid + t0) * EP + e0, EP);
