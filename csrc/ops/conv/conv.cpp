@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <utility>
 
 #include "core/parallel.h"
 #include "core/validate.h"
@@ -670,9 +671,15 @@ void conv_transpose_forward(const TensorView& x, const TensorView& w, const Tens
 // A transposed convolution's grad_output (dense planes, checked) as the one-part input of group gi, at its own
 // batch and channel strides: the gradient of one channel part of a wider tensor (a U-Net's upsampling, whose
 // output the next convolution reads next to the skip) arrives as such a view, and is read without a copy.
+// (batch stride, channel stride) of a tensor with dense planes of `plane` elements; a dim of size 1 gets the
+// dense stride whatever its own (torch leaves those free).
+std::pair<int64_t, int64_t> plane_strides(const TensorView& t, int64_t plane) {
+  const int64_t cs = t.shape[1] == 1 ? plane : t.strides[1];
+  return {t.shape[0] == 1 ? t.shape[1] * cs : t.strides[0], cs};
+}
+
 ConvInput grad_output_input(const TensorView& gy, int64_t gi, int64_t channels, int64_t plane) {
-  const int64_t cs = gy.shape[1] == 1 ? plane : gy.strides[1];
-  const int64_t bs = gy.shape[0] == 1 ? gy.shape[1] * cs : gy.strides[0];
+  const auto [bs, cs] = plane_strides(gy, plane);
   ConvInput in = single_input(offset(static_cast<const void*>(gy.data), gi * channels * cs, gy.dtype), bs, channels);
   in.cs[0] = cs == plane ? 0 : cs;
   return in;
@@ -741,9 +748,8 @@ void conv_bias_grad(const TensorView& gy, const TensorView& gb, bool use_emu, vo
   Backend be = pick_backend(gy, use_emu);
   int64_t plane = 1;
   for (int i = 2; i < gy.ndim; ++i) plane = checked_mul(plane, gy.shape[i], "the plane size");
-  const int64_t cs = gy.shape[1] == 1 ? plane : gy.strides[1];
-  const int64_t gy_bs = gy.shape[0] == 1 ? gy.shape[1] * cs : gy.strides[0];
-  ConvBiasGradArgs a{gy.shape[0], gy.shape[1], plane, gy_bs, cs, gy.dtype, gy.data, gb.data, gy.device.index};
+  const auto [gy_bs, gy_cs] = plane_strides(gy, plane);
+  ConvBiasGradArgs a{gy.shape[0], gy.shape[1], plane, gy_bs, gy_cs, gy.dtype, gy.data, gb.data, gy.device.index};
   if (a.C == 0) return;
   if (be == Backend::cpu)
     CK_CPU_CALL(conv_bias_grad_cpu, a);
