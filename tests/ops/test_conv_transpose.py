@@ -103,7 +103,10 @@ def test_gradient_of_a_channel_part_is_read_in_place(backend, case):
                         (ops.conv_transpose_grad_weight(gy, x, list(w.shape), *args),
                          ops.conv_transpose_grad_weight(gy.contiguous(), x, list(w.shape), *args)),
                         (ops.conv_bias_grad(gy), ops.conv_bias_grad(gy.contiguous()))]:
-        torch.testing.assert_close(view, dense, rtol=0, atol=0)
+        if str(backend.device).startswith("cuda"):  # CUDA weight gradients sum with atomics: last bits vary
+            _close(view, dense, torch.float32, f"strided grad_output {case}")
+        else:
+            torch.testing.assert_close(view, dense, rtol=0, atol=0)
     # Through autograd: a concatenation's backward hands each part such a slice.
     ins = [t.requires_grad_(True) for t in (x, w, b)]
     other = torch.randn((y.shape[0], 5) + y.shape[2:], generator=gen).to(backend.device)
