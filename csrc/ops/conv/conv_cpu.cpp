@@ -843,11 +843,13 @@ constexpr double kG[6][3] = {{1.0 / 4, 0, 0},          {-1.0 / 6, -1.0 / 6, -1.0
 struct Weights {
   Scratch<float> raw;     // the layer's weight tensor as given (what a later call is compared with)
   Scratch<float> U;       // U[xi][ob][e][i] = (G g G^T)[xi], output channel ob * MO + i, entry e = (c, kd)
-  Scratch<float> wd;      // wd[o][e][3 x 3]: the same taps untransformed (flipped for the input gradient)
+  Scratch<float> flipped;  // with flip: the taps transposed and reversed, [o][e][3 x 3] (raw is that already without)
   float x_limit = 0.f;    // inputs above it (and inf, NaN) make a tile direct
   bool finite = true;     // every weight finite
   bool flip = false;
   int64_t cout = 0, E = 0, OB = 0, cin = 0, KD = 0;
+  // wd[o][e][3 x 3]: the taps untransformed, as the direct tiles read them.
+  const float* wd() const { return flip ? flipped.data() : raw.data(); }
 };
 
 // Tap k (kh * 3 + kw) of wd[o][e] read from the weight tensor w: itself, or for the input gradient (flip) the
@@ -878,7 +880,7 @@ inline Weights transform_weights(const float* w, int64_t cout, int64_t E, int64_
   const size_t span = weight_span(cout, E, flip, cin, KD);
   r.raw = Scratch<float>(span);
   std::memcpy(r.raw.data(), w, span * sizeof(float));
-  r.wd = Scratch<float>(size_t(cout * E * 9));
+  if (flip) r.flipped = Scratch<float>(size_t(cout * E * 9));
   r.U = Scratch<float>(size_t(36 * OB * E * MO));
   std::mutex mu;
   double wmax = 0;
@@ -891,7 +893,7 @@ inline Weights transform_weights(const float* w, int64_t cout, int64_t E, int64_
           const int64_t o = ob * MO + i;
           for (int k = 0; k < 9; ++k) {
             const float v = o < cout ? tap_of(w, o, e, k, E, flip, cin, KD) : 0.f;
-            if (o < cout) r.wd[size_t((o * E + e) * 9 + k)] = v;
+            if (flip && o < cout) r.flipped[size_t((o * E + e) * 9 + k)] = v;
             g[k][i] = v;
             m = std::isnan(v) ? INFINITY : std::max(m, std::fabs(double(v)));
           }
@@ -944,7 +946,7 @@ inline std::shared_ptr<const Weights> weights_for(const float* w, int64_t cout, 
       }
   }
   auto r = std::make_shared<const Weights>(transform_weights(w, cout, E, OB, flip_transpose, cin, KD));
-  const auto bytes = [](const Weights& c) { return (c.raw.size() + c.U.size() + c.wd.size()) * sizeof(float); };
+  const auto bytes = [](const Weights& c) { return (c.raw.size() + c.U.size() + c.flipped.size()) * sizeof(float); };
   if (bytes(*r) <= kCacheBytes / 4) {
     std::lock_guard<std::mutex> lock(mu);
     cache.push_front(r);
@@ -1259,7 +1261,7 @@ void winograd_forward_2d(const ConvGeom& g, const ConvInput& x, const wino::Weig
             for (int64_t l = 0; l < V::N && t0 + l < ntc; ++l)
               if (flags >> l & 1) {
                 const int64_t c0 = (tc0 + t0 + l) * 4;
-                wino::direct_tile(src.rows(j), off, t0 + l, Cin, W.wd.data(), g.Cout, o.bias, o.act, o.slope,
+                wino::direct_tile(src.rows(j), off, t0 + l, Cin, W.wd(), g.Cout, o.bias, o.act, o.slope,
                                   o.y + n * o.bs + (od * g.out[1] + oh0) * g.out[2] + c0, o.plane, g.out[2],
                                   std::min<int64_t>(4, g.out[1] - oh0), std::min<int64_t>(4, g.out[2] - c0), scratch);
               }
@@ -1378,7 +1380,7 @@ void winograd_forward(const ConvGeom& g, const ConvInput& x, const wino::Weights
             for (int64_t l = 0; l < 8 && t0 + l < tvalid; ++l)
               if (flags >> l & 1) {
                 const int64_t c0 = (tc0 + t0 + l) * 4;
-                wino::direct_tile(rows, off, t0 + l, E, W.wd.data(), g.Cout, o.bias, o.act, o.slope, y0 + c0, o.plane,
+                wino::direct_tile(rows, off, t0 + l, E, W.wd(), g.Cout, o.bias, o.act, o.slope, y0 + c0, o.plane,
                                   g.out[2], nrow, std::min<int64_t>(4, g.out[2] - c0), scratch);
               }
           }
