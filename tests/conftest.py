@@ -28,7 +28,7 @@ def pytest_collection_modifyitems(config, items):
 
 @dataclass
 class Backend:
-    name: str      # cpu | cpu-base | emu-forward | emu-reverse | emu-random | cuda
+    name: str      # cpu | cpu-avx2 | cpu-base | emu-forward | emu-reverse | emu-random | cuda
     device: str    # where test tensors live
 
     @property
@@ -36,13 +36,17 @@ class Backend:
         return self.name.startswith("emu")
 
 
-BACKENDS = ["cpu", "cpu-base", "emu-forward", "emu-reverse", "emu-random", pytest.param("cuda", marks=pytest.mark.gpu)]
+# "cpu" is the best CPU variant of this machine; older variants it also runs are tested by name (cpu-avx2 where the
+# best is avx512; cpu-base everywhere).
+_OLDER_CPU = ["cpu-avx2"] if _C.cpu_isa() == "avx512" else []
+BACKENDS = ["cpu", *_OLDER_CPU, "cpu-base", "emu-forward", "emu-reverse", "emu-random",
+            pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 def _activate(request, monkeypatch, name):
-    if name == "cpu-base":
+    if name in ("cpu-base", "cpu-avx2"):
         previous = _C.cpu_isa()
-        assert _C.set_cpu_isa("base")
+        assert _C.set_cpu_isa(name[4:])
         request.addfinalizer(lambda: _C.set_cpu_isa(previous))
     if name.startswith("emu"):
         order = name.split("-")[1]
@@ -50,6 +54,16 @@ def _activate(request, monkeypatch, name):
         token = _ext._use_emu.set(True)
         request.addfinalizer(lambda: _ext._use_emu.reset(token))
     return Backend(name, "cuda" if name == "cuda" else "cpu")
+
+
+@pytest.fixture(params=["cpu", *_OLDER_CPU])
+def cpu_variant(request):
+    """The machine's best CPU kernel variant, then each older one with its own kernels (not the portable path)."""
+    if request.param != "cpu":
+        previous = _C.cpu_isa()
+        assert _C.set_cpu_isa(request.param[4:])
+        request.addfinalizer(lambda: _C.set_cpu_isa(previous))
+    return _C.cpu_isa()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds cellkern's C++ (_C with both CPU variants, _emu; CUDA off) with AddressSanitizer + UndefinedBehaviorSanitizer
+# Builds cellkern's C++ (_C with every CPU variant, _emu; CUDA off) with AddressSanitizer + UndefinedBehaviorSanitizer
 # and runs the CPU and emulator tests on it. Exit 0 means the tests passed and no sanitizer reported anything.
 #
 #   tools/sanitize.sh            every test (about 40 min on 2 cores), -O1
@@ -26,7 +26,7 @@ done
 python=${PYTHON:-$(command -v python || command -v python3)}
 
 if [ $ci = 1 ]; then build=build/sanitize-ci opt="-O0 -g1"; else build=build/sanitize opt="-O1 -g"; fi
-# -O0 compiles the two CPU variants in half the time; -O1 finds the same bugs and runs the whole suite faster.
+# -O0 compiles the three CPU variants in half the time; -O1 finds the same bugs and runs the whole suite faster.
 cmake -S . -B "$build" -G Ninja -DCELLKERN_SANITIZE=ON -DCELLKERN_CUDA=OFF -DCMAKE_BUILD_TYPE=Debug \
       -DCMAKE_CXX_FLAGS_DEBUG="$opt" -DPython_EXECUTABLE="$python" \
       -Dpybind11_DIR="$("$python" -m pybind11 --cmakedir)" >/dev/null

@@ -97,8 +97,10 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "set_cpu_isa",
       [](const std::string& name) {
-        CK_CHECK_VALUE(name == "avx2" || name == "base", "cpu isa must be 'avx2' or 'base', got '", name, "'");
-        return set_cpu_isa(name == "avx2" ? CpuIsa::avx2 : CpuIsa::base);
+        CpuIsa isa;
+        CK_CHECK_VALUE(cpu_isa_from_name(name.c_str(), &isa), "cpu isa must be 'avx512', 'avx2' or 'base', got '", name,
+                       "'");
+        return set_cpu_isa(isa);
       },
       py::arg("name"), "Choose the CPU kernel variant; returns False if this CPU or build lacks it.");
   m.def("build_info", [] {

@@ -8,19 +8,28 @@
 namespace ck {
 namespace {
 
-bool avx2_supported() {
+bool supported(CpuIsa isa) {
+  if (isa == CpuIsa::base) return true;
 #if defined(CK_HAVE_AVX2) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-  return false;
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (isa == CpuIsa::avx2) return avx2;
+#if defined(CK_HAVE_AVX512)
+  // libgcc checks XCR0 too: the OS saves the 512-bit state.
+  return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
 #endif
+#endif
+  return false;
 }
 
 CpuIsa detect() {
+  CpuIsa best = supported(CpuIsa::avx512) ? CpuIsa::avx512 : supported(CpuIsa::avx2) ? CpuIsa::avx2 : CpuIsa::base;
+  // CELLKERN_CPU_ISA may only choose an older variant than the CPU's best (an unknown name is ignored).
+  CpuIsa forced;
   const char* force = std::getenv("CELLKERN_CPU_ISA");
-  if (force && std::strcmp(force, "base") == 0) return CpuIsa::base;
-  return avx2_supported() ? CpuIsa::avx2 : CpuIsa::base;
+  if (force && cpu_isa_from_name(force, &forced) && int(forced) < int(best)) best = forced;
+  return best;
 }
 
 std::atomic<int>& current() {
@@ -30,12 +39,25 @@ std::atomic<int>& current() {
 
 }  // namespace
 
+bool cpu_isa_from_name(const char* name, CpuIsa* isa) {
+  static const char* const names[] = {"base", "avx2", "avx512"};
+  for (int i = 0; i < 3; ++i)
+    if (std::strcmp(name, names[i]) == 0) {
+      *isa = CpuIsa(i);
+      return true;
+    }
+  return false;
+}
+
 CpuIsa cpu_isa() { return CpuIsa(current().load(std::memory_order_relaxed)); }
 
-const char* cpu_isa_name() { return cpu_isa() == CpuIsa::avx2 ? "avx2" : "base"; }
+const char* cpu_isa_name() {
+  const CpuIsa isa = cpu_isa();
+  return isa == CpuIsa::avx512 ? "avx512" : isa == CpuIsa::avx2 ? "avx2" : "base";
+}
 
 bool set_cpu_isa(CpuIsa isa) {
-  if (isa == CpuIsa::avx2 && !avx2_supported()) return false;
+  if (!supported(isa)) return false;
   current().store(int(isa));
   return true;
 }

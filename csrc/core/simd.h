@@ -1,4 +1,5 @@
-// The small SIMD vocabulary CPU kernels use: AVX2 vectors when the TU is built with -mavx2 -mfma, else one lane.
+// The small SIMD vocabulary CPU kernels use: AVX2 vectors when the TU is built with -mavx2 -mfma, else one lane;
+// Wide<float>, 512 bits when built with AVX-512, for the GEMM micro-kernels alone.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -217,6 +218,38 @@ using Vec = Avx2<T>;
 #else
 template <class T>
 using Vec = Scalar<T>;
+#endif
+
+// The GEMM micro-kernels' vector (the Winograd products): what their loop needs, 16 lanes on AVX-512. Everything else
+// stays on Vec, whose 8 lanes the transforms and the panel layouts are written for; half(h) hands a wide vector's
+// lanes 8h .. 8h + 7 back to them.
+#if CK_SIMD_AVX2 && defined(__AVX512F__) && defined(__AVX512DQ__)
+#define CK_SIMD_AVX512 1
+struct Avx512F {
+  static constexpr int N = 16;
+  __m512 v;
+  static Avx512F load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  static Avx512F set1(float x) { return {_mm512_set1_ps(x)}; }
+  static Avx512F zero() { return {_mm512_setzero_ps()}; }
+  void store(float* p) const { _mm512_storeu_ps(p, v); }
+  static Avx512F fmadd(Avx512F a, Avx512F b, Avx512F c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+  Avx2<float> half(int h) const {
+    return {h == 0 ? _mm512_castps512_ps256(v) : _mm512_extractf32x8_ps(v, 1)};
+  }
+};
+template <class T>
+struct WideOf {
+  using type = Vec<T>;
+};
+template <>
+struct WideOf<float> {
+  using type = Avx512F;
+};
+template <class T>
+using Wide = typename WideOf<T>::type;
+#else
+template <class T>
+using Wide = Vec<T>;
 #endif
 
 }  // namespace simd

@@ -198,7 +198,7 @@ def test_winograd_weight_cache_sees_every_tap_a_channel_part_uses():
     assert not torch.equal(before[:, 15], after[:, 15])
 
 
-def test_forward_and_input_gradient_do_not_depend_on_the_thread_count():
+def test_forward_and_input_gradient_do_not_depend_on_the_thread_count(cpu_variant):
     """Tiled and resumed runs (other processes, other thread counts) must reproduce a whole run bit for bit. The
     weights are transformed afresh for each thread count: the CPU's cache of transformed weights holds 32 layers,
     and 40 others pass through it in between."""
@@ -222,7 +222,7 @@ def test_forward_and_input_gradient_do_not_depend_on_the_thread_count():
     assert torch.equal(runs[0][1], runs[1][1])
 
 
-def test_first_layer_and_wide_rows_take_the_fast_paths():
+def test_first_layer_and_wide_rows_take_the_fast_paths(cpu_variant):
     # 1 -> 32 channels on rows wider than one panel chunk and an output above the streaming-store threshold.
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(1, 1, 300, 1100, generator=gen)
@@ -249,13 +249,16 @@ WINOGRAD_CASES = [
     ((1, 3, 9, 11), 5, 1, 0, "zeros", "leaky_relu"),  # few channels ('winograd' forces it), no padding
     ((1, 8, 12, 9), 4, 1, 3, "circular", None),        # padding beyond the kernel span
     ((1, 128, 24, 40), 128, 1, 1, "zeros", None),
-    ((2, 16, 32, 32), 24, 1, 1, "zeros", "relu"),      # 8 tiles per row: tile rows grouped 3 to a GEMM (3, 3, 2)
+    ((2, 16, 32, 32), 24, 1, 1, "zeros", "relu"),      # 8 tiles per row: rows grouped (3, 3, 2; AVX-512 4, 4)
     ((3, 16, 24, 9), 33, 1, 1, "replicate", None),     # 3 tiles per row: 8 rows to a group, the last one partial
+    # AVX-512's 16-lane GEMMs: 48 and 38 tiles per row, entries 24 and 40 (padded to 32 and 48 there)
+    ((1, 24, 17, 190), 20, 1, 1, "zeros", None),
+    ((2, 40, 12, 150), 36, 1, 1, "zeros", "relu"),
 ]
 
 
 @pytest.mark.parametrize("case", WINOGRAD_CASES, ids=lambda c: f"{c[0][1]}-{c[1]}-{c[4]}")
-def test_winograd_and_direct_match_torch(cpu_algorithm, case):
+def test_winograd_and_direct_match_torch(cpu_variant, cpu_algorithm, case):
     shape, cout, s, p, mode, act = case
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(shape, generator=gen, requires_grad=True)

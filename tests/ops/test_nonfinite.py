@@ -16,6 +16,7 @@ NAN, INF = float("nan"), float("inf")
 CASES = {
     "wino2d": ((1, 16, 18, 21), 16, 3, 1, 1, 1, 1, "zeros", None),            # Winograd F(4x4, 3x3) under auto
     "wino2d-reflect-relu": ((2, 16, 13, 30), 17, 3, 1, 1, 1, 1, "reflect", "relu"),
+    "wino2d-wide": ((1, 16, 10, 75), 16, 3, 1, 1, 1, 1, "zeros", None),      # 19 tiles a row: AVX-512's 16-tile vectors
     "few-leaky": ((1, 4, 12, 14), 5, 3, 1, 1, 1, 1, "zeros", "leaky_relu"),   # direct under auto; forced Winograd
     "valid": ((1, 16, 11, 14), 16, 3, 1, 0, 1, 1, "zeros", None),             # no padding: partial last tiles
     "grouped": ((1, 16, 10, 12), 16, 3, 1, 1, 1, 2, "zeros", None),
@@ -28,7 +29,7 @@ CASES = {
     "wino3d-few-relu": ((1, 3, 6, 9, 10), 4, 3, 1, 1, 1, 1, "zeros", "relu"),  # forced Winograd only
     "strided3d": ((1, 2, 7, 8, 9), 3, 3, 2, 1, 1, 1, "zeros", None),
 }
-WINOGRAD_ELIGIBLE = {"wino2d", "wino2d-reflect-relu", "few-leaky", "valid", "grouped", "wino3d", "wino3d-few-relu"}
+WINOGRAD_ELIGIBLE = {"wino2d", "wino2d-reflect-relu", "wino2d-wide", "few-leaky", "valid", "grouped", "wino3d", "wino3d-few-relu"}
 KINDS = ["nan", "inf", "huge", "overflow", "mixed"]
 
 
@@ -144,7 +145,7 @@ def _algos(name):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", list(CASES))
-def test_conv_input_nonfinite(algorithm, name, kind):
+def test_conv_input_nonfinite(cpu_variant, algorithm, name, kind):
     """Spoiled x: the forward and every gradient (the weight gradient reads x; gy is plain)."""
     case = CASES[name]
     for algo in _algos(name):
@@ -156,7 +157,7 @@ def test_conv_input_nonfinite(algorithm, name, kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", list(CASES))
-def test_conv_grad_nonfinite(algorithm, name, kind):
+def test_conv_grad_nonfinite(cpu_variant, algorithm, name, kind):
     """Plain x, spoiled gy: the input gradient (Winograd over the flipped kernel) and the weight gradient."""
     case = CASES[name]
     for algo in _algos(name):

@@ -216,8 +216,8 @@ class PanelRows {
       : g_(g), x_(x), cw_(cw), rb_(rb), KD_(g.k[0]), KH_(g.k[1]), KW_(g.k[2]), S_(g.s[2]) {
     const int64_t span = (KW_ - 1) * g.d[2];
     cwin_ = (cw_ - 1) * S_ + span + 1;
-    // Every tap of every (vector-rounded) output of the chunk stays inside its phase.
-    phase_ = round_up(ceil_div(cwin_, S_) + V::N, V::N);
+    // Every tap of every (vector-rounded) output of the chunk stays inside its phase, for the widest loads too.
+    phase_ = round_up(ceil_div(cwin_, S_) + simd::Wide<T>::N, V::N);
     row_len_ = phase_ * S_;
     if ((row_len_ * int64_t(sizeof(T))) % 4096 == 0) row_len_ += 16;  // rows a page apart alias in the caches
     off_.resize(size_t(KW_));
@@ -553,12 +553,12 @@ class PanelRows {
 
 // ---- the forward micro-kernel: MO output channels x NV column vectors ---------------------------------------
 
-// acc[i][j] += sum over the E input rows and their taps of w * x: the loop both micro-kernels below run.
-template <class T, int NV, int KW>
+// acc[i][j] += sum over the E input rows and their taps of w * x: the loop both micro-kernels below run, on
+// vectors V (Vec, or the Winograd GEMMs' simd::Wide).
+template <class V, int NV, int KW, class T>
 __attribute__((always_inline)) inline void accumulate_fwd(const T* const* rows, int64_t E, int64_t col,
                                                           int64_t kw_rt, const int64_t* offs, const T* wp,
-                                                          Vec<T> (&acc)[MO][NV]) {
-  using V = Vec<T>;
+                                                          V (&acc)[MO][NV]) {
   const int64_t taps = KW ? KW : kw_rt;
   int64_t off[KW ? KW : 1];
   if (KW)
@@ -581,14 +581,13 @@ __attribute__((always_inline)) inline void accumulate_fwd(const T* const* rows, 
   }
 }
 
-template <class T, int NV, int KW>
+template <class T, int NV, int KW, class V = Vec<T>>
 void micro_fwd(const T* const* rows, int64_t E, int64_t col, int64_t kw_rt, const int64_t* offs, const T* wp,
-               Vec<T> (&out)[MO][MV]) {
-  using V = Vec<T>;
+               V (&out)[MO][MV]) {
   V acc[MO][NV];
   for (int i = 0; i < MO; ++i)
     for (int j = 0; j < NV; ++j) acc[i][j] = out[i][j];
-  accumulate_fwd<T, NV, KW>(rows, E, col, kw_rt, offs, wp, acc);
+  accumulate_fwd<V, NV, KW>(rows, E, col, kw_rt, offs, wp, acc);
   for (int i = 0; i < MO; ++i)
     for (int j = 0; j < NV; ++j) out[i][j] = acc[i][j];
 }
@@ -605,7 +604,7 @@ void tile_fwd(const T* const* rows, int64_t E, int64_t col, int64_t kw_rt, const
     const V b = V::set1(bias ? bias[i] : T(0));
     for (int j = 0; j < MV; ++j) acc[i][j] = b;
   }
-  accumulate_fwd<T, MV, KW>(rows, E, col, kw_rt, offs, wp, acc);
+  accumulate_fwd<V, MV, KW>(rows, E, col, kw_rt, offs, wp, acc);
   const V zero = V::zero(), slope = V::set1(slope_s);
   for (int i = 0; i < MO; ++i)
     for (int j = 0; j < MV; ++j) {
@@ -785,30 +784,80 @@ void run_rows(const RowOut<T>& o, const T* wp, int64_t panel_rows, const MakeSrc
 #if CK_SIMD_AVX2
 namespace wino {
 
-constexpr int kTC = 24;  // tiles per chunk: one micro-kernel tile of 3 vectors
+// The GEMMs run on simd::Wide vectors (16 tiles on AVX-512, where it doubles their peak), the transforms on Vec's 8.
+using GV = simd::Wide<float>;
+constexpr int kTC = MV * GV::N;  // tiles per chunk: one GEMM register tile of MV vectors
+
+// Lanes 8h .. 8h + 7 of a GEMM vector, for the 8-lane code.
+inline __m256 half8(const simd::Avx2<float>& v, int) { return v.v; }
+#if CK_SIMD_AVX512
+inline __m256 half8(const simd::Avx512F& v, int h) { return v.half(h).v; }
+#endif
+
+// The raw vector operations the forward's transforms are written in, on NT = 8 (__m256) or, on AVX-512, 16 tiles
+// (__m512): the same operations in the same order, so a tile's values do not depend on the width.
+template <int NT>
+struct Ops;
+template <>
+struct Ops<8> {
+  using R = __m256;
+  static __m256 set1(float v) { return _mm256_set1_ps(v); }
+  static __m256 load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+  static __m256 add(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
+  static __m256 sub(__m256 a, __m256 b) { return _mm256_sub_ps(a, b); }
+  static __m256 mul(__m256 a, __m256 b) { return _mm256_mul_ps(a, b); }
+  static __m256 fmadd(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
+  static __m256 fnmadd(__m256 a, __m256 b, __m256 c) { return _mm256_fnmadd_ps(a, b, c); }
+  // a where v < 0, else v (NaN keeps v).
+  static __m256 blend_negative(__m256 v, __m256 a) {
+    return _mm256_blendv_ps(v, a, _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ));
+  }
+};
+#if CK_SIMD_AVX512
+template <>
+struct Ops<16> {
+  using R = __m512;
+  static __m512 set1(float v) { return _mm512_set1_ps(v); }
+  static __m512 load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+  static __m512 add(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
+  static __m512 sub(__m512 a, __m512 b) { return _mm512_sub_ps(a, b); }
+  static __m512 mul(__m512 a, __m512 b) { return _mm512_mul_ps(a, b); }
+  static __m512 fmadd(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
+  static __m512 fnmadd(__m512 a, __m512 b, __m512 c) { return _mm512_fnmadd_ps(a, b, c); }
+  static __m512 blend_negative(__m512 v, __m512 a) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ), v, a);
+  }
+};
+#endif
 
 // y = B^T x for one column of 6.
-inline void bt6(const __m256* x, __m256* y) {
-  const __m256 four = _mm256_set1_ps(4.f), five = _mm256_set1_ps(5.f), two = _mm256_set1_ps(2.f);
-  y[0] = _mm256_fnmadd_ps(five, x[2], _mm256_fmadd_ps(four, x[0], x[4]));
-  const __m256 a = _mm256_add_ps(x[3], x[4]), b = _mm256_add_ps(x[1], x[2]);
-  y[1] = _mm256_fnmadd_ps(four, b, a);
-  const __m256 c = _mm256_sub_ps(x[4], x[3]), d = _mm256_sub_ps(x[1], x[2]);
-  y[2] = _mm256_fmadd_ps(four, d, c);
-  const __m256 e = _mm256_sub_ps(x[4], x[2]), f = _mm256_sub_ps(x[3], x[1]);
-  y[3] = _mm256_fmadd_ps(two, f, e);
-  y[4] = _mm256_fnmadd_ps(two, f, e);
-  y[5] = _mm256_fnmadd_ps(five, x[3], _mm256_fmadd_ps(four, x[1], x[5]));
+template <int NT, class R = typename Ops<NT>::R>
+inline void bt6(const R* x, R* y) {
+  using O = Ops<NT>;
+  const R four = O::set1(4.f), five = O::set1(5.f), two = O::set1(2.f);
+  y[0] = O::fnmadd(five, x[2], O::fmadd(four, x[0], x[4]));
+  const R a = O::add(x[3], x[4]), b = O::add(x[1], x[2]);
+  y[1] = O::fnmadd(four, b, a);
+  const R c = O::sub(x[4], x[3]), d = O::sub(x[1], x[2]);
+  y[2] = O::fmadd(four, d, c);
+  const R e = O::sub(x[4], x[2]), f = O::sub(x[3], x[1]);
+  y[3] = O::fmadd(two, f, e);
+  y[4] = O::fnmadd(two, f, e);
+  y[5] = O::fnmadd(five, x[3], O::fmadd(four, x[1], x[5]));
 }
 
 // y = A^T m for one column of 6 -> 4.
-inline void at6(const __m256* m, __m256* y) {
-  const __m256 a = _mm256_add_ps(m[1], m[2]), b = _mm256_sub_ps(m[1], m[2]);
-  const __m256 c = _mm256_add_ps(m[3], m[4]), d = _mm256_sub_ps(m[3], m[4]);
-  y[0] = _mm256_add_ps(_mm256_add_ps(m[0], a), c);
-  y[1] = _mm256_fmadd_ps(_mm256_set1_ps(2.f), d, b);
-  y[2] = _mm256_fmadd_ps(_mm256_set1_ps(4.f), c, a);
-  y[3] = _mm256_add_ps(_mm256_fmadd_ps(_mm256_set1_ps(8.f), d, b), m[5]);
+template <int NT, class R = typename Ops<NT>::R>
+inline void at6(const R* m, R* y) {
+  using O = Ops<NT>;
+  const R a = O::add(m[1], m[2]), b = O::sub(m[1], m[2]);
+  const R c = O::add(m[3], m[4]), d = O::sub(m[3], m[4]);
+  y[0] = O::add(O::add(m[0], a), c);
+  y[1] = O::fmadd(O::set1(2.f), d, b);
+  y[2] = O::fmadd(O::set1(4.f), c, a);
+  y[3] = O::add(O::fmadd(O::set1(8.f), d, b), m[5]);
 }
 
 // y = A v for one column of 4 -> 6 (A: the transpose of at6's A^T): the weight gradient's transform of gy.
@@ -1098,83 +1147,114 @@ bool use_winograd(const ConvGeom& g, ConvAlgo algo) {
 
 namespace wino {
 
-// B^T d B of 8 tiles (vector lanes) of one input plane: rows[r] + off[q] + t0 holds tap (r, q) of the 8 tiles.
+// B^T d B of NT tiles (vector lanes) of one input plane: rows[r] + off[q] + t0 holds tap (r, q) of the tiles.
 // Writes the 36 transformed vectors to dst + xi * xi_stride.
+template <int NT = 8>
 inline void input_tiles(const float* const* rows, const int64_t* off, int64_t t0, float* dst, int64_t xi_stride) {
-  __m256 tr[6][6];
+  using O = Ops<NT>;
+  using R = typename O::R;
+  R tr[6][6];
   for (int r = 0; r < 6; ++r) {
     const float* p = rows[r] + t0;
-    __m256 d[6];
-    for (int q = 0; q < 6; ++q) d[q] = _mm256_loadu_ps(p + off[q]);
-    bt6(d, tr[r]);
+    R d[6];
+    for (int q = 0; q < 6; ++q) d[q] = O::load(p + off[q]);
+    bt6<NT>(d, tr[r]);
   }
   for (int k = 0; k < 6; ++k) {
-    __m256 col[6], y[6];
+    R col[6], y[6];
     for (int r = 0; r < 6; ++r) col[r] = tr[r][k];
-    bt6(col, y);
-    for (int a = 0; a < 6; ++a) _mm256_storeu_ps(dst + (a * 6 + k) * xi_stride, y[a]);
+    bt6<NT>(col, y);
+    for (int a = 0; a < 6; ++a) O::store(dst + (a * 6 + k) * xi_stride, y[a]);
   }
 }
 
-// A^T m A of 8 tiles of one output channel (m + xi * xi_stride), plus bias and activation, interleaved into
-// nrow output rows (row stride ystride) from column c0 on, ncols of them; streaming stores when asked.
+// Four 8-tile vectors' outputs into a row: y[4 t + j] = v[j][t], the first n of them.
+inline void store_row4(float* y, const __m256* v, int64_t n, bool stream) { store_interleaved4(y, v, n, stream); }
+#if CK_SIMD_AVX512
+inline void store_row4(float* y, const __m512* v, int64_t n, bool stream) {
+  __m256 lo[4], hi[4];
+  for (int j = 0; j < 4; ++j) {
+    lo[j] = _mm512_castps512_ps256(v[j]);
+    hi[j] = _mm512_extractf32x8_ps(v[j], 1);
+  }
+  store_interleaved4(y, lo, n, stream);
+  if (n > 32) store_interleaved4(y + 32, hi, n - 32, stream);
+}
+#endif
+
+// A^T m A of NT tiles of one output channel (m + xi * xi_stride), plus bias and activation, interleaved into
+// nrow output rows (row stride ystride), ncols of them; streaming stores when asked.
+template <int NT = 8>
 inline void output_tiles(const float* m, int64_t xi_stride, float bias_s, Act act, float slope_s, float* y,
                          int64_t ystride, int64_t nrow, int64_t ncols, bool stream) {
-  using V = Vec<float>;
-  const __m256 zero = _mm256_setzero_ps(), slope = _mm256_set1_ps(slope_s), bias = _mm256_set1_ps(bias_s);
-  __m256 tm[6][4];
+  using O = Ops<NT>;
+  using R = typename O::R;
+  const R zero = O::set1(0.f), slope = O::set1(slope_s), bias = O::set1(bias_s);
+  R tm[6][4];
   for (int a = 0; a < 6; ++a) {
-    __m256 row[6];
-    for (int k = 0; k < 6; ++k) row[k] = _mm256_loadu_ps(m + (a * 6 + k) * xi_stride);
-    at6(row, tm[a]);
+    R row[6];
+    for (int k = 0; k < 6; ++k) row[k] = O::load(m + (a * 6 + k) * xi_stride);
+    at6<NT>(row, tm[a]);
   }
-  __m256 Y[4][4];
+  R Y[4][4];
   for (int j = 0; j < 4; ++j) {
-    __m256 col[6], yv[4];
+    R col[6], yv[4];
     for (int a = 0; a < 6; ++a) col[a] = tm[a][j];
-    at6(col, yv);
+    at6<NT>(col, yv);
     for (int i = 0; i < 4; ++i) {
-      __m256 v = _mm256_add_ps(yv[i], bias);
-      if (act == Act::relu) v = V::blend_negative(V{v}, V{zero}).v;
-      else if (act == Act::leaky_relu) v = V::blend_negative(V{v}, V{_mm256_mul_ps(v, slope)}).v;
+      R v = O::add(yv[i], bias);
+      if (act == Act::relu) v = O::blend_negative(v, zero);
+      else if (act == Act::leaky_relu) v = O::blend_negative(v, O::mul(v, slope));
       Y[i][j] = v;
     }
   }
-  for (int64_t i = 0; i < nrow; ++i) store_interleaved4(y + i * ystride, Y[i], ncols, stream);
+  for (int64_t i = 0; i < nrow; ++i) store_row4(y + i * ystride, Y[i], ncols, stream);
 }
 
 // The 36 GEMMs M[oc][xi][tile] = sum over entries of U[xi][oc][e] V[xi][e][tile] for ntiles tiles, on the direct
 // convolution's micro-kernel; vrows[xi * E + e] points at V's row of entry e.
+using Gemm = void (*)(const float* const*, int64_t, int64_t, int64_t, const int64_t*, const float*, GV (&)[MO][MV]);
+inline Gemm pick_gemm(int nv) {
+  return nv == 1 ? &micro_fwd<float, 1, 1, GV> : nv == 2 ? &micro_fwd<float, 2, 1, GV> : &micro_fwd<float, 3, 1, GV>;
+}
+
+// The 36 GEMMs M[oc][xi][tile] = sum over entries of U[xi][oc][e] V[xi][e][tile] for ntiles <= kTC tiles, on the
+// direct convolution's micro-kernel; vrows[xi * E + e] points at V's row of entry e. The last vector may run past
+// ntiles (within the TCp-long rows): those columns of M are never read.
 inline void gemms(const float* const* vrows, int64_t E, const float* U, int64_t OB, int64_t ntiles,
                   float* M, int64_t TCp) {
-  using V = Vec<float>;
   static const int64_t zero_off[1] = {0};
   for (int64_t xi = 0; xi < 36; ++xi)
     for (int64_t ob = 0; ob < OB; ++ob)
-      for (int64_t j0 = 0; j0 < ntiles; j0 += MV * V::N) {
-        const int nv = int(std::min<int64_t>(MV, ceil_div(ntiles - j0, V::N)));
-        V acc[MO][MV];
+      for (int64_t j0 = 0; j0 < ntiles; j0 += MV * GV::N) {
+        const int nv = int(std::min<int64_t>(MV, ceil_div(ntiles - j0, GV::N)));
+        GV acc[MO][MV];
         for (int i = 0; i < MO; ++i)
-          for (int jj = 0; jj < MV; ++jj) acc[i][jj] = V::zero();
-        pick_micro_fwd<float>(nv, 1)(vrows + xi * E, E, j0, 1, zero_off, U + (xi * OB + ob) * E * MO, acc);
+          for (int jj = 0; jj < MV; ++jj) acc[i][jj] = GV::zero();
+        pick_gemm(nv)(vrows + xi * E, E, j0, 1, zero_off, U + (xi * OB + ob) * E * MO, acc);
         for (int i = 0; i < MO; ++i)
-          for (int jj = 0; jj < nv; ++jj) acc[i][jj].store(M + ((ob * MO + i) * 36 + xi) * TCp + j0 + jj * V::N);
+          for (int jj = 0; jj < nv; ++jj) acc[i][jj].store(M + ((ob * MO + i) * 36 + xi) * TCp + j0 + jj * GV::N);
       }
 }
 
 }  // namespace wino
 
-// The forward through Winograd for 2D kernels (kd = 1): items of G = 3 whole tile rows of one (n, od) plane,
-// whose tiles, in vectors of 8 (a row's last vector may be partial), are cut into blocks of 3 vectors: every
-// block fills the GEMM's 3-vector tile, whatever the row width (chunks within a row left a 64-tile row's GEMMs
-// 2/3 and 2 vectors wide, a 32-tile row's 3/4 and 1). V and M stay block-sized (L2). (Transforming whole items
-// before the GEMMs, to read U fewer times, was measured 1.5-2.5x slower at 32-64 channels: V and M left L2.)
-void winograd_forward_2d(const ConvGeom& g, const ConvInput& x, const wino::Weights& W, const RowOut<float>& o) {
-  using V = Vec<float>;
-  constexpr int64_t G = 3, TCp = wino::kTC;
+// The forward through Winograd for 2D kernels (kd = 1): items of G (about 3) whole tile rows of one (n, od) plane,
+// whose tiles, in transform vectors of NT (8, or 16 on AVX-512 for rows of 16 tiles and more; a row's last vector
+// may be partial), are cut into blocks of kTC tiles: every block fills the GEMM's register tile, whatever the row
+// width (chunks within a row left a 64-tile row's GEMMs 2/3 and 2 vectors wide, a 32-tile row's 3/4 and 1). V and
+// M stay block-sized (L2). (Transforming whole items before the GEMMs, to read U fewer times, was measured
+// 1.5-2.5x slower at 32-64 channels: V and M left L2.)
+template <int NT>
+void winograd_forward_2d_as(const ConvGeom& g, const ConvInput& x, const wino::Weights& W, const RowOut<float>& o) {
+  constexpr int64_t kGmax = 8, TCp = wino::kTC, BV = TCp / NT;
   const int64_t Cin = g.Cin, OB = ceil_div(g.Cout, MO);
   const int64_t TH = ceil_div(g.out[1], 4), TWt = ceil_div(g.out[2], 4), OD = g.out[0];
-  const int64_t VPR = ceil_div(TWt, int64_t(V::N));  // vectors per tile row
+  const int64_t VPR = ceil_div(TWt, NT);  // vectors per tile row
+  // Tile rows per item: 3, or as many narrow rows as fill a block, spread evenly over the plane's rows (a 32^2
+  // plane's 8 rows of 8 tiles: 2 items of 32 tiles on AVX-512, not 24 + 24 + 16 in 32-tile GEMMs).
+  int64_t G = std::min<int64_t>(kGmax, std::max<int64_t>(3, ceil_div(BV, VPR)));
+  G = ceil_div(TH, ceil_div(TH, G));
   ConvGeom pg = g;  // the panel sees a 6x6-tap convolution at stride 4: output "pixels" are tiles
   pg.k[1] = pg.k[2] = 6;
   pg.s[1] = pg.s[2] = 4;
@@ -1197,7 +1277,7 @@ void winograd_forward_2d(const ConvGeom& g, const ConvInput& x, const wino::Weig
   const float* U = W.U.data();
   const uint32_t lim = abs_bits(W.x_limit);
   parallel_for(items, 1, [&](int64_t b, int64_t e) {
-    PanelRows<float> src(pg, x, std::min(TWt, VPS * V::N), G);
+    PanelRows<float> src(pg, x, std::min(TWt, VPS * NT), G);
     src.track_magnitude();
     const int64_t* off = src.tap_offsets();
     std::vector<float> scratch;
@@ -1210,21 +1290,21 @@ void winograd_forward_2d(const ConvGeom& g, const ConvInput& x, const wino::Weig
       const int64_t row_it = it % rows_items, cs = it / rows_items;
       if (cs != slice) {
         slice = cs;
-        tc0 = cs * VPS * V::N;
-        ntc = std::min(TWt - tc0, VPS * V::N);
-        vpr = ceil_div(ntc, int64_t(V::N));
+        tc0 = cs * VPS * NT;
+        ntc = std::min(TWt - tc0, VPS * NT);
+        vpr = ceil_div(ntc, NT);
         src.set_chunk(tc0, ntc);
       }
       const int64_t trg = row_it % THg, od = (row_it / THg) % OD, n = row_it / (THg * OD);
       const int64_t t_row0 = trg * G, gr = std::min(G, TH - t_row0);
-      int64_t nn[G], odd[G], th[G];
+      int64_t nn[kGmax], odd[kGmax], th[kGmax];
       for (int64_t j = 0; j < gr; ++j) {
         nn[j] = n;
         odd[j] = od;
         th[j] = t_row0 + j;
       }
       src.fill(nn, odd, th, gr);
-      bool over[G] = {}, any_over = false;  // tile rows with an input above the limit (rare)
+      bool over[kGmax] = {}, any_over = false;  // tile rows with an input above the limit (rare)
       for (int64_t j = 0; j < gr; ++j) any_over |= over[j] = src.magnitude(j) > lim;
       src.clear_queue();
       if (it + 1 < e && (it + 1) / rows_items == cs) {
@@ -1233,32 +1313,34 @@ void winograd_forward_2d(const ConvGeom& g, const ConvInput& x, const wino::Weig
         for (int64_t j = 0; j < G && ntr * G + j < TH; ++j) src.queue_next(nnext, nod, ntr * G + j, true);
       }
       const int64_t nvec = gr * vpr;
-      for (int64_t v0 = 0; v0 < nvec; v0 += MV) {
-        const int64_t nb = std::min<int64_t>(MV, nvec - v0);
-        for (int64_t q = 0; q < nb; ++q) {  // block vector q: tile row j, tiles tc0 + t0 .. + 7
-          const int64_t j = (v0 + q) / vpr, t0 = (v0 + q) % vpr * V::N;
+      for (int64_t v0 = 0; v0 < nvec; v0 += BV) {
+        const int64_t nb = std::min<int64_t>(BV, nvec - v0);
+        for (int64_t q = 0; q < nb; ++q) {  // block vector q: tile row j, tiles tc0 + t0 .. + NT - 1
+          const int64_t j = (v0 + q) / vpr, t0 = (v0 + q) % vpr * NT;
           const float* const* rows = src.rows(j);
           for (int64_t c = 0; c < Cin; ++c)
-            wino::input_tiles(rows + c * 6, off, t0, Vb.data() + c * TCp + q * V::N, Cin * TCp);
+            wino::input_tiles<NT>(rows + c * 6, off, t0, Vb.data() + c * TCp + q * NT, Cin * TCp);
         }
-        wino::gemms(vrows.data(), Cin, U, OB, nb * V::N, Mb.data(), TCp);
+        wino::gemms(vrows.data(), Cin, U, OB, nb * NT, Mb.data(), TCp);
         src.pump(64);
         for (int64_t oc = 0; oc < g.Cout; ++oc)
           for (int64_t q = 0; q < nb; ++q) {
-            const int64_t j = (v0 + q) / vpr, t0 = (v0 + q) % vpr * V::N;
+            const int64_t j = (v0 + q) / vpr, t0 = (v0 + q) % vpr * NT;
             const int64_t oh0 = (t_row0 + j) * 4, c0 = (tc0 + t0) * 4;
-            wino::output_tiles(Mb.data() + oc * 36 * TCp + q * V::N, TCp, o.bias ? o.bias[oc] : 0.f, o.act, o.slope,
-                               o.y + n * o.bs + oc * o.plane + (od * g.out[1] + oh0) * g.out[2] + c0, g.out[2],
-                               std::min<int64_t>(4, g.out[1] - oh0), std::min<int64_t>(32, g.out[2] - c0), stream);
+            wino::output_tiles<NT>(Mb.data() + oc * 36 * TCp + q * NT, TCp, o.bias ? o.bias[oc] : 0.f, o.act, o.slope,
+                                  o.y + n * o.bs + oc * o.plane + (od * g.out[1] + oh0) * g.out[2] + c0, g.out[2],
+                                  std::min<int64_t>(4, g.out[1] - oh0), std::min<int64_t>(4 * NT, g.out[2] - c0),
+                                  stream);
           }
         if (any_over) {  // overwrite the tiles above the limit with direct sums
           if (stream) _mm_sfence();
           for (int64_t q = 0; q < nb; ++q) {
-            const int64_t j = (v0 + q) / vpr, t0 = (v0 + q) % vpr * V::N;
+            const int64_t j = (v0 + q) / vpr, t0 = (v0 + q) % vpr * NT;
             if (!over[j]) continue;
-            const int flags = wino::tiles_over(src.rows(j), off, Cin, t0, lim);
+            int flags = 0;
+            for (int64_t h = 0; h < NT; h += 8) flags |= wino::tiles_over(src.rows(j), off, Cin, t0 + h, lim) << h;
             const int64_t oh0 = (t_row0 + j) * 4;
-            for (int64_t l = 0; l < V::N && t0 + l < ntc; ++l)
+            for (int64_t l = 0; l < NT && t0 + l < ntc; ++l)
               if (flags >> l & 1) {
                 const int64_t c0 = (tc0 + t0 + l) * 4;
                 wino::direct_tile(src.rows(j), off, t0 + l, Cin, W.wd(), g.Cout, o.bias, o.act, o.slope,
@@ -1271,6 +1353,13 @@ void winograd_forward_2d(const ConvGeom& g, const ConvInput& x, const wino::Weig
     }
     if (stream) _mm_sfence();
   });
+}
+
+void winograd_forward_2d(const ConvGeom& g, const ConvInput& x, const wino::Weights& W, const RowOut<float>& o) {
+#if CK_SIMD_AVX512
+  if (ceil_div(g.out[2], 4) >= 16) return winograd_forward_2d_as<16>(g, x, W, o);
+#endif
+  winograd_forward_2d_as<8>(g, x, W, o);
 }
 
 // The forward through Winograd: x with geometry g into o (RowOut over g.out); U from wino::transform_weights.
@@ -1966,7 +2055,8 @@ void winograd_grad_weight(const ConvGradWeightArgs& a) {
   using V = Vec<float>;
   constexpr int N = V::N;
   const ConvGeom& g = a.g;
-  const int64_t KD = g.k[0], E = g.Cin * KD, OB = ceil_div(g.Cout, MO), CP = OB * MO, EP = round_up(E, N);
+  using GV = wino::GV;  // the GEMMs' vectors of entries
+  const int64_t KD = g.k[0], E = g.Cin * KD, OB = ceil_div(g.Cout, MO), CP = OB * MO, EP = round_up(E, GV::N);
   const int64_t TH = ceil_div(g.out[1], 4), TWt = ceil_div(g.out[2], 4), OD = g.out[0];
   constexpr int64_t TB = 96;
   const int64_t G = TWt < TB ? std::max<int64_t>(1, TB / TWt) : 1;
@@ -2051,7 +2141,7 @@ void winograd_grad_weight(const ConvGradWeightArgs& a) {
             sy.queue_next(nnn, nod, ntrg * G + j, true);
           }
         }
-        const int pf_per_gemm = int(ceil_div(sx.queued_lines() + sy.queued_lines(), 36 * OB * ceil_div(EP, MV * N)));
+        const int pf_per_gemm = int(ceil_div(sx.queued_lines() + sy.queued_lines(), 36 * OB * ceil_div(EP, MV * GV::N)));
         // Xt: the forward's input transform, 8 channels x 8 tiles at a time through a stack buffer, then an 8 x 8
         // transpose per xi. Row j of the group starts at tile j * tvalid, rows in order: the tiles a vector writes
         // past a row's end are overwritten by the next row's.
@@ -2136,19 +2226,21 @@ void winograd_grad_weight(const ConvGradWeightArgs& a) {
         // forward's time at 128 channels). Padded entries read Xt columns that stay zero.
         static const int64_t zero_off[1] = {0};
         for (int64_t xi = 0; xi < 36; ++xi)
-          for (int64_t e0 = 0; e0 < EP; e0 += MV * N) {
-            const int nvec = int(std::min<int64_t>(MV, (EP - e0) / N));
-            const MicroFwd<float> micro = pick_micro_fwd<float>(nvec, 1);
+          for (int64_t e0 = 0; e0 < EP; e0 += MV * GV::N) {
+            const int nvec = int(std::min<int64_t>(MV, (EP - e0) / GV::N));
+            const wino::Gemm micro = wino::pick_gemm(nvec);
             for (int64_t ob = 0; ob < OB; ++ob) {
-              V acc[MO][MV];
+              GV acc[MO][MV];
               for (int i = 0; i < MO; ++i)
-                for (int jv = 0; jv < MV; ++jv) acc[i][jv] = V::zero();
+                for (int jv = 0; jv < MV; ++jv) acc[i][jv] = GV::zero();
               micro(xrows.data() + xi * TP, ntiles, e0, 1, zero_off, Yt.data() + (xi * OB + ob) * TP * MO, acc);
               float* pb = Mp.data() + ((xi * OB + ob) * EP + e0) * MO;
-              for (int jv = 0; jv < nvec; ++jv) {
-                const __m256 v[MO] = {acc[0][jv].v, acc[1][jv].v, acc[2][jv].v, acc[3][jv].v};
-                wino::add_interleaved4(pb + jv * N * MO, v);
-              }
+              for (int jv = 0; jv < nvec; ++jv)
+                for (int h = 0; h < GV::N / N; ++h) {
+                  const __m256 v[MO] = {wino::half8(acc[0][jv], h), wino::half8(acc[1][jv], h),
+                                        wino::half8(acc[2][jv], h), wino::half8(acc[3][jv], h)};
+                  wino::add_interleaved4(pb + (jv * GV::N + h * N) * MO, v);
+                }
               sx.pump(pf_per_gemm);
               sy.pump(pf_per_gemm);
             }
