@@ -2059,7 +2059,9 @@ void winograd_grad_weight(const ConvGradWeightArgs& a) {
   const int64_t KD = g.k[0], E = g.Cin * KD, OB = ceil_div(g.Cout, MO), CP = OB * MO, EP = round_up(E, GV::N);
   const int64_t TH = ceil_div(g.out[1], 4), TWt = ceil_div(g.out[2], 4), OD = g.out[0];
   constexpr int64_t TB = 96;
-  const int64_t G = TWt < TB ? std::max<int64_t>(1, TB / TWt) : 1;
+  // Tile rows per block: narrow rows grouped up to TB tiles, never more than a plane has (a block stays in its
+  // plane, and the panels are sized for G rows: 96 rows of a 4 x 4 gradient had each thread fault in 56 MB).
+  const int64_t G = std::min(TH, TWt < TB ? std::max<int64_t>(1, TB / TWt) : int64_t(1));
   const int64_t TC = ceil_div(TWt, ceil_div(TWt, TB));  // tiles per row chunk: balanced, at most TB
   const int64_t THg = ceil_div(TH, G), n_chunks = ceil_div(TWt, TC);
   const int64_t TP = round_up(G * TC, N) + N;  // tile pitch of X and Y (a vector may run past a row's last tile)
