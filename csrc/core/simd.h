@@ -233,9 +233,24 @@ struct Avx512F {
   static Avx512F zero() { return {_mm512_setzero_ps()}; }
   void store(float* p) const { _mm512_storeu_ps(p, v); }
   static Avx512F fmadd(Avx512F a, Avx512F b, Avx512F c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+  Avx512F operator+(Avx512F o) const { return {_mm512_add_ps(v, o.v)}; }
+  Avx512F operator*(Avx512F o) const { return {_mm512_mul_ps(v, o.v)}; }
+  static Avx512F blend_negative(Avx512F v, Avx512F a) {
+    return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(v.v, _mm512_setzero_ps(), _CMP_LT_OQ), v.v, a.v)};
+  }
   Avx2<float> half(int h) const {
     return {h == 0 ? _mm512_castps512_ps256(v) : _mm512_extractf32x8_ps(v, 1)};
   }
+  // Writes a0 b0 a1 b1 ... a15 b15 to p[0..31] (streaming: p 32-byte aligned), as Avx2's, one half at a time.
+  static void store_interleaved(float* p, Avx512F a, Avx512F b) {
+    Avx2<float>::store_interleaved(p, a.half(0), b.half(0));
+    Avx2<float>::store_interleaved(p + 16, a.half(1), b.half(1));
+  }
+  static void stream_interleaved(float* p, Avx512F a, Avx512F b) {
+    Avx2<float>::stream_interleaved(p, a.half(0), b.half(0));
+    Avx2<float>::stream_interleaved(p + 16, a.half(1), b.half(1));
+  }
+  static void stream_fence() { _mm_sfence(); }
 };
 template <class T>
 struct WideOf {

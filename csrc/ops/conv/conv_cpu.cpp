@@ -647,6 +647,15 @@ MicroFwd<T> pick_micro_fwd(int nv, int64_t taps) {
   return micro_fwd_for<T, 0>(nv);
 }
 
+// The micro-kernel on simd::Wide vectors, for the GEMM-shaped kernels (Winograd, kernel == stride).
+template <class T>
+using Gemm = void (*)(const T* const*, int64_t, int64_t, int64_t, const int64_t*, const T*, simd::Wide<T> (&)[MO][MV]);
+template <class T>
+Gemm<T> pick_gemm(int nv) {
+  using W = simd::Wide<T>;
+  return nv == 1 ? &micro_fwd<T, 1, 1, W> : nv == 2 ? &micro_fwd<T, 2, 1, W> : &micro_fwd<T, 3, 1, W>;
+}
+
 // What the row driver writes: Cout channels of rows (n, od, oh) with `cols` columns; plane and batch strides.
 // Output (od, oh, ow) lands at position (od * step[0] + off[0], oh * step[1] + off[1], ow * step[2] + off[2]) of
 // a (D, mem_h, mem_w) plane: the identity, or one phase of a strided convolution's input gradient.
@@ -1213,11 +1222,6 @@ inline void output_tiles(const float* m, int64_t xi_stride, float bias_s, Act ac
 
 // The 36 GEMMs M[oc][xi][tile] = sum over entries of U[xi][oc][e] V[xi][e][tile] for ntiles tiles, on the direct
 // convolution's micro-kernel; vrows[xi * E + e] points at V's row of entry e.
-using Gemm = void (*)(const float* const*, int64_t, int64_t, int64_t, const int64_t*, const float*, GV (&)[MO][MV]);
-inline Gemm pick_gemm(int nv) {
-  return nv == 1 ? &micro_fwd<float, 1, 1, GV> : nv == 2 ? &micro_fwd<float, 2, 1, GV> : &micro_fwd<float, 3, 1, GV>;
-}
-
 // The 36 GEMMs M[oc][xi][tile] = sum over entries of U[xi][oc][e] V[xi][e][tile] for ntiles <= kTC tiles, on the
 // direct convolution's micro-kernel; vrows[xi * E + e] points at V's row of entry e. The last vector may run past
 // ntiles (within the TCp-long rows): those columns of M are never read.
@@ -1231,7 +1235,7 @@ inline void gemms(const float* const* vrows, int64_t E, const float* U, int64_t 
         GV acc[MO][MV];
         for (int i = 0; i < MO; ++i)
           for (int jj = 0; jj < MV; ++jj) acc[i][jj] = GV::zero();
-        pick_gemm(nv)(vrows + xi * E, E, j0, 1, zero_off, U + (xi * OB + ob) * E * MO, acc);
+        pick_gemm<float>(nv)(vrows + xi * E, E, j0, 1, zero_off, U + (xi * OB + ob) * E * MO, acc);
         for (int i = 0; i < MO; ++i)
           for (int jj = 0; jj < nv; ++jj) acc[i][jj].store(M + ((ob * MO + i) * 36 + xi) * TCp + j0 + jj * GV::N);
       }
@@ -1543,7 +1547,8 @@ std::vector<int64_t> row_tiles(int64_t width, int64_t n) {
 // peak for the 2x2 / stride-2 convolution of a transposed convolution's input gradient.)
 template <class T>
 void forward_disjoint(const ConvGeom& g, const ConvInput& x, const T* wp, const RowOut<T>& o) {
-  using V = Vec<T>;
+  using V = simd::Wide<T>;  // the GEMM's vectors (16 floats on AVX-512); P packs the input
+  using P = Vec<T>;
   constexpr int N = V::N;
   constexpr int64_t TW = MV * N, KB = 256;
   const int64_t K = g.k[0] * g.k[1] * g.k[2], E = g.Cin * K, OB = ceil_div(g.Cout, MO);
@@ -1557,7 +1562,7 @@ void forward_disjoint(const ConvGeom& g, const ConvInput& x, const T* wp, const 
     std::vector<const T*> rows(static_cast<size_t>(EK));
     for (int64_t k = 0; k < EK; ++k) rows[size_t(k)] = xp.data() + k * TW;
     static const int64_t zero_off[1] = {0};
-    alignas(32) T tmp[N];
+    alignas(64) T tmp[N];
     // Per entry (c, kd, kh, kw): its plane in batch item 0, the part's batch stride, its (kd, kh) and kw; per
     // output row the offset of each (kd, kh) row in a plane (-1: padding). Decoding the entry with divisions at
     // every tile cost ~20% of a 256 -> 128 k2s2 input gradient.
@@ -1633,13 +1638,13 @@ void forward_disjoint(const ConvGeom& g, const ConvInput& x, const T* wp, const 
             // A gradient input (the transposed problem of a 1x1 input gradient) reads gy * act'(y).
             const T* yrow = act_at(x.act, static_cast<const T*>(x.data[0]), xrow);
             if (i0 >= 0 && i0 + (nv * N - 1) * s2 + s2 <= g.in[2] && (s2 == 1 || s2 == 2)) {
-              for (int v = 0; v < nv; ++v) {  // the micro-kernel reads nv vectors
-                const int64_t at = i0 + v * s2 * N;
-                V r = s2 == 1 ? V::load(xrow + at) : V::load_even(xrow + at);
+              for (int v = 0; v < nv * (N / P::N); ++v) {  // the micro-kernel reads nv vectors
+                const int64_t at = i0 + v * s2 * P::N;
+                P r = s2 == 1 ? P::load(xrow + at) : P::load_even(xrow + at);
                 if (yrow)
-                  r = act_grad_v(s2 == 1 ? V::load(yrow + at) : V::load_even(yrow + at), r, x.act.act,
-                                 V::set1(T(x.act.slope)));
-                r.store(dst + v * N);
+                  r = act_grad_v(s2 == 1 ? P::load(yrow + at) : P::load_even(yrow + at), r, x.act.act,
+                                 P::set1(T(x.act.slope)));
+                r.store(dst + v * P::N);
               }
             } else {
               for (int64_t j = 0; j < TW; ++j) {
@@ -1650,7 +1655,7 @@ void forward_disjoint(const ConvGeom& g, const ConvInput& x, const T* wp, const 
             }
           }
           const bool first = k0 == 0, last = k0 + KB >= E;
-          const MicroFwd<T> micro = pick_micro_fwd<T>(nv, 1);
+          const Gemm<T> micro = pick_gemm<T>(nv);
           for (int64_t ob = 0; ob < OB; ++ob) {
             pf.step();
             V acc[MO][MV];
@@ -1735,7 +1740,7 @@ bool disjoint_taps(const ConvGeom& g) {
 
 template <class T>
 void grad_input_disjoint(const ConvGradInputArgs& a, const RowOut<T>& o) {
-  using V = Vec<T>;
+  using V = simd::Wide<T>;  // the GEMM's vectors (16 floats on AVX-512)
   constexpr int N = V::N, CB = MO / 2;  // gx channels per micro-kernel call
   const ConvGeom& g = a.g;
   const T* w = static_cast<const T*>(a.w);
@@ -1776,8 +1781,7 @@ void grad_input_disjoint(const ConvGradInputArgs& a, const RowOut<T>& o) {
     std::vector<const T*> rows(static_cast<size_t>(g.Cout));
     for (int64_t oc = 0; oc < g.Cout; ++oc) rows[size_t(oc)] = packed.data() + oc * TW;
     static const int64_t zero_off[1] = {0};
-    const MicroFwd<T> micro_full = pick_micro_fwd<T>(MV, 1);
-    alignas(32) T tmp[2 * N];
+    alignas(64) T tmp[2 * N];
     const std::vector<int64_t> tile_at = row_tiles(OW, N);
     for (int64_t it = b; it < e; ++it) {
       const int64_t oh = it % g.out[1], od = (it / g.out[1]) % g.out[0], n = it / (g.out[1] * g.out[0]);
@@ -1810,8 +1814,7 @@ void grad_input_disjoint(const ConvGradInputArgs& a, const RowOut<T>& o) {
             V acc[MO][MV];
             for (int i = 0; i < MO; ++i)
               for (int jj = 0; jj < MV; ++jj) acc[i][jj] = V::zero();
-            (nv == MV ? micro_full : pick_micro_fwd<T>(nv, 1))(rows.data(), g.Cout, 0, 1, zero_off,
-                                                              wp.data() + (tap * CBn + cb) * g.Cout * MO, acc);
+            pick_gemm<T>(nv)(rows.data(), g.Cout, 0, 1, zero_off, wp.data() + (tap * CBn + cb) * g.Cout * MO, acc);
             for (int c = 0; c < CB && cb * CB + c < g.Cin; ++c) {
               const V bias = V::set1(bias_of(cb * CB + c));
               T* dst = gxrow + (cb * CB + c) * o.plane;
@@ -2230,7 +2233,7 @@ void winograd_grad_weight(const ConvGradWeightArgs& a) {
         for (int64_t xi = 0; xi < 36; ++xi)
           for (int64_t e0 = 0; e0 < EP; e0 += MV * GV::N) {
             const int nvec = int(std::min<int64_t>(MV, (EP - e0) / GV::N));
-            const wino::Gemm micro = wino::pick_gemm(nvec);
+            const Gemm<float> micro = pick_gemm<float>(nvec);
             for (int64_t ob = 0; ob < OB; ++ob) {
               GV acc[MO][MV];
               for (int i = 0; i < MO; ++i)
