@@ -147,13 +147,13 @@ def _summary(path):
     for pl in payloads:
         thp = pl["meta"]["THP_MEM_ALLOC_ENABLE"] or "0"
         threads = pl["meta"]["threads"]
+        peak = common.peak_flops_per_core(pl["meta"].get("cellkern_cpu_isa", "avx2")) * threads
         print(f"\n== summary, THP_MEM_ALLOC_ENABLE={thp}, {threads} threads "
-              f"(peak {common.PEAK_FLOPS_PER_CORE * threads / 1e9:.0f} GFLOP/s)")
+              f"(peak {peak / 1e9:.0f} GFLOP/s, {pl['meta'].get('cellkern_cpu_isa', 'avx2')})")
         print(f"{'case':46s} {'ours ms':>9s} {'GFLOP/s':>8s} {'%peak':>6s} {'vs NCHW':>8s} {'vs CL':>7s} {'vs best':>8s}")
         by_kind = {}
         for c in pl["cases"]:
             r = c["results"]["ours"]
-            peak = common.PEAK_FLOPS_PER_CORE * threads
             print(f"{c['name']:46s} {r['median_s'] * 1e3:9.1f} {r['GFLOP/s']:8.1f} {r['GFLOP/s'] * 1e9 / peak:6.0%} "
                   f"{c['ratios']['torch NCHW']:8.2f} {c['ratios']['torch CL']:7.2f} {c['ratio']:8.2f}")
             by_kind.setdefault((c["info"]["kind"], len(c["info"]["shape"][3])), []).append(c["ratio"])
