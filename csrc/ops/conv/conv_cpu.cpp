@@ -1220,8 +1220,6 @@ inline void output_tiles(const float* m, int64_t xi_stride, float bias_s, Act ac
   for (int64_t i = 0; i < nrow; ++i) store_row4(y + i * ystride, Y[i], ncols, stream);
 }
 
-// The 36 GEMMs M[oc][xi][tile] = sum over entries of U[xi][oc][e] V[xi][e][tile] for ntiles tiles, on the direct
-// convolution's micro-kernel; vrows[xi * E + e] points at V's row of entry e.
 #if CK_SIMD_AVX512
 // The micro-kernel for two blocks of MO output channels at once (weights w0 and w1): 24 of AVX-512's 32 registers
 // accumulate, and every loaded vector serves 8 channels instead of 4 (Winograd forward at 32 channels: 12.1 ->
@@ -2270,10 +2268,11 @@ void winograd_grad_weight(const ConvGradWeightArgs& a) {
           for (int64_t t = 0; t < ntiles; ++t) sum = _mm_add_ps(sum, _mm_loadu_ps(row + t * MO));
           _mm_storeu_ps(bp.data() + ob * MO, _mm_add_ps(_mm_loadu_ps(bp.data() + ob * MO), sum));
         }
-        // The 36 GEMMs over this block's tiles: the forward's micro-kernel, a block of MO output channels x 24
-        // entries accumulated over every tile in registers, then added to M once (the reduction over tiles in
-        // vector lanes it replaces ended every 12 vectors in horizontal adds: the weight gradient ran 1.5x the
-        // forward's time at 128 channels). Padded entries read Xt columns that stay zero.
+        // The 36 GEMMs over this block's tiles: the forward's micro-kernel, a block of MO output channels x MV
+        // vectors of entries (24, or 48 on AVX-512) accumulated over every tile in registers, then added to M once
+        // (the reduction over tiles in vector lanes it replaces ended every 12 vectors in horizontal adds: the
+        // weight gradient ran 1.5x the forward's time at 128 channels). Padded entries read Xt columns that stay
+        // zero.
         static const int64_t zero_off[1] = {0};
         for (int64_t xi = 0; xi < 36; ++xi)
           for (int64_t e0 = 0; e0 < EP; e0 += MV * GV::N) {
@@ -2299,7 +2298,7 @@ void winograd_grad_weight(const ConvGradWeightArgs& a) {
               }
               for (int b = 0; b < nb; ++b) {
                 float* pb = Mp.data() + ((xi * OB + ob + b) * EP + e0) * MO;
-                const GV(&ab)[MO][MV] = *reinterpret_cast<const GV(*)[MO][MV]>(acc + b * MO);
+                const GV(*ab)[MV] = acc + b * MO;  // this block's MO rows
                 for (int jv = 0; jv < nvec; ++jv)
                   for (int h = 0; h < GV::N / N; ++h) {
                     const __m256 v[MO] = {wino::half8(ab[0][jv], h), wino::half8(ab[1][jv], h),
