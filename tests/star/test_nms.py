@@ -217,10 +217,19 @@ def test_helper_thread_gives_the_sequential_result():
                 res = {}
                 for nt in (1, 2):
                     cellkern.set_num_threads(nt)
-                    res[nt] = non_maximum_suppression(dist, prob, grid=grid, nms_thresh=thresh, criterion=crit,
-                                                      return_inds=True)
-                    stats = last_nms_stats()
-                    assert stats["candidates"] > 8192
+                    # The helper races the sweep: on a loaded machine it may not be scheduled before the sweep ends
+                    # (seen in CI while other work ran), so a 2-thread run is repeated until the helper's lists were
+                    # used, at most 5 times; every run must keep the same set.
+                    for attempt in range(5 if nt == 2 else 1):
+                        res[nt] = non_maximum_suppression(dist, prob, grid=grid, nms_thresh=thresh, criterion=crit,
+                                                          return_inds=True)
+                        stats = last_nms_stats()
+                        assert stats["candidates"] > 8192
+                        if nt == 1:
+                            continue
+                        np.testing.assert_array_equal(res[1][3], res[2][3])
+                        if stats["maxima"] > 0 and stats["helped"] > 0:
+                            break
                     if nt == 2:  # the helper's lists were made and used
                         assert stats["maxima"] > 0 and stats["helped"] > 0
                 np.testing.assert_array_equal(res[1][3], res[2][3])
