@@ -665,3 +665,20 @@ def test_kernel_equal_stride_row_tiles(ow, dtype):
     want = torch.autograd.grad(F.conv_transpose2d(xt, w, None, stride=2), (xt, w), gy)
     for a, b in zip(got, want):
         _close(a, b, dtype)
+
+
+def test_kernel_equal_stride_with_many_entries_and_a_channel_tail(cpu_variant):
+    """The kernel == stride forward sums its entries (channel x tap) in chunks of 256 through a parked partial sum,
+    and on AVX-512 runs two blocks of 4 output channels at once: 80 x 2 x 2 = 320 entries, 13 output channels (the
+    last pair holds the tail), a fused ReLU, and the gradients (the input's is the transposed k == s kernel)."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 80, 10, 70, generator=gen, requires_grad=True)
+    w = torch.randn(13, 80, 2, 2, generator=gen, requires_grad=True)
+    b = torch.randn(13, generator=gen, requires_grad=True)
+    xd, wd, bd = (t.detach().double().requires_grad_(True) for t in (x, w, b))
+    want = torch.relu(F.conv2d(xd, wd, bd, 2))
+    got = conv2d(x, w, b, 2, 0, 1, 1, "zeros", "relu")
+    gy = torch.randn(want.shape, generator=gen)
+    for a, c in zip((got,) + torch.autograd.grad(got, (x, w, b), gy),
+                    (want,) + torch.autograd.grad(want, (xd, wd, bd), gy.double())):
+        assert (a.double() - c).abs().max() / c.abs().max() < 1e-5
