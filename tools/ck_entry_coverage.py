@@ -1,7 +1,9 @@
 """pytest plugin for tools/sanitize.sh: records which C++ entry points each test calls, on which backend.
 
 Every public function of cellkern._C is wrapped; a call is recorded as (function, backend) where backend is the
-CPU variant in use ("avx2", "base") or "emu" when the CUDA kernels run on the emulator. Options:
+CPU variant in use ("avx2", "base") or "emu" when the CUDA kernels run on the emulator. The AVX-512 variant (the
+AVX2 sources again, with wider GEMMs) records as "avx2": a test's "cpu" backend runs the machine's best variant,
+so the one list serves AVX2 and AVX-512 machines alike. Options:
   --ck-coverage-out FILE      write {test id: {"seconds": s, "calls": ["fn backend", ...]}} as JSON
   --ck-coverage-require FILE  fail the session unless every "fn backend" line of FILE was called
 The sanitizer's CI subset (tools/sanitize_ci_tests.txt, made by tools/pick_subset.py from a full run's JSON) must
@@ -28,7 +30,7 @@ def pytest_addoption(parser):
 def _wrap(name, fn, C, ext):
     @functools.wraps(fn)
     def recorded(*args, **kwargs):
-        where = "emu" if ext.use_emu() else C.cpu_isa()
+        where = "emu" if ext.use_emu() else "base" if C.cpu_isa() == "base" else "avx2"
         _calls.setdefault(_current[0], set()).add(f"{name} {where}")
         return fn(*args, **kwargs)
     return recorded
