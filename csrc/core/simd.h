@@ -46,8 +46,10 @@ struct Scalar {
   static Scalar select_eq(Scalar a, Scalar b, Scalar g) { return {a.v == b.v ? g.v : T(0)}; }
   static int count_eq(Scalar a, Scalar b) { return a.v == b.v; }
   Scalar operator+(Scalar o) const { return {v + o.v}; }
+  Scalar operator-(Scalar o) const { return {v - o.v}; }
   Scalar operator*(Scalar o) const { return {v * o.v}; }
   static Scalar fmadd(Scalar a, Scalar b, Scalar c) { return {a.v * b.v + c.v}; }
+  static Scalar fnmadd(Scalar a, Scalar b, Scalar c) { return {c.v - a.v * b.v}; }
   // a where v < 0, else v (NaN keeps v): the fused activations' select.
   static Scalar blend_negative(Scalar v, Scalar a) { return {v.v < T(0) ? a.v : v.v}; }
   // a where y > 0, else b (NaN takes b): the fused activations' derivative, read from their output.
@@ -114,8 +116,11 @@ struct Avx2<float> {
   static Avx2 select_eq(Avx2 a, Avx2 b, Avx2 g) { return {_mm256_and_ps(_mm256_cmp_ps(a.v, b.v, _CMP_EQ_OQ), g.v)}; }
   static int count_eq(Avx2 a, Avx2 b) { return __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(a.v, b.v, _CMP_EQ_OQ))); }
   Avx2 operator+(Avx2 o) const { return {_mm256_add_ps(v, o.v)}; }
+  Avx2 operator-(Avx2 o) const { return {_mm256_sub_ps(v, o.v)}; }
   Avx2 operator*(Avx2 o) const { return {_mm256_mul_ps(v, o.v)}; }
   static Avx2 fmadd(Avx2 a, Avx2 b, Avx2 c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
+  // c - a b, one rounding.
+  static Avx2 fnmadd(Avx2 a, Avx2 b, Avx2 c) { return {_mm256_fnmadd_ps(a.v, b.v, c.v)}; }
   static Avx2 blend_negative(Avx2 v, Avx2 a) {
     return {_mm256_blendv_ps(v.v, a.v, _mm256_cmp_ps(v.v, _mm256_setzero_ps(), _CMP_LT_OQ))};
   }
@@ -192,8 +197,10 @@ struct Avx2<double> {
   static Avx2 select_eq(Avx2 a, Avx2 b, Avx2 g) { return {_mm256_and_pd(_mm256_cmp_pd(a.v, b.v, _CMP_EQ_OQ), g.v)}; }
   static int count_eq(Avx2 a, Avx2 b) { return __builtin_popcount(_mm256_movemask_pd(_mm256_cmp_pd(a.v, b.v, _CMP_EQ_OQ))); }
   Avx2 operator+(Avx2 o) const { return {_mm256_add_pd(v, o.v)}; }
+  Avx2 operator-(Avx2 o) const { return {_mm256_sub_pd(v, o.v)}; }
   Avx2 operator*(Avx2 o) const { return {_mm256_mul_pd(v, o.v)}; }
   static Avx2 fmadd(Avx2 a, Avx2 b, Avx2 c) { return {_mm256_fmadd_pd(a.v, b.v, c.v)}; }
+  static Avx2 fnmadd(Avx2 a, Avx2 b, Avx2 c) { return {_mm256_fnmadd_pd(a.v, b.v, c.v)}; }
   static Avx2 blend_negative(Avx2 v, Avx2 a) {
     return {_mm256_blendv_pd(v.v, a.v, _mm256_cmp_pd(v.v, _mm256_setzero_pd(), _CMP_LT_OQ))};
   }
@@ -233,7 +240,9 @@ struct Avx512F {
   static Avx512F zero() { return {_mm512_setzero_ps()}; }
   void store(float* p) const { _mm512_storeu_ps(p, v); }
   static Avx512F fmadd(Avx512F a, Avx512F b, Avx512F c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+  static Avx512F fnmadd(Avx512F a, Avx512F b, Avx512F c) { return {_mm512_fnmadd_ps(a.v, b.v, c.v)}; }
   Avx512F operator+(Avx512F o) const { return {_mm512_add_ps(v, o.v)}; }
+  Avx512F operator-(Avx512F o) const { return {_mm512_sub_ps(v, o.v)}; }
   Avx512F operator*(Avx512F o) const { return {_mm512_mul_ps(v, o.v)}; }
   static Avx512F blend_negative(Avx512F v, Avx512F a) {
     return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(v.v, _mm512_setzero_ps(), _CMP_LT_OQ), v.v, a.v)};

@@ -840,70 +840,45 @@ inline __m256 half8(const simd::Avx2<float>& v, int) { return v.v; }
 inline __m256 half8(const simd::Avx512F& v, int h) { return v.half(h).v; }
 #endif
 
-// The raw vector operations the forward's transforms are written in, on NT = 8 (__m256) or, on AVX-512, 16 tiles
-// (__m512): the same operations in the same order, so a tile's values do not depend on the width.
+// The forward's transforms on NT tiles: Vec's 8 lanes, or AVX-512's 16 (the same operations in the same order, so a
+// tile's values do not depend on the width).
 template <int NT>
-struct Ops;
-template <>
-struct Ops<8> {
-  using R = __m256;
-  static __m256 set1(float v) { return _mm256_set1_ps(v); }
-  static __m256 load(const float* p) { return _mm256_loadu_ps(p); }
-  static void store(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
-  static __m256 add(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
-  static __m256 sub(__m256 a, __m256 b) { return _mm256_sub_ps(a, b); }
-  static __m256 mul(__m256 a, __m256 b) { return _mm256_mul_ps(a, b); }
-  static __m256 fmadd(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
-  static __m256 fnmadd(__m256 a, __m256 b, __m256 c) { return _mm256_fnmadd_ps(a, b, c); }
-  // a where v < 0, else v (NaN keeps v).
-  static __m256 blend_negative(__m256 v, __m256 a) {
-    return _mm256_blendv_ps(v, a, _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ));
-  }
+struct LanesOf {
+  using type = Vec<float>;
 };
 #if CK_SIMD_AVX512
 template <>
-struct Ops<16> {
-  using R = __m512;
-  static __m512 set1(float v) { return _mm512_set1_ps(v); }
-  static __m512 load(const float* p) { return _mm512_loadu_ps(p); }
-  static void store(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
-  static __m512 add(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
-  static __m512 sub(__m512 a, __m512 b) { return _mm512_sub_ps(a, b); }
-  static __m512 mul(__m512 a, __m512 b) { return _mm512_mul_ps(a, b); }
-  static __m512 fmadd(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
-  static __m512 fnmadd(__m512 a, __m512 b, __m512 c) { return _mm512_fnmadd_ps(a, b, c); }
-  static __m512 blend_negative(__m512 v, __m512 a) {
-    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ), v, a);
-  }
+struct LanesOf<16> {
+  using type = simd::Avx512F;
 };
 #endif
+template <int NT>
+using Lanes = typename LanesOf<NT>::type;
 
 // y = B^T x for one column of 6.
-template <int NT, class R = typename Ops<NT>::R>
+template <class R>
 inline void bt6(const R* x, R* y) {
-  using O = Ops<NT>;
-  const R four = O::set1(4.f), five = O::set1(5.f), two = O::set1(2.f);
-  y[0] = O::fnmadd(five, x[2], O::fmadd(four, x[0], x[4]));
-  const R a = O::add(x[3], x[4]), b = O::add(x[1], x[2]);
-  y[1] = O::fnmadd(four, b, a);
-  const R c = O::sub(x[4], x[3]), d = O::sub(x[1], x[2]);
-  y[2] = O::fmadd(four, d, c);
-  const R e = O::sub(x[4], x[2]), f = O::sub(x[3], x[1]);
-  y[3] = O::fmadd(two, f, e);
-  y[4] = O::fnmadd(two, f, e);
-  y[5] = O::fnmadd(five, x[3], O::fmadd(four, x[1], x[5]));
+  const R four = R::set1(4.f), five = R::set1(5.f), two = R::set1(2.f);
+  y[0] = R::fnmadd(five, x[2], R::fmadd(four, x[0], x[4]));
+  const R a = x[3] + x[4], b = x[1] + x[2];
+  y[1] = R::fnmadd(four, b, a);
+  const R c = x[4] - x[3], d = x[1] - x[2];
+  y[2] = R::fmadd(four, d, c);
+  const R e = x[4] - x[2], f = x[3] - x[1];
+  y[3] = R::fmadd(two, f, e);
+  y[4] = R::fnmadd(two, f, e);
+  y[5] = R::fnmadd(five, x[3], R::fmadd(four, x[1], x[5]));
 }
 
 // y = A^T m for one column of 6 -> 4.
-template <int NT, class R = typename Ops<NT>::R>
+template <class R>
 inline void at6(const R* m, R* y) {
-  using O = Ops<NT>;
-  const R a = O::add(m[1], m[2]), b = O::sub(m[1], m[2]);
-  const R c = O::add(m[3], m[4]), d = O::sub(m[3], m[4]);
-  y[0] = O::add(O::add(m[0], a), c);
-  y[1] = O::fmadd(O::set1(2.f), d, b);
-  y[2] = O::fmadd(O::set1(4.f), c, a);
-  y[3] = O::add(O::fmadd(O::set1(8.f), d, b), m[5]);
+  const R a = m[1] + m[2], b = m[1] - m[2];
+  const R c = m[3] + m[4], d = m[3] - m[4];
+  y[0] = (m[0] + a) + c;
+  y[1] = R::fmadd(R::set1(2.f), d, b);
+  y[2] = R::fmadd(R::set1(4.f), c, a);
+  y[3] = R::fmadd(R::set1(8.f), d, b) + m[5];
 }
 
 // y = A v for one column of 4 -> 6 (A: the transpose of at6's A^T): the weight gradient's transform of gy.
@@ -1197,31 +1172,33 @@ namespace wino {
 // Writes the 36 transformed vectors to dst + xi * xi_stride.
 template <int NT = 8>
 inline void input_tiles(const float* const* rows, const int64_t* off, int64_t t0, float* dst, int64_t xi_stride) {
-  using O = Ops<NT>;
-  using R = typename O::R;
+  using R = Lanes<NT>;
   R tr[6][6];
   for (int r = 0; r < 6; ++r) {
     const float* p = rows[r] + t0;
     R d[6];
-    for (int q = 0; q < 6; ++q) d[q] = O::load(p + off[q]);
-    bt6<NT>(d, tr[r]);
+    for (int q = 0; q < 6; ++q) d[q] = R::load(p + off[q]);
+    bt6(d, tr[r]);
   }
   for (int k = 0; k < 6; ++k) {
     R col[6], y[6];
     for (int r = 0; r < 6; ++r) col[r] = tr[r][k];
-    bt6<NT>(col, y);
-    for (int a = 0; a < 6; ++a) O::store(dst + (a * 6 + k) * xi_stride, y[a]);
+    bt6(col, y);
+    for (int a = 0; a < 6; ++a) y[a].store(dst + (a * 6 + k) * xi_stride);
   }
 }
 
 // Four 8-tile vectors' outputs into a row: y[4 t + j] = v[j][t], the first n of them.
-inline void store_row4(float* y, const __m256* v, int64_t n, bool stream) { store_interleaved4(y, v, n, stream); }
+inline void store_row4(float* y, const Vec<float>* v, int64_t n, bool stream) {
+  const __m256 r[4] = {v[0].v, v[1].v, v[2].v, v[3].v};
+  store_interleaved4(y, r, n, stream);
+}
 #if CK_SIMD_AVX512
-inline void store_row4(float* y, const __m512* v, int64_t n, bool stream) {
+inline void store_row4(float* y, const simd::Avx512F* v, int64_t n, bool stream) {
   __m256 lo[4], hi[4];
   for (int j = 0; j < 4; ++j) {
-    lo[j] = _mm512_castps512_ps256(v[j]);
-    hi[j] = _mm512_extractf32x8_ps(v[j], 1);
+    lo[j] = half8(v[j], 0);
+    hi[j] = half8(v[j], 1);
   }
   store_interleaved4(y, lo, n, stream);
   if (n > 32) store_interleaved4(y + 32, hi, n - 32, stream);
@@ -1233,24 +1210,23 @@ inline void store_row4(float* y, const __m512* v, int64_t n, bool stream) {
 template <int NT = 8>
 inline void output_tiles(const float* m, int64_t xi_stride, float bias_s, Act act, float slope_s, float* y,
                          int64_t ystride, int64_t nrow, int64_t ncols, bool stream) {
-  using O = Ops<NT>;
-  using R = typename O::R;
-  const R zero = O::set1(0.f), slope = O::set1(slope_s), bias = O::set1(bias_s);
+  using R = Lanes<NT>;
+  const R zero = R::zero(), slope = R::set1(slope_s), bias = R::set1(bias_s);
   R tm[6][4];
   for (int a = 0; a < 6; ++a) {
     R row[6];
-    for (int k = 0; k < 6; ++k) row[k] = O::load(m + (a * 6 + k) * xi_stride);
-    at6<NT>(row, tm[a]);
+    for (int k = 0; k < 6; ++k) row[k] = R::load(m + (a * 6 + k) * xi_stride);
+    at6(row, tm[a]);
   }
   R Y[4][4];
   for (int j = 0; j < 4; ++j) {
     R col[6], yv[4];
     for (int a = 0; a < 6; ++a) col[a] = tm[a][j];
-    at6<NT>(col, yv);
+    at6(col, yv);
     for (int i = 0; i < 4; ++i) {
-      R v = O::add(yv[i], bias);
-      if (act == Act::relu) v = O::blend_negative(v, zero);
-      else if (act == Act::leaky_relu) v = O::blend_negative(v, O::mul(v, slope));
+      R v = yv[i] + bias;
+      if (act == Act::relu) v = R::blend_negative(v, zero);
+      else if (act == Act::leaky_relu) v = R::blend_negative(v, v * slope);
       Y[i][j] = v;
     }
   }
