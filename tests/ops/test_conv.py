@@ -667,12 +667,15 @@ def test_kernel_equal_stride_row_tiles(ow, dtype):
         _close(a, b, dtype)
 
 
-def test_kernel_equal_stride_with_many_entries_and_a_channel_tail(cpu_variant):
+@pytest.mark.parametrize("width", [70, 64])
+def test_kernel_equal_stride_with_many_entries_and_a_channel_tail(cpu_variant, width):
     """The kernel == stride forward sums its entries (channel x tap) in chunks of 256 through a parked partial sum,
     and on AVX-512 runs two blocks of 4 output channels at once: 80 x 2 x 2 = 320 entries, 13 output channels (the
-    last pair holds the tail), a fused ReLU, and the gradients (the input's is the transposed k == s kernel)."""
+    last pair holds the tail), a fused ReLU, and the gradients (the input's is the transposed k == s kernel; the
+    weight's packs blocks of 48 entries, the last 32). Width 64: the kw = 1 entries' last vectors end at the row's
+    last element, and are loaded from one element earlier."""
     gen = torch.Generator().manual_seed(11)
-    x = torch.randn(2, 80, 10, 70, generator=gen, requires_grad=True)
+    x = torch.randn(2, 80, 10, width, generator=gen, requires_grad=True)
     w = torch.randn(13, 80, 2, 2, generator=gen, requires_grad=True)
     b = torch.randn(13, generator=gen, requires_grad=True)
     xd, wd, bd = (t.detach().double().requires_grad_(True) for t in (x, w, b))

@@ -1565,6 +1565,14 @@ std::vector<int64_t> row_tiles(int64_t width, int64_t n) {
   return at;
 }
 
+// Elements at, at + s, ..., at + (P::N - 1) * s (s = 1 or 2) of a row of len: a stride-2 vector whose even loads
+// would read past the row's end takes the odd lanes from one element earlier (at >= 1 there, or 2 P::N <= len).
+template <class P, class T>
+P load_step(const T* row, int64_t at, int64_t s, int64_t len) {
+  if (s == 1) return P::load(row + at);
+  return at + 2 * P::N <= len ? P::load_even(row + at) : P::load_odd(row + at - 1);
+}
+
 // The forward of such a convolution is a GEMM, y[oc][p] = b + sum_e w[oc][e] X[e][p], e = (c, kd, kh, kw): per
 // tile of MV vectors of output pixels along a row, X is packed ([e][tile], a stride-s gather of each entry's input
 // row, vectorised for strides 1 and 2) in blocks of KB entries that stay in L1 while every block of 4 output
@@ -1663,13 +1671,13 @@ void forward_disjoint(const ConvGeom& g, const ConvInput& x, const T* wp, const 
             const int64_t i0 = conv::tap_input(j0, kw, g.s[2], 1, g.lo[2]), s2 = g.s[2];
             // A gradient input (the transposed problem of a 1x1 input gradient) reads gy * act'(y).
             const T* yrow = act_at(x.act, static_cast<const T*>(x.data[0]), xrow);
-            if (i0 >= 0 && i0 + (nv * N - 1) * s2 + s2 <= g.in[2] && (s2 == 1 || s2 == 2)) {
+            const int64_t len = g.in[2];
+            if ((s2 == 1 || s2 == 2) && i0 >= 0 && i0 + (nv * N - 1) * s2 < len &&
+                (s2 == 1 || i0 >= 1 || nv * N * 2 <= len)) {
               for (int v = 0; v < nv * (N / P::N); ++v) {  // the micro-kernel reads nv vectors
                 const int64_t at = i0 + v * s2 * P::N;
-                P r = s2 == 1 ? P::load(xrow + at) : P::load_even(xrow + at);
-                if (yrow)
-                  r = act_grad_v(s2 == 1 ? P::load(yrow + at) : P::load_even(yrow + at), r, x.act.act,
-                                 P::set1(T(x.act.slope)));
+                P r = load_step<P>(xrow, at, s2, len);
+                if (yrow) r = act_grad_v(load_step<P>(yrow, at, s2, len), r, x.act.act, P::set1(T(x.act.slope)));
                 r.store(dst + v * P::N);
               }
             } else {
@@ -2407,14 +2415,60 @@ ConvInput channel_slice(const ConvInput& x, int64_t c0, int64_t cc, int64_t plan
   return r;
 }
 
+// dst[c * ds + r] = src[r * ss + c] for r < rows, c < cols: in 8 x 8 and 4 x 4 blocks of float in registers
+// (the k == s weight gradient packs both operands transposed; scalar strided copies were ~30% of its packing).
+template <class T>
+void transpose_block(const T* src, int64_t ss, T* dst, int64_t ds, int64_t rows, int64_t cols) {
+  int64_t r0 = 0, c_done = 0;
+#if CK_SIMD_AVX2
+  if constexpr (std::is_same<T, float>::value) {
+    c_done = cols - cols % 8;
+    for (; r0 + 8 <= rows; r0 += 8)
+      for (int64_t c0 = 0; c0 < c_done; c0 += 8) {
+        const float* s0 = src + r0 * ss + c0;
+        __m256 t[8], u[8];
+        for (int i = 0; i < 8; i += 2) {
+          const __m256 a = _mm256_loadu_ps(s0 + i * ss), b = _mm256_loadu_ps(s0 + (i + 1) * ss);
+          t[i] = _mm256_unpacklo_ps(a, b);
+          t[i + 1] = _mm256_unpackhi_ps(a, b);
+        }
+        for (int i = 0; i < 8; i += 4) {
+          u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+          u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+          u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+          u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+        }
+        float* d0 = dst + c0 * ds + r0;
+        for (int i = 0; i < 4; ++i) {
+          _mm256_storeu_ps(d0 + i * ds, _mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+          _mm256_storeu_ps(d0 + (i + 4) * ds, _mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+        }
+      }
+    for (; r0 + 4 <= rows; r0 += 4)
+      for (int64_t c0 = 0; c0 + 4 <= c_done; c0 += 4) {
+        __m128 a = _mm_loadu_ps(src + r0 * ss + c0), b = _mm_loadu_ps(src + (r0 + 1) * ss + c0);
+        __m128 c = _mm_loadu_ps(src + (r0 + 2) * ss + c0), d = _mm_loadu_ps(src + (r0 + 3) * ss + c0);
+        _MM_TRANSPOSE4_PS(a, b, c, d);
+        float* d0 = dst + c0 * ds + r0;
+        _mm_storeu_ps(d0, a), _mm_storeu_ps(d0 + ds, b), _mm_storeu_ps(d0 + 2 * ds, c), _mm_storeu_ps(d0 + 3 * ds, d);
+      }
+    for (int64_t r = 0; r < r0; ++r)  // the columns past the last block of 8
+      for (int64_t c = c_done; c < cols; ++c) dst[c * ds + r] = src[r * ss + c];
+  }
+#endif
+  for (int64_t r = r0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * ds + r] = src[r * ss + c];
+}
+
 // The weight gradient of such a convolution is a plain GEMM over pixels, gw[oc][e] = sum_p gy[oc][p] X[e][p],
-// e = (c, kd, kh, kw), X[e][p] the input at tap e of output p: each block of output pixels packs X transposed
-// ([p][24 entries], from L1) and a copy of gy ([oc][p], the activation's derivative applied), and the outer-product
-// micro-kernel accumulates 4 output channels x 24 entries over the block's pixels, broadcasting gy. (The direct
-// path's pixel reductions read both operands as vectors: 7 loads per 12 FMAs, 55-65% of peak on these shapes.)
+// e = (c, kd, kh, kw), X[e][p] the input at tap e of output p. Each block of output pixels packs X transposed
+// ([p][EB entries], from L1) and gy ([ob][p][MO], the activation's derivative applied), and the forward's GEMM
+// micro-kernel runs with the pixels as its reduction: MV vectors of entries x MO output channels, broadcasting gy,
+// two channel blocks at once on AVX-512. (The direct path's pixel reductions read both operands as vectors: 7
+// loads per 12 FMAs, 55-65% of peak on these shapes.)
 template <class T>
 void grad_weight_disjoint(const ConvGradWeightArgs& a) {
-  using V = Vec<T>;
+  using V = simd::Wide<T>;
   constexpr int N = V::N, EB = MV * N;  // entries per block: MV vectors
   const ConvGeom& g = a.g;
   const T* gy = static_cast<const T*>(a.gy);
@@ -2422,8 +2476,10 @@ void grad_weight_disjoint(const ConvGradWeightArgs& a) {
   const int64_t OB = ceil_div(g.Cout, MO), CP = OB * MO, NEB = ceil_div(E, EB);
   const int64_t out_plane = g.out[0] * g.out[1] * OW, in_plane = g.in[0] * g.in[1] * g.in[2];
   const int64_t n_rows = g.N * g.out[0] * g.out[1];
-  // Blocks of whole output rows, about 256 pixels (the packed X block, 256 x 24 entries, is 24 KiB of float).
-  const int64_t RB = std::max<int64_t>(1, std::min<int64_t>(n_rows, 256 / std::max<int64_t>(1, OW)));
+  // Blocks of whole output rows, about 24 KiB of packed X (256 pixels x 24 entries of float on AVX2, 128 x 48 on
+  // AVX-512): it is re-read from L1 for every block of output channels.
+  const int64_t px = std::max<int64_t>(1, (int64_t(24) << 10) / (EB * int64_t(sizeof(T))));
+  const int64_t RB = std::max<int64_t>(1, std::min<int64_t>(n_rows, px / std::max<int64_t>(1, OW)));
   const int64_t PB = RB * OW, n_blocks = ceil_div(n_rows, RB);
   const int T_ = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), n_blocks)));
   std::vector<std::vector<T>> parts(static_cast<size_t>(T_)), bparts(static_cast<size_t>(T_));
@@ -2433,65 +2489,88 @@ void grad_weight_disjoint(const ConvGradWeightArgs& a) {
       std::vector<T>& bpart = bparts[size_t(slot)];
       part.assign(size_t(OB * NEB * MO * EB), T(0));
       bpart.assign(size_t(CP), T(0));
-      std::vector<T> gt(size_t(CP * PB), T(0)), xt(size_t(PB * EB));
+      std::vector<T> gt(size_t(CP * PB), T(0)), grow(size_t(MO * PB)), xt(size_t(PB * EB)), xr(size_t(EB * PB));
+      std::vector<const T*> xrows(static_cast<size_t>(PB));  // the micro-kernel's "entries": pixels
+      for (int64_t p = 0; p < PB; ++p) xrows[size_t(p)] = xt.data() + p * EB;
+      static const int64_t zero_off[1] = {0};
       SpreadPrefetch pf;  // input lines of the next entry block
+      // gy's row `row` of channel oc; the input row entry e reads for output row `row` (null: padding), and its kw.
+      auto gy_row = [&](int64_t oc, int64_t row) {
+        const int64_t oh = row % g.out[1], od = (row / g.out[1]) % g.out[0], n = row / (g.out[1] * g.out[0]);
+        return gy + n * g.y_bs + oc * out_plane + (od * g.out[1] + oh) * OW;
+      };
+      auto entry_row = [&](int64_t e, int64_t row, int64_t* kw_out) -> const T* {
+        const int64_t c = e / K, kk = e % K, kh = (kk / g.k[2]) % g.k[1], kd = kk / (g.k[2] * g.k[1]);
+        *kw_out = kk % g.k[2];
+        const int64_t oh = row % g.out[1], od = (row / g.out[1]) % g.out[0], n = row / (g.out[1] * g.out[0]);
+        const int64_t id = conv::map_index(conv::tap_input(od, kd, g.s[0], 1, g.lo[0]), g.in[0], g.pad);
+        const int64_t ih = conv::map_index(conv::tap_input(oh, kh, g.s[1], 1, g.lo[1]), g.in[1], g.pad);
+        if (id < 0 || ih < 0) return nullptr;
+        return conv::input_plane<T>(a.x, n, c, in_plane) + (id * g.in[1] + ih) * g.in[2];
+      };
       const int64_t b0 = n_blocks * slot / T_, b1 = n_blocks * (slot + 1) / T_;
       for (int64_t blk = b0; blk < b1; ++blk) {
         const int64_t r0 = blk * RB, nr = std::min(RB, n_rows - r0), np = nr * OW;
-        // gy of the block's rows: [oc][p] (rows are consecutive in a plane unless they cross (n, od)).
-        for (int64_t oc = 0; oc < g.Cout; ++oc) {
-          T* dst = gt.data() + oc * PB;
-          for (int64_t j = 0; j < nr; ++j) {
-            const int64_t row = r0 + j, oh = row % g.out[1], od = (row / g.out[1]) % g.out[0];
-            const int64_t n = row / (g.out[1] * g.out[0]);
-            const T* src = gy + n * g.y_bs + oc * out_plane + (od * g.out[1] + oh) * OW;
-            copy_grad(dst + j * OW, src, act_at(a.act, gy, src), OW, a.act);
-          }
-          V s = V::zero();
-          int64_t p = 0;
-          for (; p + N <= np; p += N) s = s + V::load(dst + p);
-          T tail = T(0);
-          for (; p < np; ++p) tail += dst[p];
-          bpart[size_t(oc)] += s.hsum() + tail;
-        }
-        // The input lines entry block eb reads (its rows of the block's output rows), prefetched a few per
-        // output-channel block while the block before runs: 24 entries' rows are too many streams for the
-        // hardware prefetchers, and packing waited on them (~17% of a k2s2 256 -> 128 weight gradient).
-        // The input row entry e reads for output row r0 + j (null: padding), and its kw.
-        auto entry_row = [&](int64_t e, int64_t j, int64_t* kw_out) -> const T* {
-          const int64_t c = e / K, kk = e % K, kh = (kk / g.k[2]) % g.k[1], kd = kk / (g.k[2] * g.k[1]);
-          *kw_out = kk % g.k[2];
-          const int64_t row = r0 + j, oh = row % g.out[1], od = (row / g.out[1]) % g.out[0];
-          const int64_t n = row / (g.out[1] * g.out[0]);
-          const int64_t id = conv::map_index(conv::tap_input(od, kd, g.s[0], 1, g.lo[0]), g.in[0], g.pad);
-          const int64_t ih = conv::map_index(conv::tap_input(oh, kh, g.s[1], 1, g.lo[1]), g.in[1], g.pad);
-          if (id < 0 || ih < 0) return nullptr;
-          return conv::input_plane<T>(a.x, n, c, in_plane) + (id * g.in[1] + ih) * g.in[2];
-        };
-        for (int64_t eb = 0; eb < NEB; ++eb) {
-          // The next entry block's rows, prefetched while this one runs (its packing waited on 24 rows at once:
-          // ~17% of a k2s2 256 -> 128 weight gradient); the kw > 0 entries read the row of kw = 0.
-          pf.clear();
-          for (int64_t jj = 0; eb + 1 < NEB && jj < EB && (eb + 1) * EB + jj < E; ++jj)
-            for (int64_t j = 0; j < nr; ++j) {
-              int64_t kw;
-              const T* r = entry_row((eb + 1) * EB + jj, j, &kw);
-              if (r && !(kw > 0 && jj > 0)) pf.add_span(r, g.in[2]);
-            }
-          pf.spread_over(OB);
-          // X^T for entries eb * EB ..: xt[p][j] (zero past the last entry).
-          for (int64_t jj = 0; jj < EB; ++jj) {
-            const int64_t e = eb * EB + jj;
-            if (e >= E) {
-              for (int64_t p = 0; p < np; ++p) xt[size_t(p * EB + jj)] = T(0);
+        // gy of the block's rows (consecutive in a plane unless they cross (n, od)), MO channels at a time, then
+        // interleaved by channel block.
+        for (int64_t ob = 0; ob < OB; ++ob) {
+          for (int i = 0; i < MO; ++i) {
+            const int64_t oc = ob * MO + i;
+            T* dst = grow.data() + i * PB;
+            if (oc >= g.Cout) {
+              std::fill(dst, dst + np, T(0));
               continue;
             }
             for (int64_t j = 0; j < nr; ++j) {
+              const T* src = gy_row(oc, r0 + j);
+              copy_grad(dst + j * OW, src, act_at(a.act, gy, src), OW, a.act);
+            }
+            using P = Vec<T>;
+            P s0 = P::zero(), s1 = P::zero();
+            int64_t p = 0;
+            for (; p + 2 * P::N <= np; p += 2 * P::N) s0 = s0 + P::load(dst + p), s1 = s1 + P::load(dst + p + P::N);
+            T tail = T(0);
+            for (; p < np; ++p) tail += dst[p];
+            bpart[size_t(oc)] += (s0 + s1).hsum() + tail;
+          }
+          transpose_block(grow.data(), PB, gt.data() + ob * PB * MO, int64_t(MO), int64_t(MO), np);
+        }
+        for (int64_t eb = 0; eb < NEB; ++eb) {
+          // Prefetched a few lines per channel block while this entry block runs: the next entry block's input
+          // rows (the next pixel block's first at the last), and a share of the next pixel block's gy rows. Packing
+          // waited on them (~17% and ~12% of a k2s2 256 -> 128 weight gradient): too many streams for the hardware
+          // prefetchers. The kw > 0 entries read the row of kw = 0.
+          pf.clear();
+          const bool last_eb = eb + 1 == NEB;
+          const int64_t nb_r0 = last_eb ? r0 + RB : r0, nb_nr = std::min(RB, n_rows - nb_r0);
+          if (!last_eb || blk + 1 < b1) {
+            const int64_t e0 = last_eb ? 0 : (eb + 1) * EB;
+            for (int64_t jj = 0; jj < EB && e0 + jj < E; ++jj)
+              for (int64_t j = 0; j < nb_nr; ++j) {
+                int64_t kw;
+                const T* r = entry_row(e0 + jj, nb_r0 + j, &kw);
+                if (r && !(kw > 0 && jj > 0)) pf.add_span(r, g.in[2]);
+              }
+          }
+          if (blk + 1 < b1) {
+            const int64_t nr1 = std::min(RB, n_rows - r0 - RB);
+            for (int64_t oc = g.Cout * eb / NEB; oc < g.Cout * (eb + 1) / NEB; ++oc)
+              for (int64_t j = 0; j < nr1; ++j) pf.add_span(gy_row(oc, r0 + RB + j), OW);
+          }
+          pf.spread_over(OB);
+          const int64_t ne = std::min<int64_t>(EB, E - eb * EB);
+          // X for entries eb * EB ..: xr[j][p] (zero past the last entry), then transposed into xt[p][j].
+          for (int64_t jj = 0; jj < EB; ++jj) {
+            T* dst = xr.data() + jj * PB;
+            if (jj >= ne) {
+              std::fill(dst, dst + np, T(0));
+              continue;
+            }
+            for (int64_t j = 0; j < nr; ++j, dst += OW) {
               int64_t kw;
-              const T* xrow = entry_row(e, j, &kw);
-              T* dst = xt.data() + (j * OW) * EB + jj;
+              const T* xrow = entry_row(eb * EB + jj, r0 + j, &kw);
               if (!xrow) {
-                for (int64_t ow = 0; ow < OW; ++ow) dst[ow * EB] = T(0);
+                std::fill(dst, dst + OW, T(0));
                 continue;
               }
               // outputs [in0, in1) read inside the row (ow * s + off): copied without mapping each position
@@ -2501,33 +2580,52 @@ void grad_weight_disjoint(const ConvGradWeightArgs& a) {
               const int64_t in1 = std::max(in0, std::min(OW, g.in[2] - off <= 0 ? 0 : ceil_div(g.in[2] - off, s2)));
               for (int64_t ow = 0; ow < in0; ++ow) {
                 const int64_t iw = conv::map_index(conv::tap_input(ow, kw, s2, 1, g.lo[2]), g.in[2], g.pad);
-                dst[ow * EB] = iw < 0 ? T(0) : xrow[iw];
+                dst[ow] = iw < 0 ? T(0) : xrow[iw];
               }
               const T* src = xrow + off;
-              for (int64_t ow = in0; ow < in1; ++ow) dst[ow * EB] = src[ow * s2];
-              for (int64_t ow = in1; ow < OW; ++ow) {
+              int64_t ow = in0;
+              using P = Vec<T>;
+              if (s2 == 1 || s2 == 2)
+                for (; ow + P::N <= in1 && (s2 == 1 || off + 2 * ow >= 1 || 2 * P::N <= g.in[2]); ow += P::N)
+                  load_step<P>(xrow, off + ow * s2, s2, g.in[2]).store(dst + ow);
+              for (; ow < in1; ++ow) dst[ow] = src[ow * s2];
+              for (ow = in1; ow < OW; ++ow) {
                 const int64_t iw = conv::map_index(conv::tap_input(ow, kw, s2, 1, g.lo[2]), g.in[2], g.pad);
-                dst[ow * EB] = iw < 0 ? T(0) : xrow[iw];
+                dst[ow] = iw < 0 ? T(0) : xrow[iw];
               }
             }
           }
-          for (int64_t ob = 0; ob < OB; ++ob) {
+          transpose_block(xr.data(), PB, xt.data(), int64_t(EB), int64_t(EB), np);
+          const int nv = int(ceil_div(ne, N));
+          for (int64_t ob = 0; ob < OB;) {  // one block of MO channels, or two at once on AVX-512
+            int64_t nob = 1;
+#if CK_SIMD_AVX512
+            if (ob + 1 < OB) nob = 2;
+#endif
             pf.step();
-            T* acc_p = part.data() + (ob * NEB + eb) * MO * EB;
-            V acc[MO][MV];
-            for (int i = 0; i < MO; ++i)
-              for (int v = 0; v < MV; ++v) acc[i][v] = V::load(acc_p + i * EB + v * N);
-            const T* g0 = gt.data() + ob * MO * PB;
-            for (int64_t p = 0; p < np; ++p) {
-              V x[MV];
-              for (int v = 0; v < MV; ++v) x[v] = V::load(xt.data() + p * EB + v * N);
-              for (int i = 0; i < MO; ++i) {
-                const V w = V::set1(g0[i * PB + p]);
-                for (int v = 0; v < MV; ++v) acc[i][v] = V::fmadd(w, x[v], acc[i][v]);
-              }
+            if (nob == 2) pf.step();
+            // channel i's partial sums: block ob + i / MO's (NEB * MO * EB apart), row i % MO
+            auto acc_at = [&](int i) { return part.data() + ((ob + i / MO) * NEB + eb) * MO * EB + (i % MO) * EB; };
+            V acc[2 * MO][MV];
+            for (int i = 0; i < nob * MO; ++i)
+              for (int v = 0; v < MV; ++v) acc[i][v] = V::load(acc_at(i) + v * N);
+            const T* g0 = gt.data() + ob * PB * MO;
+#if CK_SIMD_AVX512
+            if (nob == 2)
+              pick_gemm_pair<T>(nv)(xrows.data(), np, 0, g0, g0 + PB * MO, acc);
+            else
+#endif
+            {
+              V one[MO][MV];
+              for (int i = 0; i < MO; ++i)
+                for (int v = 0; v < MV; ++v) one[i][v] = acc[i][v];
+              pick_gemm<T>(nv)(xrows.data(), np, 0, 1, zero_off, g0, one);
+              for (int i = 0; i < MO; ++i)
+                for (int v = 0; v < MV; ++v) acc[i][v] = one[i][v];
             }
-            for (int i = 0; i < MO; ++i)
-              for (int v = 0; v < MV; ++v) acc[i][v].store(acc_p + i * EB + v * N);
+            for (int i = 0; i < nob * MO; ++i)
+              for (int v = 0; v < MV; ++v) acc[i][v].store(acc_at(i) + v * N);
+            ob += nob;
           }
         }
       }
