@@ -2136,7 +2136,9 @@ void winograd_grad_weight(const ConvGradWeightArgs& a) {
   using GV = wino::GV;  // the GEMMs' vectors of entries
   const int64_t KD = g.k[0], E = g.Cin * KD, OB = ceil_div(g.Cout, MO), CP = OB * MO, EP = round_up(E, GV::N);
   const int64_t TH = ceil_div(g.out[1], 4), TWt = ceil_div(g.out[2], 4), OD = g.out[0];
-  constexpr int64_t TB = 96;
+  // Tiles per block: 64 rather than 96 made the 64^2 and 128^2 layers of the U-Net 6-10% faster on AVX-512 (their
+  // Xt, 36 x tiles x channels, is written and read back from L2 in every block).
+  constexpr int64_t TB = 64;
   // Tile rows per block: narrow rows grouped up to TB tiles, never more than a plane has (a block stays in its
   // plane, and the panels are sized for G rows: 96 rows of a 4 x 4 gradient had each thread fault in 56 MB).
   const int64_t G = std::min(TH, TWt < TB ? std::max<int64_t>(1, TB / TWt) : int64_t(1));
