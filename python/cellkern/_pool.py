@@ -6,11 +6,15 @@ pages cost the kernel's zeroing and fault handling (measured on the anchor U-Net
 medians of 889-1217 ms over four runs without the pool, 805-832 ms over three with it). torch's CPU allocator has no
 cache, so this one lives here, only for cellkern's own outputs.
 
-A pooled storage is reused only when nothing else holds it (the storage's own reference count, which counts
-every tensor, view, numpy array and DLPack export of it), so a pooled output never aliases a live tensor. The pool
-keeps at most ``limit`` bytes (default 1 GiB; ``CELLKERN_POOL_MB`` or ``cellkern.set_pool_limit``; 0 turns it
-off); idle storages are evicted, least recently used first, to make room, and ``cellkern.empty_cache()``
-drops all idle ones.
+The pool owns blocks of memory; each output gets a torch storage of its own over a block (through
+``torch.frombuffer``), and the block returns to the pool only when that storage dies, i.e. when no tensor, view,
+numpy array or DLPack export of it is left: a pooled output never aliases a live tensor. The storage has no other
+holder (no Python storage object, no reference from the pool), so torch treats it as its own: autograd adds a
+second gradient into it in place and AccumulateGrad keeps it as ``.grad`` without a copy. Like any tensor over
+external memory it cannot grow in place (``resize_`` to more bytes raises; shrinking, views, pickling, saving and
+``share_memory_`` work). The pool keeps at most ``limit`` bytes (default 1 GiB; ``CELLKERN_POOL_MB`` or
+``cellkern.set_pool_limit``; 0 turns it off); idle blocks are evicted, least recently used first, to make room,
+and ``cellkern.empty_cache()`` drops all idle ones.
 """
 from __future__ import annotations
 
@@ -18,16 +22,17 @@ import contextlib
 import mmap
 import os
 import threading
+import weakref
 from collections import OrderedDict
+
+import numpy as np
 
 MIN_BYTES = 1 << 20  # smaller tensors: torch's allocator (malloc) reuses them without faulting anyway
 
 try:
     import torch
-    _use_count = getattr(torch._C, "_storage_Use_Count", None)
 except ImportError:  # numpy-only install: nothing to pool
     torch = None
-    _use_count = None
 
 
 def _limit_from_env() -> int:
@@ -41,43 +46,62 @@ def _limit_from_env() -> int:
     return int(mb * (1 << 20))
 
 
+class _Block:
+    """Memory the pool owns (a torch uint8 tensor, or an anonymous mapping within :func:`limited`) and whether a
+    storage over it is out."""
+    __slots__ = ("array", "nbytes", "in_use", "__weakref__")
+
+    def __init__(self, array, nbytes: int):
+        self.array = array  # numpy uint8 view of the memory (holds the tensor or the mapping)
+        self.nbytes = nbytes
+        self.in_use = False
+
+    def data_ptr(self) -> int:
+        return self.array.ctypes.data
+
+
 class _Pool:
     def __init__(self, limit: int):
         self.limit = limit
-        self.mapped = False  # storages of their own mappings (within limited(), see _mapped)
+        self.mapped = False  # blocks of their own mappings (within limited(), see _mapped)
         self.bytes = 0
         self.hits = 0
         self.misses = 0
-        # Held from the idle check until the storage is wrapped in a tensor (which raises its use count): two
-        # threads must never both see the same storage idle.
-        self.lock = threading.Lock()
-        self.by_size: dict[int, dict] = {}   # nbytes -> {id: storage} of that size
+        # Reentrant: a storage's death (which frees its block, under the lock) can happen while this thread holds it.
+        self.lock = threading.RLock()
+        self.by_size: dict[int, dict] = {}   # nbytes -> {id: block} of that size
         self.order: OrderedDict = OrderedDict()  # id -> nbytes, least recently handed out first
 
-    def _idle(self, storage) -> bool:
-        return _use_count(storage._cdata) == 1  # the pool's own reference only
+    def _idle(self, block) -> bool:
+        return not block.in_use
 
     def take(self, nbytes: int):
-        for key, storage in self.by_size.get(nbytes, {}).items():
-            if self._idle(storage):
+        for key, block in self.by_size.get(nbytes, {}).items():
+            if self._idle(block):
                 self.order.move_to_end(key)
                 self.hits += 1
-                return storage
+                block.in_use = True
+                return block
         self.misses += 1
         if nbytes > self.limit:
             return None
         if self.bytes + nbytes > self.limit:
             self._evict(self.bytes + nbytes - self.limit)
             if self.bytes + nbytes > self.limit:
-                return None  # the pooled storages are in use: this one is not kept
-        storage = _mapped(nbytes) if self.mapped else torch.empty(nbytes, dtype=torch.uint8).untyped_storage()
-        self.by_size.setdefault(nbytes, {})[id(storage)] = storage
-        self.order[id(storage)] = nbytes
+                return None  # the pooled blocks are in use: this one is not kept
+        block = _Block(_mapped(nbytes) if self.mapped else torch.empty(nbytes, dtype=torch.uint8).numpy(), nbytes)
+        self.by_size.setdefault(nbytes, {})[id(block)] = block
+        self.order[id(block)] = nbytes
         self.bytes += nbytes
-        return storage
+        block.in_use = True
+        return block
+
+    def give_back(self, block) -> None:
+        with self.lock:
+            block.in_use = False
 
     def _evict(self, need: int) -> None:
-        """Free idle storages, least recently handed out first, until ``need`` bytes are freed."""
+        """Free idle blocks, least recently handed out first, until ``need`` bytes are freed."""
         for key, size in list(self.order.items()):
             if need <= 0:
                 return
@@ -91,13 +115,24 @@ class _Pool:
             need -= size
 
 
+def _tensor_over(array, dtype, numel: int, pool=None, block=None):
+    """A flat tensor of its own storage over the array's memory, made without a Python storage object: such an
+    object stays attached to the storage and counts as a second holder, and autograd adds a gradient into a buffer
+    in place only when it holds the storage's last reference (measured: the U-Net's skip connections' gradients were
+    summed into fresh tensors, 43 ms of a 750 ms training step). With a pool, the storage's death hands the block
+    back."""
+    view = array.view()  # an exporter of its own: it dies with the storage
+    if pool is not None:
+        weakref.finalize(view, pool.give_back, block).atexit = False
+    return torch.frombuffer(view, dtype=dtype, count=numel)
+
+
 def _mapped(nbytes: int):
-    """A storage of its own anonymous memory mapping, unmapped when the pool lets it go: what a memory-bounded run
-    (:func:`limited`) allocates. Through malloc, storages evicted from the pool stayed in glibc's heap as free chunks
-    of the wrong sizes (measured: a streamed 4096^2 run with a 256 MiB pool peaked 355 MB above its start, 250 MB of
-    it free heap). Such a storage cannot be resized, so outside :func:`limited` the pool allocates as torch does.
-    Huge pages are asked for as torch asks for them (THP_MEM_ALLOC_ENABLE=1), so both sides of a benchmark fault
-    alike."""
+    """A uint8 array over an anonymous memory mapping of its own, unmapped when the pool lets it go: what a
+    memory-bounded run (:func:`limited`) allocates. Through malloc, blocks evicted from the pool stayed in glibc's
+    heap as free chunks of the wrong sizes (measured: a streamed 4096^2 run with a 256 MiB pool peaked 355 MB above
+    its start, 250 MB of it free heap). Outside :func:`limited` blocks are torch's own allocations. Huge pages are
+    asked for as torch asks for them (THP_MEM_ALLOC_ENABLE=1), so both sides of a benchmark fault alike."""
     try:
         buf = mmap.mmap(-1, nbytes)
     except OSError as e:  # ENOMEM (an address-space limit, overcommit refused): what malloc's failure raises
@@ -107,11 +142,11 @@ def _mapped(nbytes: int):
             buf.madvise(mmap.MADV_HUGEPAGE)
         except OSError:  # the kernel refuses (THP off): plain pages
             pass
-    return torch.frombuffer(buf, dtype=torch.uint8).untyped_storage()  # the storage keeps buf alive
+    return np.frombuffer(buf, dtype=np.uint8)  # the array keeps buf alive
 
 
 _THP = os.environ.get("THP_MEM_ALLOC_ENABLE", "") == "1"
-_pool = _Pool(_limit_from_env()) if _use_count is not None else None
+_pool = _Pool(_limit_from_env()) if torch is not None else None
 
 
 def _strides(shape, channels_last: bool):
@@ -146,11 +181,12 @@ def empty(shape, dtype, device, channels_last: bool = False):
     strides = _strides(shape, channels_last)
     if _pool is not None and _pool.limit > 0 and nbytes >= MIN_BYTES and torch.device(device).type == "cpu":
         with _pool.lock:
-            storage = _pool.take(_size_class(nbytes))
-            if storage is not None:
-                return torch.empty(0, dtype=dtype).set_(storage, 0, shape, strides)
+            block = _pool.take(_size_class(nbytes))
+            if block is not None:
+                flat = _tensor_over(block.array, dtype, numel, _pool, block)
+                return torch.empty(0, dtype=dtype).set_(flat, 0, shape, strides)
         if _pool.mapped:  # past the limit: a mapping of its own too, given back whole when freed
-            return torch.empty(0, dtype=dtype).set_(_mapped(nbytes), 0, shape, strides)
+            return torch.empty(0, dtype=dtype).set_(_tensor_over(_mapped(nbytes), dtype, numel), 0, shape, strides)
     return torch.empty_strided(shape, strides, dtype=dtype, device=device)
 
 
@@ -171,8 +207,8 @@ def set_pool_limit(nbytes: int) -> None:
 def limited(nbytes: int):
     """Within the block the pool keeps at most ``nbytes`` (never more than its own limit): a memory-bounded runner
     (streamed inference) reuses its own buffers without the pool's default GiB of idle storages piling up on top.
-    Storages made within the block are anonymous mappings of their own (:func:`_mapped`; not resizable), and
-    outputs past the limit too. Idle storages are freed and the old limit restored afterwards."""
+    Blocks made within the block are anonymous mappings of their own (:func:`_mapped`), and outputs past the limit
+    too. Idle blocks are freed and the old limit restored afterwards."""
     if _pool is None:
         yield
         return
@@ -201,6 +237,6 @@ def pool_stats() -> dict:
     if _pool is None:
         return {"limit": 0, "bytes": 0, "idle_bytes": 0, "storages": 0, "hits": 0, "misses": 0}
     with _pool.lock:
-        idle = sum(size for size, e in _pool.by_size.items() for s in e.values() if _pool._idle(s))
+        idle = sum(size for size, e in _pool.by_size.items() for b in e.values() if _pool._idle(b))
         return {"limit": _pool.limit, "bytes": _pool.bytes, "idle_bytes": idle,
                 "storages": sum(len(e) for e in _pool.by_size.values()), "hits": _pool.hits, "misses": _pool.misses}

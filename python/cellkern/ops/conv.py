@@ -292,6 +292,12 @@ if torch is not None:
             shape[1] = sum(int(x.shape[1]) for x in xs)
             gx = torch.ops.cellkern.conv_grad_input(grad_out, weight, shape, *ctx.args, 0, *act)
             gxs = list(torch.split(gx, [int(x.shape[1]) for x in xs], dim=1))
+            # The parts after the first as tensors of their own: a U-Net's skip tensor also feeds the pooling, and
+            # autograd adds the two gradients in place only into a dense tensor that holds its storage alone (a
+            # strided view made torch allocate the sum: 29-43 ms of a 750 ms training step, the copies ~4 ms).
+            for i in range(1, len(gxs)):
+                own = empty(list(gxs[i].shape), gx.dtype, gx.device, "grad_input", is_channels_last(gx, gx.dim() - 2))
+                gxs[i] = own.copy_(gxs[i])
         else:
             offset = 0
             for i, x in enumerate(xs):  # one pass per part, from the weight's matching input channels
