@@ -693,6 +693,37 @@ GemmPair<T> pick_gemm_pair(int nv) {
 }
 #endif
 
+// Blocks of MO output channels the GEMM-shaped kernels run at once from block ob of OB: two on AVX-512 while two
+// are left, else one.
+inline int gemm_blocks_at(int64_t ob, int64_t OB) {
+#if CK_SIMD_AVX512
+  if (ob + 1 < OB) return 2;
+#endif
+  (void)ob, (void)OB;
+  return 1;
+}
+
+// The GEMM of nob (gemm_blocks_at) blocks of MO output channels over E entries of nv vectors at column col,
+// added to acc's initial values: acc[i] is block 0's channel i (weights w0), acc[MO + i] block 1's (w1).
+template <class T>
+void gemm_blocks(int nob, int nv, const T* const* rows, int64_t E, int64_t col, const T* w0, const T* w1,
+                 simd::Wide<T> (&acc)[2 * MO][MV]) {
+#if CK_SIMD_AVX512
+  if (nob == 2) {
+    pick_gemm_pair<T>(nv)(rows, E, col, w0, w1, acc);
+    return;
+  }
+#endif
+  (void)nob, (void)w1;
+  static const int64_t zero_off[1] = {0};
+  simd::Wide<T> one[MO][MV];
+  for (int i = 0; i < MO; ++i)
+    for (int v = 0; v < MV; ++v) one[i][v] = acc[i][v];
+  pick_gemm<T>(nv)(rows, E, col, 1, zero_off, w0, one);
+  for (int i = 0; i < MO; ++i)
+    for (int v = 0; v < MV; ++v) acc[i][v] = one[i][v];
+}
+
 // What the row driver writes: Cout channels of rows (n, od, oh) with `cols` columns; plane and batch strides.
 // Output (od, oh, ow) lands at position (od * step[0] + off[0], oh * step[1] + off[1], ow * step[2] + off[2]) of
 // a (D, mem_h, mem_w) plane: the identity, or one phase of a strided convolution's input gradient.
@@ -1239,31 +1270,19 @@ inline void output_tiles(const float* m, int64_t xi_stride, float bias_s, Act ac
 // those columns of M are never read.
 inline void gemms(const float* const* vrows, int64_t E, const float* U, int64_t OB, int64_t ntiles,
                   float* M, int64_t TCp) {
-  static const int64_t zero_off[1] = {0};
   const int nv = int(ceil_div(ntiles, GV::N));
   CK_CHECK(nv <= MV, "winograd: a block wider than the GEMM tile (internal error)");
   for (int64_t xi = 0; xi < 36; ++xi)
     for (int64_t ob = 0; ob < OB;) {
       const float* w = U + (xi * OB + ob) * E * MO;
-#if CK_SIMD_AVX512
-      if (ob + 1 < OB) {
-        GV acc[2 * MO][MV];
-        for (int i = 0; i < 2 * MO; ++i)
-          for (int jj = 0; jj < MV; ++jj) acc[i][jj] = GV::zero();
-        pick_gemm_pair<float>(nv)(vrows + xi * E, E, 0, w, w + E * MO, acc);
-        for (int i = 0; i < 2 * MO; ++i)
-          for (int jj = 0; jj < nv; ++jj) acc[i][jj].store(M + ((ob * MO + i) * 36 + xi) * TCp + jj * GV::N);
-        ob += 2;
-        continue;
-      }
-#endif
-      GV acc[MO][MV];
-      for (int i = 0; i < MO; ++i)
+      const int nob = gemm_blocks_at(ob, OB);
+      GV acc[2 * MO][MV];
+      for (int i = 0; i < 2 * MO; ++i)
         for (int jj = 0; jj < MV; ++jj) acc[i][jj] = GV::zero();
-      pick_gemm<float>(nv)(vrows + xi * E, E, 0, 1, zero_off, w, acc);
-      for (int i = 0; i < MO; ++i)
+      gemm_blocks<float>(nob, nv, vrows + xi * E, E, 0, w, w + E * MO, acc);
+      for (int i = 0; i < nob * MO; ++i)
         for (int jj = 0; jj < nv; ++jj) acc[i][jj].store(M + ((ob * MO + i) * 36 + xi) * TCp + jj * GV::N);
-      ++ob;
+      ob += nob;
     }
 }
 
@@ -1595,7 +1614,6 @@ void forward_disjoint(const ConvGeom& g, const ConvInput& x, const T* wp, const 
     std::vector<T> xp(size_t(EK * TW)), tb(size_t(OB * MO * TW));
     std::vector<const T*> rows(static_cast<size_t>(EK));
     for (int64_t k = 0; k < EK; ++k) rows[size_t(k)] = xp.data() + k * TW;
-    static const int64_t zero_off[1] = {0};
     alignas(64) T tmp[N];
     // Per entry (c, kd, kh, kw): its plane in batch item 0, the part's batch stride, its (kd, kh) and kw; per
     // output row the offset of each (kd, kh) row in a plane (-1: padding). Decoding the entry with divisions at
@@ -1689,12 +1707,8 @@ void forward_disjoint(const ConvGeom& g, const ConvInput& x, const T* wp, const 
             }
           }
           const bool first = k0 == 0, last = k0 + KB >= E;
-          const Gemm<T> micro = pick_gemm<T>(nv);
           for (int64_t ob = 0; ob < OB;) {  // one block of MO channels, or two at once on AVX-512
-            int64_t nob = 1;
-#if CK_SIMD_AVX512
-            if (ob + 1 < OB) nob = 2;
-#endif
+            const int nob = gemm_blocks_at(ob, OB);
             pf.step();
             if (nob == 2) pf.step();
             V acc[2 * MO][MV];
@@ -1705,19 +1719,7 @@ void forward_disjoint(const ConvGeom& g, const ConvInput& x, const T* wp, const 
                 acc[i][v] = first ? V::set1(bias && oc < g.Cout ? bias[oc] : T(0)) : V::load(park + i * TW + v * N);
             }
             const T* w0 = wp + (ob * E + k0) * MO;
-#if CK_SIMD_AVX512
-            if (nob == 2)
-              pick_gemm_pair<T>(nv)(rows.data(), ek, 0, w0, w0 + E * MO, acc);
-            else
-#endif
-            {
-              V one[MO][MV];
-              for (int i = 0; i < MO; ++i)
-                for (int v = 0; v < MV; ++v) one[i][v] = acc[i][v];
-              micro(rows.data(), ek, 0, 1, zero_off, w0, one);
-              for (int i = 0; i < MO; ++i)
-                for (int v = 0; v < MV; ++v) acc[i][v] = one[i][v];
-            }
+            gemm_blocks<T>(nob, nv, rows.data(), ek, 0, w0, w0 + E * MO, acc);
             for (int i = 0; i < nob * MO; ++i) {
               const int64_t oc = ob * MO + i;
               if (!last) {
@@ -1833,7 +1835,6 @@ void grad_input_disjoint(const ConvGradInputArgs& a, const RowOut<T>& o) {
     std::vector<T> packed(size_t(g.Cout * TW));
     std::vector<const T*> rows(static_cast<size_t>(g.Cout));
     for (int64_t oc = 0; oc < g.Cout; ++oc) rows[size_t(oc)] = packed.data() + oc * TW;
-    static const int64_t zero_off[1] = {0};
     alignas(64) T tmp[2 * N];
     const std::vector<int64_t> tile_at = row_tiles(OW, N);
     for (int64_t it = b; it < e; ++it) {
@@ -1859,10 +1860,7 @@ void grad_input_disjoint(const ConvGradInputArgs& a, const RowOut<T>& o) {
           const bool inside = id >= 0 && id < g.in[0] && ih >= 0 && ih < g.in[1];
           T* gxrow = o.y + n * o.bs + (id * g.in[1] + ih) * W;
           for (int64_t cb = 0; cb < CBn;) {  // one channel block, or two at once on AVX-512
-            int64_t ncb = 1;
-#if CK_SIMD_AVX512
-            if (cb + 1 < CBn) ncb = 2;
-#endif
+            const int ncb = gemm_blocks_at(cb, CBn);
             for (int64_t q = 0; q < per_call * ncb && pf < g.Cout; ++q, ++pf) {
               __builtin_prefetch(next + pf * plane_y, 0, 3);
               __builtin_prefetch(next + pf * plane_y + TW - 1, 0, 3);
@@ -1872,22 +1870,10 @@ void grad_input_disjoint(const ConvGradInputArgs& a, const RowOut<T>& o) {
               continue;
             }
             V acc[2 * MO][MV];
+            for (int i = 0; i < 2 * MO; ++i)
+              for (int jj = 0; jj < MV; ++jj) acc[i][jj] = V::zero();
             const T* w0 = wp.data() + (tap * CBn + cb) * g.Cout * MO;
-#if CK_SIMD_AVX512
-            if (ncb == 2) {
-              for (int i = 0; i < 2 * MO; ++i)
-                for (int jj = 0; jj < MV; ++jj) acc[i][jj] = V::zero();
-              pick_gemm_pair<T>(nv)(rows.data(), g.Cout, 0, w0, w0 + g.Cout * MO, acc);
-            } else
-#endif
-            {
-              V one[MO][MV];
-              for (int i = 0; i < MO; ++i)
-                for (int jj = 0; jj < MV; ++jj) one[i][jj] = V::zero();
-              pick_gemm<T>(nv)(rows.data(), g.Cout, 0, 1, zero_off, w0, one);
-              for (int i = 0; i < MO; ++i)
-                for (int jj = 0; jj < MV; ++jj) acc[i][jj] = one[i][jj];
-            }
+            gemm_blocks<T>(ncb, nv, rows.data(), g.Cout, 0, w0, w0 + g.Cout * MO, acc);
             for (int64_t cc = 0; cc < ncb * CB && (cb * CB + cc) < g.Cin; ++cc) {  // gx channel cb * CB + cc
               const int c = int(cc);
               const V bias = V::set1(bias_of(cb * CB + c));
@@ -2307,31 +2293,16 @@ void winograd_grad_weight(const ConvGradWeightArgs& a) {
         // (the reduction over tiles in vector lanes it replaces ended every 12 vectors in horizontal adds: the
         // weight gradient ran 1.5x the forward's time at 128 channels). Padded entries read Xt columns that stay
         // zero.
-        static const int64_t zero_off[1] = {0};
         for (int64_t xi = 0; xi < 36; ++xi)
           for (int64_t e0 = 0; e0 < EP; e0 += MV * GV::N) {
             const int nvec = int(std::min<int64_t>(MV, (EP - e0) / GV::N));
-            const Gemm<float> micro = pick_gemm<float>(nvec);
             for (int64_t ob = 0; ob < OB;) {  // one block of MO channels, or two at once on AVX-512
-              GV acc[2 * MO][MV];
-              int nb = 1;
+              const int nb = gemm_blocks_at(ob, OB);
               const float* y0 = Yt.data() + (xi * OB + ob) * TP * MO;
-#if CK_SIMD_AVX512
-              if (ob + 1 < OB) {
-                for (int i = 0; i < 2 * MO; ++i)
-                  for (int jv = 0; jv < MV; ++jv) acc[i][jv] = GV::zero();
-                pick_gemm_pair<float>(nvec)(xrows.data() + xi * TP, ntiles, e0, y0, y0 + TP * MO, acc);
-                nb = 2;
-              } else
-#endif
-              {
-                GV one[MO][MV];
-                for (int i = 0; i < MO; ++i)
-                  for (int jv = 0; jv < MV; ++jv) one[i][jv] = GV::zero();
-                micro(xrows.data() + xi * TP, ntiles, e0, 1, zero_off, y0, one);
-                for (int i = 0; i < MO; ++i)
-                  for (int jv = 0; jv < MV; ++jv) acc[i][jv] = one[i][jv];
-              }
+              GV acc[2 * MO][MV];
+              for (int i = 0; i < 2 * MO; ++i)
+                for (int jv = 0; jv < MV; ++jv) acc[i][jv] = GV::zero();
+              gemm_blocks<float>(nb, nvec, xrows.data() + xi * TP, ntiles, e0, y0, y0 + TP * MO, acc);
               for (int b = 0; b < nb; ++b) {
                 float* pb = Mp.data() + ((xi * OB + ob + b) * EP + e0) * MO;
                 const GV(*ab)[MV] = acc + b * MO;  // this block's MO rows
@@ -2494,7 +2465,6 @@ void grad_weight_disjoint(const ConvGradWeightArgs& a) {
       std::vector<T> gt(size_t(CP * PB), T(0)), grow(size_t(MO * PB)), xt(size_t(PB * EB)), xr(size_t(EB * PB));
       std::vector<const T*> xrows(static_cast<size_t>(PB));  // the micro-kernel's "entries": pixels
       for (int64_t p = 0; p < PB; ++p) xrows[size_t(p)] = xt.data() + p * EB;
-      static const int64_t zero_off[1] = {0};
       SpreadPrefetch pf;  // input lines of the next entry block
       // gy's row `row` of channel oc; the input row entry e reads for output row `row` (null: padding), and its kw.
       auto gy_row = [&](int64_t oc, int64_t row) {
@@ -2600,10 +2570,7 @@ void grad_weight_disjoint(const ConvGradWeightArgs& a) {
           transpose_block(xr.data(), PB, xt.data(), int64_t(EB), int64_t(EB), np);
           const int nv = int(ceil_div(ne, N));
           for (int64_t ob = 0; ob < OB;) {  // one block of MO channels, or two at once on AVX-512
-            int64_t nob = 1;
-#if CK_SIMD_AVX512
-            if (ob + 1 < OB) nob = 2;
-#endif
+            const int nob = gemm_blocks_at(ob, OB);
             pf.step();
             if (nob == 2) pf.step();
             // channel i's partial sums: block ob + i / MO's (NEB * MO * EB apart), row i % MO
@@ -2612,19 +2579,7 @@ void grad_weight_disjoint(const ConvGradWeightArgs& a) {
             for (int i = 0; i < nob * MO; ++i)
               for (int v = 0; v < MV; ++v) acc[i][v] = V::load(acc_at(i) + v * N);
             const T* g0 = gt.data() + ob * PB * MO;
-#if CK_SIMD_AVX512
-            if (nob == 2)
-              pick_gemm_pair<T>(nv)(xrows.data(), np, 0, g0, g0 + PB * MO, acc);
-            else
-#endif
-            {
-              V one[MO][MV];
-              for (int i = 0; i < MO; ++i)
-                for (int v = 0; v < MV; ++v) one[i][v] = acc[i][v];
-              pick_gemm<T>(nv)(xrows.data(), np, 0, 1, zero_off, g0, one);
-              for (int i = 0; i < MO; ++i)
-                for (int v = 0; v < MV; ++v) acc[i][v] = one[i][v];
-            }
+            gemm_blocks<T>(nob, nv, xrows.data(), np, 0, g0, g0 + PB * MO, acc);
             for (int i = 0; i < nob * MO; ++i)
               for (int v = 0; v < MV; ++v) acc[i][v].store(acc_at(i) + v * N);
             ob += nob;
