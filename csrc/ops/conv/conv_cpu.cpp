@@ -404,6 +404,9 @@ class PanelRows {
     V load_even(const T* p) const { return V::load_even(p); }
     V load_odd(const T* p) const { return V::load_odd(p); }
     T get(const T* p) const { return *p; }
+#if CK_SIMD_AVX2
+    __m256 load_first(const float* p, __m256i lanes) const { return _mm256_maskload_ps(p, lanes); }
+#endif
   };
   struct GradLoad {
     std::ptrdiff_t dy;  // y - gy
@@ -414,6 +417,12 @@ class PanelRows {
     V load_even(const T* p) const { return grad(V::load_even(p), V::load_even(p + dy)); }
     V load_odd(const T* p) const { return grad(V::load_odd(p), V::load_odd(p + dy)); }
     T get(const T* p) const { return conv::act_grad(p[dy], *p, act, slope); }
+#if CK_SIMD_AVX2
+    // The lanes of p set in `lanes` (maskload reads no other), zero elsewhere (act' of a zero gradient is zero).
+    __m256 load_first(const float* p, __m256i lanes) const {
+      return grad(V{_mm256_maskload_ps(p, lanes)}, V{_mm256_maskload_ps(p + dy, lanes)}).v;
+    }
+#endif
   };
 
   template <class L>
@@ -442,6 +451,7 @@ class PanelRows {
         const int64_t mid1 = std::min({cwin_, in_valid_, std::max<int64_t>(0, W - in0_)});
         for (; t < mid0; ++t) dst[(t % 4) * phase_ + t / 4] = at(ld, src, t);
         for (; t + 32 <= mid1; t += 32) deinterleave4(ld, src + in0_ + t, dst + t / 4, phase_);
+        if (t < mid1) t = deinterleave4_tail(ld, src + in0_ + t, mid1 - t, dst + t / 4, phase_, nullptr, t);
       }
     }
 #endif
@@ -483,6 +493,7 @@ class PanelRows {
         }
         __m256i acc = _mm256_setzero_si256();
         for (; t + 32 <= mid1; t += 32) deinterleave4(ld, src + in0_ + t, dst + t / 4, phase_, &acc);
+        if (t < mid1) t = deinterleave4_tail(ld, src + in0_ + t, mid1 - t, dst + t / 4, phase_, &acc, t);
         for (int64_t ph = t % 4, q = t / 4; t < cwin_; ++t) {
           const float v = at(ld, src, t);
           dst[ph * phase_ + q] = v;
@@ -507,7 +518,22 @@ class PanelRows {
   // of their abs_bits.
   template <class L>
   static void deinterleave4(const L& ld, const float* s, float* p, int64_t stride, __m256i* acc = nullptr) {
-    const __m256 v0 = ld.load(s).v, v1 = ld.load(s + 8).v, v2 = ld.load(s + 16).v, v3 = ld.load(s + 24).v;
+    deinterleave4(ld.load(s).v, ld.load(s + 8).v, ld.load(s + 16).v, ld.load(s + 24).v, p, stride, acc);
+  }
+  // The same for the first n < 32 values of s, zeros after them: the row's last columns, which went one at a time
+  // through at() (a fifth of the columns of a 64-tile row, and with an activation's derivative ~half the copy's
+  // time). Returns t + n, the column the scalar loop goes on from (it overwrites the zeros past n it needs).
+  template <class L>
+  static int64_t deinterleave4_tail(const L& ld, const float* s, int64_t n, float* p, int64_t stride, __m256i* acc,
+                                    int64_t t) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256 v[4];
+    for (int k = 0; k < 4; ++k)
+      v[k] = ld.load_first(s + 8 * k, _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n) - 8 * k), lane));
+    deinterleave4(v[0], v[1], v[2], v[3], p, stride, acc);
+    return t + n;
+  }
+  static void deinterleave4(__m256 v0, __m256 v1, __m256 v2, __m256 v3, float* p, int64_t stride, __m256i* acc) {
     if (acc) {
       const __m256i mask = _mm256_set1_epi32(0x7fffffff);
       const __m256i m01 = _mm256_max_epi32(_mm256_and_si256(_mm256_castps_si256(v0), mask),
