@@ -239,6 +239,7 @@ class PanelRows {
     rows_.resize(size_t(rb_ * g.Cin * KD_ * KH_));
     need_.resize(size_t(rb_ * KD_ * KH_));
     slot_of_.resize(size_t(rb_ * KD_ * KH_));
+    fills_.resize(size_t(rb_ * KD_ * KH_));
     used_.resize(size_t(cap_));
   }
   // Keep, per held row, the largest |value| over its channels (as abs_bits orders it: NaN above inf above every
@@ -297,7 +298,7 @@ class PanelRows {
           break;
         }
     }
-    int64_t free_slot = 0;
+    int64_t free_slot = 0, nfill = 0;
     for (int64_t u = 0; u < total; ++u) {
       if (need_[size_t(u)] < 0 || slot_of_[size_t(u)] >= 0) continue;
       for (int64_t v = 0; v < u; ++v)  // the same row needed twice in this block (padding maps, or kh overlap)
@@ -311,29 +312,35 @@ class PanelRows {
       used_[size_t(free_slot)] = 1;
       slot_of_[size_t(u)] = free_slot;
       keys_[size_t(free_slot)] = need_[size_t(u)];
-      const int64_t key = need_[size_t(u)], ih = key % g.in[1], id = (key / g.in[1]) % g.in[0];
-      const int64_t nn = key / (g.in[1] * g.in[0]);
-      const int64_t plane = g.in[0] * g.in[1] * g.in[2], row = (id * g.in[1] + ih) * g.in[2];
-      uint32_t m = 0;
-      for (int64_t c = 0; c < g.Cin; ++c) {
-        const T* src = conv::input_plane<T>(x_, nn, c, plane) + row;
-        T* dst = slot_ptr(c, free_slot);
+      fills_[size_t(nfill++)] = free_slot;
+      if (track_) mag_[size_t(free_slot)] = 0;
+    }
+    // Channel by channel, each channel's new rows in order: a block's rows of one plane are one run of memory the
+    // hardware prefetchers follow. (Row by row, every copy jumped to another plane: the Winograd weight gradient
+    // spent a quarter of its time filling its panels.)
+    const int64_t plane = g.in[0] * g.in[1] * g.in[2];
+    for (int64_t c = 0; c < g.Cin; ++c)
+      for (int64_t k = 0; k < nfill; ++k) {
+        const int64_t sl = fills_[size_t(k)], key = keys_[size_t(sl)], ih = key % g.in[1];
+        const int64_t id = (key / g.in[1]) % g.in[0], nn = key / (g.in[1] * g.in[0]);
+        const T* src = conv::input_plane<T>(x_, nn, c, plane) + (id * g.in[1] + ih) * g.in[2];
+        T* dst = slot_ptr(c, sl);
+        uint32_t m = 0;
         if (x_.act.y) {
           const GradLoad ld{act_at(x_.act, static_cast<const T*>(x_.data[0]), src) - src, x_.act.act,
                             T(x_.act.act == Act::relu ? 0.0 : x_.act.slope)};
           if (track_)
-            m = std::max(m, copy_row_tracked(ld, src, dst));
+            m = copy_row_tracked(ld, src, dst);
           else
             copy_row(ld, src, dst);
         } else {
           if (track_)
-            m = std::max(m, copy_row_tracked(PlainLoad{}, src, dst));
+            m = copy_row_tracked(PlainLoad{}, src, dst);
           else
             copy_row(PlainLoad{}, src, dst);
         }
+        if (track_) mag_[size_t(sl)] = std::max(mag_[size_t(sl)], m);
       }
-      if (track_) mag_[size_t(free_slot)] = m;
-    }
     for (int64_t j = 0; j < nr; ++j)
       for (int64_t c = 0; c < g.Cin; ++c)
         for (int64_t k = 0; k < per_row; ++k) {
@@ -570,7 +577,7 @@ class PanelRows {
   std::vector<int64_t> off_;  // panel offset of each tap kw
   Scratch<T> data_;
   std::vector<T> zero_;
-  std::vector<int64_t> keys_, need_, slot_of_;
+  std::vector<int64_t> keys_, need_, slot_of_, fills_;  // fills_: the slots fill() copies, in row order
   std::vector<char> used_;
   std::vector<const T*> rows_;
   std::vector<std::pair<const char*, int64_t>> pf_;  // (address, lines) of rows to prefetch
