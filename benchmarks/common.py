@@ -1,6 +1,7 @@
 """The benchmark contract (ARCHITECTURE.md section 6): ours and peers in one process, alternating after warm-up;
-median and IQR; ratio peer/ours; threads, versions, machine; JSON; optional matplotlib plot; each benchmark is run
-under THP_MEM_ALLOC_ENABLE=1 (headline) and under torch's default allocator, in two child processes."""
+median and IQR; ratio peer/ours; kernel and VM steal time per call; threads, versions, machine; JSON; optional matplotlib
+plot; each benchmark is run under THP_MEM_ALLOC_ENABLE=1 (headline) and under torch's default allocator, in two child
+processes."""
 from __future__ import annotations
 
 import argparse
@@ -50,26 +51,45 @@ def _quartiles(xs):
     return q[0], q[1], q[2]
 
 
+def steal_seconds(path: str = "/proc/stat") -> float:
+    """CPU time (all CPUs) the hypervisor gave to others while this VM's CPUs had work: /proc/stat's steal column
+    (Linux; 0.0 where it is missing). On our VMs it rises after a process frees and re-touches gigabytes (torch's
+    training step does), and lands on whatever runs next: a run's medians read with it."""
+    try:
+        with open(path) as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK") if fields[:1] == ["cpu"] and len(fields) > 8 else 0.0
+    except (OSError, ValueError):
+        return 0.0
+
+
 def run_case(case: Case, repeat: int, warmup: int, min_time: float = 0.0) -> dict:
     fns = {"ours": case.ours, **case.peers}
     for _ in range(warmup):
         for f in fns.values():
             f()
     samples = {k: [] for k in fns}
+    stolen = {k: 0.0 for k in fns}
+    system = {k: 0.0 for k in fns}  # kernel time of this process: page faults, mostly
     names = list(fns)
     i = 0
     start = time.perf_counter()
     while i < repeat or time.perf_counter() - start < min_time:
         # Alternate, rotating who goes first, so drift (thermal, other load) hits every side alike.
         for k in names[i % len(names):] + names[: i % len(names)]:
+            s0, k0 = steal_seconds(), os.times().system
             t0 = time.perf_counter()
             fns[k]()
             samples[k].append(time.perf_counter() - t0)
+            stolen[k] += steal_seconds() - s0
+            system[k] += os.times().system - k0
         i += 1
     out = {"name": case.name, "info": case.info, "results": {}}
     for k, xs in samples.items():
         q1, med, q3 = _quartiles(xs)
-        r = {"median_s": med, "iqr_s": q3 - q1, "q1_s": q1, "q3_s": q3, "n": len(xs)}
+        r = {"median_s": med, "iqr_s": q3 - q1, "q1_s": q1, "q3_s": q3, "n": len(xs),
+             # means per call, CPU seconds (all CPUs, in clock ticks: 10 ms)
+             "steal_s": stolen[k] / len(xs), "system_s": system[k] / len(xs)}
         if case.bytes:
             r["GB/s"] = case.bytes / med / 1e9
         if case.flops:
@@ -146,6 +166,13 @@ def fmt_time(s):
     return f"{s * 1e3:8.2f} ms" if s >= 1e-3 else f"{s * 1e6:8.1f} us"
 
 
+def _stolen(r: dict) -> str:
+    """The CPU time a side spent in the kernel and lost to the hypervisor, where there was any."""
+    parts = [f"{label} {r[key] * 1e3:.0f} ms" for key, label in (("system_s", "kernel"), ("steal_s", "VM steal"))
+             if r.get(key, 0) > 0]
+    return f"   ({', '.join(parts)} per call)" if parts else ""
+
+
 def print_table(title: str, results: list[dict], threads: int) -> None:
     print(f"\n== {title} ({threads} threads)")
     for r in results:
@@ -156,12 +183,13 @@ def print_table(title: str, results: list[dict], threads: int) -> None:
         if "GFLOP/s" in ours:
             extra += f"  {ours['GFLOP/s']:6.1f} GFLOP/s ({ours['GFLOP/s'] * 1e9 / (peak_flops_per_core() * threads):4.0%} of peak)"
         print(f"{r['name']}")
-        print(f"    ours          {fmt_time(ours['median_s'])} ± {fmt_time(ours['iqr_s']).strip()} IQR{extra}")
+        print(f"    ours          {fmt_time(ours['median_s'])} ± {fmt_time(ours['iqr_s']).strip()} IQR{extra}"
+              f"{_stolen(ours)}")
         for p, v in r["results"].items():
             if p == "ours":
                 continue
             print(f"    {p:13s} {fmt_time(v['median_s'])} ± {fmt_time(v['iqr_s']).strip()} IQR   "
-                  f"peer/ours = {r['ratios'][p]:.2f}x")
+                  f"peer/ours = {r['ratios'][p]:.2f}x{_stolen(v)}")
         if "ratio" in r:
             print(f"    => {r['ratio']:.2f}x vs best peer ({r['best_peer']})")
 
