@@ -1,7 +1,7 @@
 """The benchmark contract (ARCHITECTURE.md section 6): ours and peers in one process, alternating after warm-up;
-median and IQR; ratio peer/ours; kernel and VM steal time per call; threads, versions, machine; JSON; optional matplotlib
-plot; each benchmark is run under THP_MEM_ALLOC_ENABLE=1 (headline) and under torch's default allocator, in two child
-processes."""
+median and IQR; ratio peer/ours; kernel and VM steal time per call; threads, versions, machine; JSON; optional
+matplotlib plot; each benchmark is run under THP_MEM_ALLOC_ENABLE=1 (headline) and under torch's default allocator,
+in two child processes."""
 from __future__ import annotations
 
 import argparse
@@ -166,7 +166,7 @@ def fmt_time(s):
     return f"{s * 1e3:8.2f} ms" if s >= 1e-3 else f"{s * 1e6:8.1f} us"
 
 
-def _stolen(r: dict) -> str:
+def _cpu_lost(r: dict) -> str:
     """The CPU time a side spent in the kernel and lost to the hypervisor, where there was any."""
     parts = [f"{label} {r[key] * 1e3:.0f} ms" for key, label in (("system_s", "kernel"), ("steal_s", "VM steal"))
              if r.get(key, 0) > 0]
@@ -184,12 +184,12 @@ def print_table(title: str, results: list[dict], threads: int) -> None:
             extra += f"  {ours['GFLOP/s']:6.1f} GFLOP/s ({ours['GFLOP/s'] * 1e9 / (peak_flops_per_core() * threads):4.0%} of peak)"
         print(f"{r['name']}")
         print(f"    ours          {fmt_time(ours['median_s'])} ± {fmt_time(ours['iqr_s']).strip()} IQR{extra}"
-              f"{_stolen(ours)}")
+              f"{_cpu_lost(ours)}")
         for p, v in r["results"].items():
             if p == "ours":
                 continue
             print(f"    {p:13s} {fmt_time(v['median_s'])} ± {fmt_time(v['iqr_s']).strip()} IQR   "
-                  f"peer/ours = {r['ratios'][p]:.2f}x{_stolen(v)}")
+                  f"peer/ours = {r['ratios'][p]:.2f}x{_cpu_lost(v)}")
         if "ratio" in r:
             print(f"    => {r['ratio']:.2f}x vs best peer ({r['best_peer']})")
 
